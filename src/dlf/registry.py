@@ -1,0 +1,72 @@
+"""Named registries of data sets, losses, schedules and analyzers that plugins extend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from dlf.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class Registry(Generic[T]):
+    """A name → object table that remembers which plugin added each entry."""
+
+    kind: str
+    _entries: dict[str, T] = field(default_factory=dict)
+    _sources: dict[str, str] = field(default_factory=dict)
+
+    current_source: str = ""
+
+    def add(self, name: str, obj: T) -> None:
+        """Register ``obj`` as ``name``; the plugin being asked is remembered as its source."""
+        if name in self._entries:
+            raise ValueError(
+                f"{self.kind} {name!r} registered twice "
+                f"({self._sources[name]} and {self.current_source})"
+            )
+        self._entries[name] = obj
+        self._sources[name] = self.current_source
+
+    def get(self, name: str, field_path: str) -> T:
+        """The entry called ``name``; a ConfigError naming ``field_path`` and the choices if absent."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            allowed = ", ".join(sorted(self._entries)) or "(none installed)"
+            raise ConfigError(field_path, f"unknown {self.kind} {name!r}; allowed: {allowed}") from None
+
+    def source(self, name: str) -> str:
+        return self._sources[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._entries))
+
+
+@dataclass
+class Registries:
+    """The four registries handed to every ``dlf_register`` implementation."""
+
+    datasets: Registry[Any] = field(default_factory=lambda: Registry("dataset"))
+    losses: Registry[Any] = field(default_factory=lambda: Registry("loss"))
+    schedules: Registry[Any] = field(default_factory=lambda: Registry("schedule"))
+    analyzers: Registry[Any] = field(default_factory=lambda: Registry("analyzer"))
+
+    def asked_by(self, plugin_name: str) -> None:
+        """Attribute the next ``add`` calls to ``plugin_name`` (set by the plugin manager)."""
+        for _, registry in self.items():
+            registry.current_source = plugin_name
+
+    def items(self) -> Iterator[tuple[str, Registry[Any]]]:
+        yield from (
+            ("datasets", self.datasets),
+            ("losses", self.losses),
+            ("schedules", self.schedules),
+            ("analyzers", self.analyzers),
+        )

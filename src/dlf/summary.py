@@ -1,0 +1,57 @@
+"""A readable text summary of a trace, for ``dlf-study show``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dlf.errors import DlfError
+from dlf.trace import open_trace
+
+
+def _mean_sem(values: np.ndarray) -> str:
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return "n/a"
+    sem = values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else 0.0
+    return f"{values.mean():.3f} ± {sem:.3f}"
+
+
+def summarise(path: Path) -> str:
+    try:
+        ds = open_trace(path)
+    except (OSError, ValueError) as exc:
+        raise DlfError(f"cannot open trace {path}: {exc}") from None
+    config = json.loads(ds.attrs.get("config", "{}"))
+    lines = [
+        f"trace {path}",
+        f"  run {config.get('name', '?')!r}: status {ds.attrs.get('status')}, "
+        f"{ds.attrs.get('steps_completed')}/{ds.attrs.get('total_steps')} steps, "
+        f"{ds.sizes.get('member', 0)} members, width {int(ds['width'])}",
+        f"  data {ds.attrs.get('dataset')}, loss {ds.attrs.get('loss_name')}, "
+        f"schedule {ds.attrs.get('schedule_name')}",
+        f"  diverged members: {int((ds['diverged_step'] >= 0).sum())}",
+    ]
+    if ds.sizes.get("eval_step", 0):
+        last = ds.isel(eval_step=-1)
+        lines.append(f"  at step {int(last['eval_step'])} (mean ± sem over seeds):")
+        groups = ds[["amplitude", "period", "eta"]].to_dataframe().groupby(
+            ["amplitude", "period", "eta"]
+        ).groups
+        for (a, t, eta), idx in groups.items():
+            sel = last.isel(member=np.asarray(idx))
+            lines.append(
+                f"    A={a:g} T={t:g} η={eta:g}: "
+                f"train acc {_mean_sem(sel['eval_train_accuracy'].values)}, "
+                f"val acc {_mean_sem(sel['val_accuracy'].values)}"
+            )
+    extra = sorted(
+        v for v in ds.data_vars
+        if v not in {"loss", "static_loss", "train_accuracy", "lr", "gamma", "val_loss",
+                     "val_accuracy", "eval_train_loss", "eval_train_accuracy", "diverged_step"}
+    )
+    if extra:
+        lines.append(f"  analyzer variables: {', '.join(extra)}")
+    return "\n".join(lines)

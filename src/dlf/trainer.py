@@ -1,0 +1,223 @@
+"""The ensemble trainer: every member is a row of one parameter tensor, stepped together.
+
+One step for all members is one batched forward/backward. Γ and η are precomputed for blocks
+of steps, records go to a device buffer, and analyzers are only called at steps where they are
+due, so the loop does little Python work per step and never waits for the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from dlf.analyzer import Analyzer
+from dlf.curvature import Curvature
+from dlf.errors import PluginError
+from dlf.plugin_manager import Plugins, blame
+from dlf.schedules import Schedule
+from dlf.state import EvalState, RunContext, StepState
+from dlf.trace import Recorder
+
+BLOCK = 256  # steps whose Γ and η are computed at once
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fraction of samples whose arg-max logit is the label, per member."""
+    return (logits.argmax(dim=-1) == labels).to(logits.dtype).mean(dim=-1)
+
+
+@dataclass
+class Optimizer:
+    """Gradient descent with optional (Nesterov) momentum, as ``torch.optim.SGD`` defines it."""
+
+    momentum: float = 0.0
+    nesterov: bool = False
+    velocity: torch.Tensor | None = None
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        if self.momentum == 0:
+            return grad
+        if self.velocity is None:
+            self.velocity = grad.clone()
+        else:
+            self.velocity.mul_(self.momentum).add_(grad)
+        return grad + self.momentum * self.velocity if self.nesterov else self.velocity
+
+
+class Minibatches:
+    """Per-member minibatch indices: member m reshuffles each epoch from its own seed's stream."""
+
+    def __init__(self, seeds: list[int], n_samples: int, batch_size: int, device: torch.device):
+        self.generators = [torch.Generator().manual_seed(7919 * s + 1) for s in seeds]
+        self.n, self.b, self.device = n_samples, min(batch_size, n_samples), device
+        self.per_epoch = self.n // self.b
+        self.order = torch.empty(0)
+
+    def indices(self, step: int) -> torch.Tensor:
+        k = step % self.per_epoch
+        if k == 0:
+            perms = [torch.randperm(self.n, generator=g) for g in self.generators]
+            self.order = torch.stack(perms).to(self.device)
+        return self.order[:, k * self.b : (k + 1) * self.b]
+
+
+class Trainer:
+    """Trains ``run``'s members from ``theta0``, reporting to ``recorder`` and the analyzers."""
+
+    def __init__(
+        self,
+        run: RunContext,
+        plugins: Plugins,
+        schedule: Schedule,
+        recorder: Recorder,
+        contribute: Callable[[], dict[str, object]],
+        progress: bool = False,
+    ) -> None:
+        self.run = run
+        self.pm = plugins.manager
+        self.schedule = schedule
+        self.recorder = recorder
+        self.contribute = contribute
+        self.progress = progress
+        self.curvature = Curvature(run.objective)
+        self._callers: dict[tuple[str, ...], object] = {}
+
+    # --- per-block precomputation ----------------------------------------------------------------
+
+    def gammas(self, steps: torch.Tensor) -> torch.Tensor:
+        """Γ for a block of steps, ``(S, member, class)``; 1 where the loss is static."""
+        run = self.run
+        shape = (len(steps), run.n_members, run.objective.n_classes)
+        if not run.objective.loss.dynamical:
+            return torch.ones(shape, dtype=run.dtype, device=run.device)
+        gamma = self.schedule(steps, run.amplitude, run.period, run.objective.n_classes)
+        static = steps[:, None] >= run.static_from[None, :]
+        return torch.where(static[..., None], torch.ones_like(gamma), gamma)
+
+    def learning_rates(self, steps: torch.Tensor) -> torch.Tensor:
+        """η_t for a block of steps, ``(S, member)``: base η × warm-up × decay factor."""
+        cfg = self.run.config.train
+        t = steps.to(self.run.dtype)
+        factor = torch.ones_like(t)
+        if cfg.warmup_steps > 0:
+            factor = torch.clamp(t / cfg.warmup_steps, max=1.0)
+        if cfg.decay == "linear":
+            span = max(self.run.total_steps - cfg.warmup_steps, 1)
+            frac = torch.clamp((t - cfg.warmup_steps) / span, min=0.0, max=1.0)
+            factor = factor * (1 - frac * (1 - cfg.final_lr_factor))
+        return factor[:, None] * self.run.lr[None, :]
+
+    def blocks(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        for start in range(0, self.run.total_steps, BLOCK):
+            stop = min(start + BLOCK, self.run.total_steps)
+            steps = torch.arange(start, stop, device=self.run.device)
+            yield start, self.gammas(steps), self.learning_rates(steps)
+
+    # --- hooks -------------------------------------------------------------------------------------
+
+    def _call(self, hook_name: str, step: int | None, only: list[Analyzer] | None = None, **kw):
+        """Call a hook (restricted to the analyzers in ``only``); name the plugin if one raises."""
+        caller = getattr(self.pm.hook, hook_name)
+        if only is not None:
+            key = (hook_name, *(a.name for a in only))
+            if key not in self._callers:
+                idle = [a for a in self.run.analyzers.values() if a not in only]
+                self._callers[key] = self.pm.subset_hook_caller(hook_name, remove_plugins=idle)
+            caller = self._callers[key]
+        try:
+            return caller(**kw)
+        except Exception as exc:
+            raise PluginError(blame(caller, exc.__traceback__), step, exc) from exc
+
+    # --- the loop ------------------------------------------------------------------------------------
+
+    def evaluate(self, step: int, theta: torch.Tensor) -> None:
+        run = self.run
+        obj = run.objective
+        with torch.no_grad():
+            ones = torch.ones(run.n_members, obj.n_classes, dtype=run.dtype, device=run.device)
+            val_logits = obj.logits(theta, run.x_val)
+            train_logits = obj.logits(theta)
+            values = {
+                "val_loss": obj.static(val_logits, run.y_val, ones),
+                "val_accuracy": accuracy(val_logits, run.y_val),
+                "eval_train_loss": obj.static(train_logits, obj.y, ones),
+                "eval_train_accuracy": accuracy(train_logits, obj.y),
+            }
+        self.recorder.record_eval(step, values)
+        state = EvalState(
+            step, theta, values["val_loss"], values["val_accuracy"], values["eval_train_accuracy"], run
+        )
+        self._call("dlf_evaluate", step, state=state)
+
+    def train(self, theta: torch.Tensor) -> torch.Tensor:
+        """Run all steps from ``theta (member, n)``; returns the final parameters."""
+        run, rec, obj = self.run, self.recorder, self.run.objective
+        cfg = run.config.train
+        analyzers = list(run.analyzers.values())
+        opt = Optimizer(cfg.momentum, cfg.nesterov)
+        batches = (
+            Minibatches([m.seed for m in run.members], len(obj.y), cfg.batch_size, run.device)
+            if cfg.optimizer == "sgd" and cfg.batch_size
+            else None
+        )
+        active = torch.ones(run.n_members, dtype=torch.bool, device=run.device)
+        diverged_at = torch.full((run.n_members,), -1, dtype=torch.long, device=run.device)
+        self._call("dlf_run_start", None, run=run)
+        bar = tqdm(total=run.total_steps, disable=not self.progress, unit="step", leave=False)
+        for start, gamma_block, lr_block in self.blocks():
+            for i in range(len(gamma_block)):
+                t = start + i
+                gamma, lr = gamma_block[i], lr_block[i]
+                if batches is None:
+                    x, y = obj.x, obj.y
+                else:
+                    idx = batches.indices(t)
+                    x, y = obj.x[idx], obj.y[idx]
+                if t % cfg.eval_every == 0:
+                    self.evaluate(t, theta)
+                theta = theta.detach().requires_grad_(True)
+                logits = obj.model.forward(theta, x)
+                loss = obj.loss(logits, y, gamma)
+                finite = torch.isfinite(loss)
+                (grad,) = torch.autograd.grad(torch.where(active, loss, 0.0).sum(), theta)
+                theta = theta.detach()
+                diverged_at = torch.where(active & ~finite, t, diverged_at)
+                active = active & finite
+                due = [a for a in analyzers if a.due(t)]
+                if rec.wants(t) or due:
+                    with torch.no_grad():
+                        logits = logits.detach()
+                        if obj.loss.dynamical:
+                            static = obj.static(logits, y, torch.ones_like(gamma))
+                        else:
+                            static = loss.detach()
+                        acc = accuracy(logits, y)
+                    if rec.wants(t):
+                        rec.record(loss.detach(), static, acc, lr, gamma)
+                    if due:
+                        state = StepState(
+                            t, theta, grad, gamma, loss.detach(), static, acc, lr, active, run,
+                            self.curvature,
+                        )
+                        self._call("dlf_step_end", t, only=due, state=state)
+                step = lr[:, None] * opt.direction(grad)
+                theta = torch.where(active[:, None], theta - step, theta)
+                rec.steps_completed = t + 1
+            bar.update(len(gamma_block))
+            rec.diverged_step = diverged_at.cpu().numpy()
+            if not bool(active.any()):
+                rec.status = "diverged"
+                break
+            if rec.checkpoint_due():
+                rec.write(self.contribute())
+        bar.close()
+        if rec.status != "diverged":
+            self.evaluate(run.total_steps, theta)
+            rec.status = "complete"
+        rec.diverged_step = diverged_at.cpu().numpy()
+        self._call("dlf_run_end", None, run=run)
+        return theta

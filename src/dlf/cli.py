@@ -16,7 +16,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.set)
     if args.out is not None:
-        config = config.model_copy(update={"output": config.output.model_copy(update={"root": args.out})})
+        config = config.model_copy(
+            update={"output": config.output.model_copy(update={"root": args.out})}
+        )
     result = execute(config)
     print(f"{result.status}: trace written to {result.path}")
     return 0
@@ -51,7 +53,10 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the training or study a YAML config describes")
     run.add_argument("config", type=Path, help="YAML config file")
     run.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.steps=500 (repeatable)",
     )
     run.add_argument("--out", type=Path, help="output root (default: the config's output.root)")

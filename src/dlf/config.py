@@ -44,7 +44,8 @@ class ModelConfig(Section):
     depth: int = Field(1, ge=1, description="number of hidden layers")
     activation: Literal["relu", "tanh"] = "relu"
     init: Literal["standard", "glorot"] = Field(
-        "standard", description="standard: N(0, 1/fan_in), b=0; glorot: Glorot normal, b~N(0, 0.01²)"
+        "standard",
+        description="standard: N(0, 1/fan_in), b=0; glorot: Glorot normal, b~N(0, 0.01²)",
     )
     dtype: Literal["float32", "float64"] = "float64"
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
@@ -103,10 +104,15 @@ class TrainConfig(Section):
     momentum: float = Field(0.0, ge=0, lt=1)
     nesterov: bool = False
     warmup_steps: int = Field(0, ge=0, description="linear warm-up of η from 0")
-    decay: Literal["none", "linear"] = Field("none", description="linear: η decays to final_lr_factor·η")
+    decay: Literal["none", "linear"] = Field(
+        "none", description="linear: η decays to final_lr_factor·η"
+    )
     final_lr_factor: float = Field(0.0, ge=0, le=1)
     eval_every: int = Field(100, ge=1, description="validation cadence in steps")
     record_every: int = Field(1, ge=1, description="record losses/accuracy every n steps")
+    diverge_above: float | None = Field(
+        1e6, gt=0, description="a member whose F exceeds this (or is NaN/inf) is marked diverged"
+    )
 
     @field_validator("lr", mode="before")
     @classmethod

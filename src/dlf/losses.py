@@ -35,7 +35,9 @@ class Loss:
     dynamical: bool
     static_name: str
 
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, logits: torch.Tensor, labels: torch.Tensor, gamma: torch.Tensor
+    ) -> torch.Tensor:
         return self.fn(logits, labels, gamma)
 
 
@@ -48,14 +50,18 @@ def _sample_weights(gamma: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.gather(gamma, -1, labels)
 
 
-def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+def weighted_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, gamma: torch.Tensor
+) -> torch.Tensor:
     """(1/P) Σ_j Γ_{y_j} · (−log softmax(f_j)_{y_j})."""
     labels = _labels_for(logits, labels)
     nll = -torch.gather(F.log_softmax(logits, dim=-1), -1, labels.unsqueeze(-1)).squeeze(-1)
     return (_sample_weights(gamma, labels) * nll).mean(dim=-1)
 
 
-def weighted_squared_error(logits: torch.Tensor, labels: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+def weighted_squared_error(
+    logits: torch.Tensor, labels: torch.Tensor, gamma: torch.Tensor
+) -> torch.Tensor:
     """DMSE1: (1/P) Σ_j Γ_{y_j} Σ_i (f_i − onehot_i)²."""
     labels = _labels_for(logits, labels)
     target = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)

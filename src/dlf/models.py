@@ -7,6 +7,7 @@ forward pass is a batched matrix product, gradient descent is one fused update, 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ class MLP:
     @property
     def layer_sizes(self) -> list[tuple[int, int]]:
         dims = [self.n_in, *self.hidden, self.n_out]
-        return list(zip(dims[:-1], dims[1:], strict=True))
+        return list(itertools.pairwise(dims))
 
     @property
     def n_params(self) -> int:
@@ -42,7 +43,7 @@ class MLP:
         return self.hidden[0] if self.hidden else 0
 
     def unflatten(self, theta: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Views ``(W, b)`` per layer of ``theta[..., n_params]``; W is ``(..., fan_in, fan_out)``."""
+        """Views ``(W, b)`` per layer of ``theta[..., n]``; W is ``(..., fan_in, fan_out)``."""
         lead = theta.shape[:-1]
         layers, offset = [], 0
         for fan_in, fan_out in self.layer_sizes:
@@ -54,7 +55,7 @@ class MLP:
         return layers
 
     def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(member, sample, out)`` for ``theta (member, n)`` and ``x`` shared or per member.
+        """Logits ``(member, sample, out)`` for ``theta (member, n)``; ``x`` shared or per member.
 
         ``x`` is ``(sample, in)`` (the same inputs for every member) or ``(member, sample, in)``.
         """
@@ -92,7 +93,9 @@ class MLP:
                     w_std, b_std = 1.0 / math.sqrt(fan_in), 0.0
                 else:
                     w_std, b_std = math.sqrt(2.0 / (fan_in + fan_out)), 0.01
-                parts.append(torch.randn(fan_in * fan_out, generator=gen, dtype=torch.float64) * w_std)
+                parts.append(
+                    torch.randn(fan_in * fan_out, generator=gen, dtype=torch.float64) * w_std
+                )
                 parts.append(torch.randn(fan_out, generator=gen, dtype=torch.float64) * b_std)
             rows.append(torch.cat(parts))
         return torch.stack(rows).to(dtype=dtype, device=device)

@@ -10,7 +10,7 @@ from types import TracebackType
 import pluggy
 
 from dlf import hookspecs
-from dlf.errors import ConfigError
+from dlf.errors import ConfigError, DlfError
 from dlf.registry import Registries
 
 ENTRY_POINT_GROUP = "dlf"
@@ -34,12 +34,18 @@ class Plugins:
 
 
 def load_plugins(extra_modules: Sequence[str] = ()) -> Plugins:
-    """Register the core, every ``dlf`` entry point and ``extra_modules``, then fill the registries."""
+    """Register the core, the ``dlf`` entry points and ``extra_modules``; fill the registries."""
     pm = pluggy.PluginManager("dlf")
     pm.add_hookspecs(hookspecs)
     for name in CORE_MODULES:
         pm.register(importlib.import_module(name), name=name)
-    pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    try:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    except Exception as exc:
+        raise DlfError(
+            f"a plugin installed in entry-point group {ENTRY_POINT_GROUP!r} failed to load: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     for i, name in enumerate(extra_modules):
         if pm.has_plugin(name):
             continue

@@ -32,12 +32,14 @@ class Registry(Generic[T]):
         self._sources[name] = self.current_source
 
     def get(self, name: str, field_path: str) -> T:
-        """The entry called ``name``; a ConfigError naming ``field_path`` and the choices if absent."""
+        """The entry ``name``; if absent, a ConfigError naming ``field_path`` and the choices."""
         try:
             return self._entries[name]
         except KeyError:
             allowed = ", ".join(sorted(self._entries)) or "(none installed)"
-            raise ConfigError(field_path, f"unknown {self.kind} {name!r}; allowed: {allowed}") from None
+            raise ConfigError(
+                field_path, f"unknown {self.kind} {name!r}; allowed: {allowed}"
+            ) from None
 
     def source(self, name: str) -> str:
         return self._sources[name]

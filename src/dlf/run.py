@@ -39,7 +39,9 @@ class RunResult:
 
 def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("model.device", f"{name!r} requested but CUDA is not available; allowed: cpu")
+        raise ConfigError(
+            "model.device", f"{name!r} requested but CUDA is not available; allowed: cpu"
+        )
     return torch.device(name)
 
 
@@ -134,9 +136,7 @@ def execute(
 
     for name, analyzer in run.analyzers.items():
         pm.register(analyzer, name=f"analyzer:{name}")
-    theta0 = run.model.init(
-        [m.seed for m in members], config.model.init, run.dtype, run.device
-    )
+    theta0 = run.model.init([m.seed for m in members], config.model.init, run.dtype, run.device)
     trainer = Trainer(run, plugins, schedule, recorder, contributions, progress)
     try:
         try:

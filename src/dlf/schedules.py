@@ -19,15 +19,21 @@ from dlf.registry import Registries
 Schedule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
-def _emphasis(steps: torch.Tensor, period: torch.Tensor, n_classes: int, raw: torch.Tensor) -> torch.Tensor:
+def _emphasis(
+    steps: torch.Tensor, period: torch.Tensor, n_classes: int, raw: torch.Tensor
+) -> torch.Tensor:
     """Put ``raw`` weight on the class in turn, floor(t/T) mod C, and 1 on the others; normalise."""
     current = torch.div(steps[:, None], period[None, :], rounding_mode="floor").remainder(n_classes)
     classes = torch.arange(n_classes, device=steps.device)
-    hat = torch.where(current[..., None] == classes, raw[..., None], torch.ones_like(raw)[..., None])
+    hat = torch.where(
+        current[..., None] == classes, raw[..., None], torch.ones_like(raw)[..., None]
+    )
     return n_classes * hat / hat.sum(dim=-1, keepdim=True)
 
 
-def triangle(steps: torch.Tensor, amplitude: torch.Tensor, period: torch.Tensor, n_classes: int) -> torch.Tensor:
+def triangle(
+    steps: torch.Tensor, amplitude: torch.Tensor, period: torch.Tensor, n_classes: int
+) -> torch.Tensor:
     """2021 eqs. 2–5: the emphasised class's raw weight rises 1 → A at T/2 and falls back to 1.
 
     t_T = t mod T; f = 1 + m·t_T for t_T ≤ T/2, else 2A − m·t_T − 1, with m = 2(A − 1)/T.
@@ -42,7 +48,9 @@ def triangle(steps: torch.Tensor, amplitude: torch.Tensor, period: torch.Tensor,
     return _emphasis(steps, period, n_classes, raw)
 
 
-def sine(steps: torch.Tensor, amplitude: torch.Tensor, period: torch.Tensor, n_classes: int) -> torch.Tensor:
+def sine(
+    steps: torch.Tensor, amplitude: torch.Tensor, period: torch.Tensor, n_classes: int
+) -> torch.Tensor:
     """A smooth variant: raw weight 1 + (A − 1)·sin²(π t_T / T), peaking at A at T/2."""
     t = steps.to(amplitude.dtype)[:, None]
     phase = torch.remainder(t, period[None, :]) / period

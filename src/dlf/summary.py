@@ -37,9 +37,12 @@ def summarise(path: Path) -> str:
     if ds.sizes.get("eval_step", 0):
         last = ds.isel(eval_step=-1)
         lines.append(f"  at step {int(last['eval_step'])} (mean ± sem over seeds):")
-        groups = ds[["amplitude", "period", "eta"]].to_dataframe().groupby(
-            ["amplitude", "period", "eta"]
-        ).groups
+        groups = (
+            ds[["amplitude", "period", "eta"]]
+            .to_dataframe()
+            .groupby(["amplitude", "period", "eta"])
+            .groups
+        )
         for (a, t, eta), idx in groups.items():
             sel = last.isel(member=np.asarray(idx))
             lines.append(
@@ -48,9 +51,21 @@ def summarise(path: Path) -> str:
                 f"val acc {_mean_sem(sel['val_accuracy'].values)}"
             )
     extra = sorted(
-        v for v in ds.data_vars
-        if v not in {"loss", "static_loss", "train_accuracy", "lr", "gamma", "val_loss",
-                     "val_accuracy", "eval_train_loss", "eval_train_accuracy", "diverged_step"}
+        v
+        for v in ds.data_vars
+        if v
+        not in {
+            "loss",
+            "static_loss",
+            "train_accuracy",
+            "lr",
+            "gamma",
+            "val_loss",
+            "val_accuracy",
+            "eval_train_loss",
+            "eval_train_accuracy",
+            "diverged_step",
+        }
     )
     if extra:
         lines.append(f"  analyzer variables: {', '.join(extra)}")

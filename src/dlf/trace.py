@@ -67,15 +67,19 @@ class Recorder:
             for key in ("val_loss", "val_accuracy", "eval_train_loss", "eval_train_accuracy")
         }
         self.diverged_step = np.full(m, -1, dtype=np.int64)
-        self._buffer = torch.full((CHUNK, len(SERIES), m), float("nan"), device=run.device, dtype=run.dtype)
-        self._gamma_buffer = torch.full((CHUNK, m, c), float("nan"), device=run.device, dtype=torch.float32)
+        self._buffer = torch.full(
+            (CHUNK, len(SERIES), m), float("nan"), device=run.device, dtype=run.dtype
+        )
+        self._gamma_buffer = torch.full(
+            (CHUNK, m, c), float("nan"), device=run.device, dtype=torch.float32
+        )
         self._buffered_from = 0  # record index of the buffer's first row
         self._n_buffered = 0
         self._n_evals = 0
         self.steps_completed = 0
         self.status = "running"
 
-    # --- collecting ----------------------------------------------------------------------------
+    # --- collecting
 
     def wants(self, step: int) -> bool:
         return step % self.record_every == 0
@@ -116,7 +120,7 @@ class Recorder:
     def checkpoint_due(self) -> bool:
         return time.monotonic() - self._last_write >= self.checkpoint_seconds
 
-    # --- writing -------------------------------------------------------------------------------
+    # --- writing
 
     def to_dataset(self, contributions: Mapping[str, Any] | None = None) -> xr.Dataset:
         """The trace of the steps completed so far as an xarray Dataset."""
@@ -157,7 +161,11 @@ class Recorder:
             "seed": ("member", np.array([m.seed for m in members]), {"long_name": "seed"}),
             "amplitude": ("member", np.array([m.amplitude for m in members]), {"long_name": "A"}),
             "period": ("member", np.array([m.period for m in members]), {"units": "step"}),
-            "eta": ("member", np.array([m.lr for m in members]), {"long_name": "base learning rate"}),
+            "eta": (
+                "member",
+                np.array([m.lr for m in members]),
+                {"long_name": "base learning rate"},
+            ),
             "width": ((), run.model.width, {"long_name": "hidden width"}),
         }
         ds = xr.Dataset(data_vars, coords=coords)

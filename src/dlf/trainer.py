@@ -85,7 +85,7 @@ class Trainer:
         self.curvature = Curvature(run.objective)
         self._callers: dict[tuple[str, ...], object] = {}
 
-    # --- per-block precomputation ----------------------------------------------------------------
+    # --- per-block precomputation
 
     def gammas(self, steps: torch.Tensor) -> torch.Tensor:
         """Γ for a block of steps, ``(S, member, class)``; 1 where the loss is static."""
@@ -116,7 +116,7 @@ class Trainer:
             steps = torch.arange(start, stop, device=self.run.device)
             yield start, self.gammas(steps), self.learning_rates(steps)
 
-    # --- hooks -------------------------------------------------------------------------------------
+    # --- hooks
 
     def _call(self, hook_name: str, step: int | None, only: list[Analyzer] | None = None, **kw):
         """Call a hook (restricted to the analyzers in ``only``); name the plugin if one raises."""
@@ -132,7 +132,7 @@ class Trainer:
         except Exception as exc:
             raise PluginError(blame(caller, exc.__traceback__), step, exc) from exc
 
-    # --- the loop ------------------------------------------------------------------------------------
+    # --- the loop
 
     def evaluate(self, step: int, theta: torch.Tensor) -> None:
         run = self.run
@@ -149,7 +149,12 @@ class Trainer:
             }
         self.recorder.record_eval(step, values)
         state = EvalState(
-            step, theta, values["val_loss"], values["val_accuracy"], values["eval_train_accuracy"], run
+            step,
+            theta,
+            values["val_loss"],
+            values["val_accuracy"],
+            values["eval_train_accuracy"],
+            run,
         )
         self._call("dlf_evaluate", step, state=state)
 
@@ -164,6 +169,7 @@ class Trainer:
             if cfg.optimizer == "sgd" and cfg.batch_size
             else None
         )
+        limit = cfg.diverge_above  # NaN compares False, so `loss <= limit` also catches NaN
         active = torch.ones(run.n_members, dtype=torch.bool, device=run.device)
         diverged_at = torch.full((run.n_members,), -1, dtype=torch.long, device=run.device)
         self._call("dlf_run_start", None, run=run)
@@ -182,7 +188,7 @@ class Trainer:
                 theta = theta.detach().requires_grad_(True)
                 logits = obj.model.forward(theta, x)
                 loss = obj.loss(logits, y, gamma)
-                finite = torch.isfinite(loss)
+                finite = torch.isfinite(loss) if limit is None else loss <= limit
                 (grad,) = torch.autograd.grad(torch.where(active, loss, 0.0).sum(), theta)
                 theta = theta.detach()
                 diverged_at = torch.where(active & ~finite, t, diverged_at)
@@ -200,7 +206,16 @@ class Trainer:
                         rec.record(loss.detach(), static, acc, lr, gamma)
                     if due:
                         state = StepState(
-                            t, theta, grad, gamma, loss.detach(), static, acc, lr, active, run,
+                            t,
+                            theta,
+                            grad,
+                            gamma,
+                            loss.detach(),
+                            static,
+                            acc,
+                            lr,
+                            active,
+                            run,
                             self.curvature,
                         )
                         self._call("dlf_step_end", t, only=due, state=state)

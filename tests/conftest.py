@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny, fast configs in float64."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def tiny_config(tmp_path, **sections: Any) -> dict[str, Any]:
+    """A raw config for a seconds-long run writing under ``tmp_path``."""
+    raw: dict[str, Any] = {
+        "name": "tiny",
+        "data": {"name": "spiral", "points_per_class": 20},
+        "model": {"width": 8, "dtype": "float64"},
+        "loss": {"name": "dce"},
+        "schedule": {"amplitude": [1, 5], "period": 20},
+        "train": {"steps": 60, "seeds": 2, "eval_every": 10},
+        "output": {"root": str(tmp_path), "progress": "never"},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    return raw
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    from dlf.config import RunConfig
+
+    def make(**sections: Any) -> RunConfig:
+        return RunConfig.model_validate(tiny_config(tmp_path, **sections))
+
+    return make

@@ -1,0 +1,92 @@
+"""The command line end to end: run, show, plugins, and one-line errors with exit code 2."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from dlf.cli import main
+from dlf.trace import open_trace
+from tests.conftest import tiny_config
+
+
+def write_config(tmp_path, **sections):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tmp_path / "out", **sections)))
+    return path
+
+
+def test_run_then_show_end_to_end(tmp_path):
+    config = write_config(tmp_path)
+    exe = shutil.which("dlf-study") or sys.executable
+    args = [exe] if exe.endswith("dlf-study") else [exe, "-m", "dlf.cli"]
+    done = subprocess.run(
+        [
+            *args,
+            "run",
+            str(config),
+            "--set",
+            "train.steps=30",
+            "--set",
+            "name=cli",
+            "--out",
+            str(tmp_path / "elsewhere"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    trace = tmp_path / "elsewhere" / "cli" / "trace.nc"
+    assert str(trace) in done.stdout
+    assert open_trace(trace).attrs["steps_completed"] == 30
+    assert done.stderr == ""  # no progress bar when not on a terminal
+    shown = subprocess.run([*args, "show", str(trace)], capture_output=True, text=True, check=True)
+    assert "status complete, 30/30 steps, 4 members" in shown.stdout
+    assert "A=5 T=20" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    ("sections", "overrides", "expected"),
+    [
+        (
+            {"model": {"widht": 3}},
+            [],
+            "model.widht: unknown key; allowed: activation, depth, device",
+        ),
+        ({}, ["schedule.amplitude=0.5"], "schedule.amplitude: every amplitude must be >= 1"),
+        ({}, ["train.steps=-1"], "train.steps: Input should be greater than or equal to 1"),
+        ({}, ["loss.name=hinge"], "loss.name: unknown loss 'hinge'; allowed: ce, dce, dmse1"),
+        ({}, ["data.noize=1"], "data.noize: unknown key; allowed: classes, noise"),
+        ({}, ["analyzers.nope={}"], "analyzers.nope: unknown analyzer 'nope'; allowed:"),
+        ({}, ["model.device=gpu"], "model.device: must be cpu, cuda or cuda:N"),
+        ({}, ["train.optimizer=sgd"], "train: optimizer sgd needs batch_size"),
+        ({}, ["oops"], "--set: expected key=value"),
+    ],
+)
+def test_bad_config_is_one_line_exit_2_nothing_written(
+    tmp_path, capsys, sections, overrides, expected
+):
+    config = write_config(tmp_path, **sections)
+    code = main(["run", str(config), *[a for o in overrides for a in ("--set", o)]])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("dlf-study: error: ")
+    assert expected in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_and_malformed_files(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "absent.yaml")]) == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    assert main(["run", str(bad)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "cannot read config" in err[0] and "not valid YAML" in err[1]
+
+
+def test_plugins_lists_core_registries(capsys):
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "dlf.losses" in out and "dce" in out and "spiral" in out and "triangle" in out

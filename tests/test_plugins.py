@@ -1,0 +1,112 @@
+"""Plugins: one installed through an entry point in a temporary distribution, and failures."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from dlf.errors import PluginError
+from dlf.run import execute
+from dlf.trace import open_trace
+
+PLUGIN = '''
+import torch
+import xarray as xr
+import dlf
+
+
+class GradNormOptions(dlf.AnalyzerOptions):
+    fail_at: int = -1
+
+
+class GradNorm(dlf.Analyzer):
+    """Records |∇F| per member at its cadence; optionally raises at one step (for the test)."""
+
+    Options = GradNormOptions
+
+    def __init__(self, name, options, run):
+        super().__init__(name, options, run)
+        self.steps, self.norms = [], []
+
+    @dlf.hookimpl
+    def dlf_step_end(self, state):
+        if state.step == self.options.fail_at:
+            raise RuntimeError("planted failure")
+        self.steps.append(state.step)
+        self.norms.append(state.grad.norm(dim=1).tolist())
+
+    @dlf.hookimpl
+    def dlf_trace_contribute(self, run):
+        return {self.var("norm"): xr.DataArray(
+            torch.tensor(self.norms).T.numpy().reshape(run.n_members, len(self.steps)),
+            dims=("member", "gradnorm_step"), coords={"gradnorm_step": self.steps})}
+
+
+@dlf.hookimpl
+def dlf_register(registries):
+    registries.analyzers.add("gradnorm", GradNorm)
+'''
+
+
+@pytest.fixture
+def installed_plugin(tmp_path, monkeypatch):
+    """A distribution 'dlf-gradnorm' with an entry point in group 'dlf', on sys.path."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "dlf_gradnorm.py").write_text(PLUGIN)
+    info = site / "dlf_gradnorm-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dlf-gradnorm\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[dlf]\ngradnorm = dlf_gradnorm\n")
+    monkeypatch.syspath_prepend(str(site))
+    return site
+
+
+def test_entry_point_plugin_listed_and_used(installed_plugin, make_config, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(installed_plugin)}
+    listed = subprocess.run(
+        [sys.executable, "-m", "dlf.cli", "plugins"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "gradnorm" in listed and "dlf-gradnorm 0.1 (entry point)" in listed
+    config = make_config(analyzers={"gradnorm": {"every": 5}})
+    ds = open_trace(execute(config, trace_path=tmp_path / "t.nc").path)
+    assert list(ds.gradnorm_step.values) == list(range(0, 60, 5))
+    assert ds.gradnorm_norm.dims == ("member", "gradnorm_step")
+    assert (ds.gradnorm_norm > 0).all()
+
+
+def test_analyzer_options_validated(installed_plugin, make_config):
+    from dlf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"analyzers.gradnorm.evry: unknown key"):
+        execute(make_config(analyzers={"gradnorm": {"evry": 5}}))
+
+
+def test_failing_plugin_named_with_step_and_trace_kept(installed_plugin, make_config, tmp_path):
+    config = make_config(analyzers={"gradnorm": {"every": 1, "fail_at": 23}})
+    with pytest.raises(
+        PluginError, match=r"plugin 'analyzer:gradnorm' failed at step 23: RuntimeError"
+    ):
+        execute(config, trace_path=tmp_path / "t.nc")
+    ds = open_trace(tmp_path / "t.nc")
+    assert ds.attrs["status"] == "failed" and ds.attrs["steps_completed"] == 23
+    assert ds.sizes["step"] == 23
+    assert list(ds.gradnorm_step.values) == list(range(23))
+
+
+def test_config_named_plugin_module(tmp_path, make_config):
+    mod = tmp_path / "my_local_plugin.py"
+    mod.write_text(textwrap.dedent(PLUGIN).replace('"gradnorm"', '"local"'))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        config = make_config(plugins=["my_local_plugin"], analyzers={"local": {"every": 30}})
+        ds = open_trace(execute(config, trace_path=tmp_path / "t.nc").path)
+        assert "local_norm" in ds
+    finally:
+        sys.path.remove(str(tmp_path))

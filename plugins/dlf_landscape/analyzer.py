@@ -1,0 +1,290 @@
+"""The ``landscape`` analyzer: 2D slices of F around θ_t with the trajectory that follows.
+
+At a slice step t, for each chosen member, the analyzer takes two directions d₁, d₂ (by default
+the top-2 Hessian eigenvectors from the shared curvature helper, so no second eigen-solve),
+evaluates F(θ_t + a·d₁ + b·d₂; Γ(t)) on a grid of a, b ∈ [−radius, radius] with Γ frozen at its
+value at t, and then, during the next ``future`` steps, records where training goes in that
+plane: the coordinates (a, b) of θ_{t+j} − θ_t, how far it is off the plane, F(θ_{t+j}; Γ(t))
+(the value on the frozen landscape drawn in the background) and F(θ_{t+j}; Γ(t+j)) (the loss
+training actually saw). It only reads θ: training is the same with or without it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import xarray as xr
+from pydantic import Field, field_validator, model_validator
+
+import dlf
+from dlf.curvature import DEFAULT_TOL
+
+from .directions import curvature_along, filter_normalized_pair, principal_plane
+from .grid import evaluate_plane, plane_coordinates, rows_per_chunk
+
+COORDS = ("a", "b")
+
+
+class LandscapeOptions(dlf.AnalyzerOptions):
+    """When to slice, which members, along which directions, and how fine."""
+
+    every: int | None = Field(None, ge=0, description="also slice every n steps; 0 or null: off")
+    steps: list[int] = Field(default_factory=list, description="slice at these steps")
+    members: list[int] = Field([0], min_length=1, description="member indices to slice")
+    directions: Literal["hessian", "random", "pca"] = Field(
+        "hessian",
+        description="hessian: top-2 eigenvectors; random: filter-normalised (Li et al. 2018); "
+        "pca: top-2 principal components of the recent trajectory",
+    )
+    radius: float = Field(1.0, gt=0, description="a and b range over [-radius, radius]")
+    grid: int = Field(41, ge=2, description="grid points per axis")
+    future: int = Field(20, ge=0, description="steps of trajectory recorded after each slice")
+    chunk: int | None = Field(
+        None, ge=1, description="grid points per forward pass; null: as many as fit in 64 MiB"
+    )
+    solver: Literal["lanczos", "exact"] = Field(
+        "lanczos",
+        description="how the curvature helper finds eigenvectors (exact: dense, tiny nets)",
+    )
+    tol: float = Field(DEFAULT_TOL, gt=0, description="Lanczos relative residual for hessian")
+    seed: int = Field(0, description="seed of the random directions")
+    pca_every: int = Field(5, ge=1, description="pca: snapshot cadence of the trajectory")
+    pca_window: int = Field(40, ge=2, description="pca: snapshots kept (the most recent)")
+
+    @field_validator("steps", "members")
+    @classmethod
+    def _non_negative_unique(cls, value: list[int]) -> list[int]:
+        if any(v < 0 for v in value) or len(set(value)) != len(value):
+            raise ValueError("must be distinct integers >= 0")
+        return sorted(value)
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> LandscapeOptions:
+        if not (self.steps or self.every):
+            raise ValueError("set steps or every: the analyzer would never slice")
+        if self.directions == "pca" and self.steps and self.steps[0] <= self.pca_every:
+            raise ValueError(
+                f"pca needs two trajectory snapshots before a slice: steps must be > pca_every "
+                f"({self.pca_every})"
+            )
+        return self
+
+
+@dataclass
+class Slice:
+    """One slice: where and when, the grid of F, and the trajectory after it (NaN until seen)."""
+
+    step: int
+    member: int
+    curvature: np.ndarray  # (2,) eigenvalues, or Rayleigh quotients of non-eigen directions
+    loss: np.ndarray  # (grid, grid), indexed [a, b]
+    trajectory: np.ndarray  # (future, 2): (a, b) of θ_{t+j} − θ_t, j = 1..future
+    trajectory_loss: np.ndarray  # (future,) F(θ_{t+j}; Γ(t))
+    trajectory_current_loss: np.ndarray  # (future,) F(θ_{t+j}; Γ(t+j))
+    trajectory_residual: np.ndarray  # (future,) distance of θ_{t+j} from the plane
+
+
+@dataclass
+class Plane:
+    """The plane of a slice whose future is still being recorded, in parameter space."""
+
+    center: torch.Tensor  # (n,) θ_t
+    directions: torch.Tensor  # (2, n)
+    gamma: torch.Tensor  # (C,) Γ(t)
+
+
+class LandscapeAnalyzer(dlf.Analyzer):
+    """Slices F at configured steps and follows the trajectory for ``future`` steps after each."""
+
+    Options = LandscapeOptions
+
+    def __init__(self, name: str, options: LandscapeOptions, run: dlf.RunContext) -> None:
+        super().__init__(name, options, run)
+        self.options: LandscapeOptions = options
+        out_of_range = [m for m in options.members if m >= run.n_members]
+        if out_of_range:
+            raise dlf.ConfigError(
+                f"analyzers.{name}.members",
+                f"no member {out_of_range[0]}; allowed: 0..{run.n_members - 1}",
+            )
+        late = [s for s in options.steps if s >= run.total_steps]
+        if late:
+            raise dlf.ConfigError(
+                f"analyzers.{name}.steps",
+                f"step {late[0]} is not < train.steps ({run.total_steps})",
+            )
+        self.slice_steps = set(options.steps)
+        self.coords = torch.linspace(
+            -options.radius, options.radius, options.grid, dtype=run.dtype, device=run.device
+        )
+        self.chunk = options.chunk or rows_per_chunk(run.objective)
+        self.slices: list[Slice] = []
+        self._pending: list[tuple[Slice, Plane]] = []
+        self._recording_until = -1
+        self._history: deque[torch.Tensor] = deque(maxlen=options.pca_window)
+        self._generator = torch.Generator().manual_seed(options.seed)
+
+    # --- schedule ---------------------------------------------------------------------------
+
+    def slicing_at(self, step: int) -> bool:
+        every = self.options.every
+        return step in self.slice_steps or bool(every and step % every == 0)
+
+    def _snapshot_at(self, step: int) -> bool:
+        return self.options.directions == "pca" and step % self.options.pca_every == 0
+
+    def due(self, step: int) -> bool:
+        """At slice steps, on the ``future`` steps after each, and at pca snapshot steps."""
+        return step <= self._recording_until or self.slicing_at(step) or self._snapshot_at(step)
+
+    # --- events -----------------------------------------------------------------------------
+
+    @dlf.hookimpl
+    def dlf_step_end(self, state: dlf.StepState) -> None:
+        self._follow(state)
+        if self.slicing_at(state.step):
+            self._slice(state)
+        if self._snapshot_at(state.step):
+            self._history.append(state.theta[self.options.members].clone())
+
+    def _follow(self, state: dlf.StepState) -> None:
+        """Record θ_t of the slices whose future is being followed, in their planes."""
+        still = []
+        for record, plane in self._pending:
+            j = state.step - record.step - 1
+            theta = state.theta[record.member]
+            ab, off_plane = plane_coordinates(theta - plane.center, plane.directions)
+            with torch.no_grad():
+                frozen = self.run.objective(theta[None], plane.gamma[None])[0]
+            record.trajectory[j] = ab.cpu().numpy()
+            record.trajectory_residual[j] = float(off_plane)
+            record.trajectory_loss[j] = float(frozen)
+            record.trajectory_current_loss[j] = float(state.loss[record.member])
+            if j + 1 < self.options.future:
+                still.append((record, plane))
+        self._pending = still
+
+    def _slice(self, state: dlf.StepState) -> None:
+        members = [m for m in self.options.members if bool(state.active[m])]
+        planes = self._directions(state, members) if members else None
+        if planes is None:
+            return
+        directions, curvature = planes
+        k = self.options.future
+        for i, m in enumerate(members):
+            loss = evaluate_plane(
+                self.run.objective,
+                state.theta[m],
+                directions[i],
+                state.gamma[m],
+                self.coords,
+                self.chunk,
+            )
+            record = Slice(
+                step=state.step,
+                member=m,
+                curvature=curvature[i].cpu().numpy(),
+                loss=loss.cpu().numpy(),
+                trajectory=np.full((k, 2), np.nan),
+                trajectory_loss=np.full(k, np.nan),
+                trajectory_current_loss=np.full(k, np.nan),
+                trajectory_residual=np.full(k, np.nan),
+            )
+            self.slices.append(record)
+            if k:
+                plane = Plane(state.theta[m].clone(), directions[i], state.gamma[m].clone())
+                self._pending.append((record, plane))
+        self._recording_until = max(self._recording_until, state.step + k)
+
+    def _directions(
+        self, state: dlf.StepState, members: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Directions ``(L, 2, n)`` and the curvature along them ``(L, 2)`` for ``members``.
+
+        None for pca slices before two trajectory snapshots exist (``every`` slices at step 0).
+        """
+        options = self.options
+        if options.directions == "hessian":
+            values, vectors = state.curvature.eigenpairs(2, tol=options.tol, mode=options.solver)
+            return vectors[members], values[members]
+        if options.directions == "random":
+            directions = torch.stack(
+                [
+                    filter_normalized_pair(self.run.model, state.theta[m], self._generator)
+                    for m in members
+                ]
+            )
+        else:
+            if len(self._history) < 2:
+                return None
+            history = torch.stack(list(self._history))  # (snapshot, option member, n)
+            directions = torch.stack(
+                [
+                    principal_plane(history[:, options.members.index(m)] - state.theta[m])
+                    for m in members
+                ]
+            )
+        return directions, curvature_along(state.curvature, members, directions, self.run.n_members)
+
+    # --- trace ------------------------------------------------------------------------------
+
+    @dlf.hookimpl
+    def dlf_trace_contribute(self, run: dlf.RunContext) -> dict[str, xr.DataArray]:
+        """The slices so far (trajectories NaN where not reached yet); nothing before the first."""
+        if not self.slices:
+            return {}
+        options = self.options
+        grid = self.coords.cpu().numpy()
+        k = np.arange(1, options.future + 1)
+        common = {"directions": options.directions}
+
+        def stack(key: str) -> np.ndarray:
+            return np.stack([getattr(s, key) for s in self.slices])
+
+        def var(key: str, dims: tuple[str, ...], coords: dict, long_name: str) -> xr.DataArray:
+            return xr.DataArray(
+                stack(key),
+                dims=("slice", *dims),
+                coords=coords,
+                attrs={"long_name": long_name, **common},
+            )
+
+        return {
+            self.var("loss"): var(
+                "loss",
+                ("a", "b"),
+                {"a": grid, "b": grid},
+                "F(θ_t + a·d1 + b·d2; Γ(t)) with Γ frozen at the slice step",
+            ),
+            self.var("step"): xr.DataArray(
+                np.array([s.step for s in self.slices]), dims="slice", attrs={"units": "step"}
+            ),
+            self.var("member"): xr.DataArray(
+                np.array([s.member for s in self.slices]), dims="slice"
+            ),
+            self.var("eigenvalues"): var(
+                "curvature",
+                ("direction",),
+                {"direction": ["d1", "d2"]},
+                "curvature along d1, d2 (Hessian eigenvalues, or Rayleigh quotients dᵀHd/dᵀd)",
+            ),
+            self.var("trajectory"): var(
+                "trajectory",
+                ("k", "coord"),
+                {"k": k, "coord": list(COORDS)},
+                "(a, b) of θ_{t+k} − θ_t in the slice's plane (least squares)",
+            ),
+            self.var("trajectory_loss"): var(
+                "trajectory_loss", ("k",), {"k": k}, "F(θ_{t+k}; Γ(t)) on the frozen landscape"
+            ),
+            self.var("trajectory_current_loss"): var(
+                "trajectory_current_loss", ("k",), {"k": k}, "F(θ_{t+k}; Γ(t+k)) as trained"
+            ),
+            self.var("trajectory_residual"): var(
+                "trajectory_residual", ("k",), {"k": k}, "distance of θ_{t+k} from the plane"
+            ),
+        }

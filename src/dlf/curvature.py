@@ -13,8 +13,10 @@ from typing import Literal
 
 import torch
 
-from dlf import lanczos
+from dlf import lanczos, ntk
 from dlf.lanczos import LanczosResult, SpectralDensity
+from dlf.ntk import Method as NTKMethod
+from dlf.ntk import NTKResult
 from dlf.objective import Objective
 
 LossKind = Literal["dynamical", "static"]
@@ -173,3 +175,21 @@ class Curvature:
         result = self.cache[key]
         assert isinstance(result, SpectralDensity)
         return result
+
+    def ntk(
+        self, k: int = 1, x: torch.Tensor | None = None, method: NTKMethod = "auto"
+    ) -> NTKResult:
+        """Top-k eigenvalues of the empirical NTK on ``x`` (default: the training set), cached."""
+        inputs = self.objective.x if x is None else x
+        key = ("ntk", method, inputs.data_ptr(), tuple(inputs.shape))
+        cached = self.cache.get(key)
+        if not (isinstance(cached, NTKResult) and cached.values.shape[1] >= k):
+            cached = ntk.ntk_eigenvalues(self.objective.model, self.theta, inputs, k, method)
+            self.cache[key] = cached
+        return NTKResult(cached.values[:, :k], cached.method)
+
+    def ntk_eigenvalues(
+        self, k: int = 1, x: torch.Tensor | None = None, method: NTKMethod = "auto"
+    ) -> torch.Tensor:
+        """Top-k NTK eigenvalues ``(M, k)``, descending (see :meth:`ntk`)."""
+        return self.ntk(k, x, method).values

@@ -90,3 +90,11 @@ def test_plugins_lists_core_registries(capsys):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
     assert "dlf.losses" in out and "dce" in out and "spiral" in out and "triangle" in out
+
+
+def test_progress_bar_only_when_asked_or_on_a_terminal(tmp_path, capsys):
+    config = write_config(tmp_path)
+    assert main(["run", str(config), "--set", "output.progress=always"]) == 0
+    assert "step/s" in capsys.readouterr().err
+    assert main(["run", str(config), "--set", "output.progress=auto"]) == 0
+    assert capsys.readouterr().err == ""  # captured stderr is not a terminal

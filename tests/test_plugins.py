@@ -44,9 +44,17 @@ class GradNorm(dlf.Analyzer):
             dims=("member", "gradnorm_step"), coords={"gradnorm_step": self.steps})}
 
 
+def square(steps, amplitude, period, n_classes):
+    """Γ of the class in turn is A for the whole period (raw weights normalised to sum to C)."""
+    current = torch.div(steps[:, None], period[None, :], rounding_mode="floor").remainder(n_classes)
+    hat = torch.where(current[..., None] == torch.arange(n_classes), amplitude[:, None], 1.0)
+    return n_classes * hat / hat.sum(-1, keepdim=True)
+
+
 @dlf.hookimpl
 def dlf_register(registries):
     registries.analyzers.add("gradnorm", GradNorm)
+    registries.schedules.add("square", square)
 '''
 
 
@@ -79,6 +87,13 @@ def test_entry_point_plugin_listed_and_used(installed_plugin, make_config, tmp_p
     assert list(ds.gradnorm_step.values) == list(range(0, 60, 5))
     assert ds.gradnorm_norm.dims == ("member", "gradnorm_step")
     assert (ds.gradnorm_norm > 0).all()
+
+
+def test_entry_point_schedule_drives_gamma(installed_plugin, make_config, tmp_path):
+    config = make_config(schedule={"name": "square", "amplitude": 4, "period": 10})
+    ds = open_trace(execute(config, trace_path=tmp_path / "t.nc").path)
+    # A = 4, C = 3: the emphasised class has 3·4/6 = 2, the others 0.5; class 1 in steps 10–19
+    assert ds.gamma.isel(member=0).sel(step=15).values.tolist() == [0.5, 2.0, 0.5]
 
 
 def test_analyzer_options_validated(installed_plugin, make_config):

@@ -223,7 +223,7 @@ def validate(model: type[BaseModel], raw: Any, prefix: str = "") -> Any:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        err = _describe(exc.errors()[0], model)
+        err = _describe(dict(exc.errors()[0]), model)
         field = ".".join(p for p in (prefix, err.field) if p)
         raise ConfigError(field, err.message) from None
 

@@ -51,7 +51,7 @@ def summarise(path: Path) -> str:
                 f"val acc {_mean_sem(sel['val_accuracy'].values)}"
             )
     extra = sorted(
-        v
+        str(v)
         for v in ds.data_vars
         if v
         not in {

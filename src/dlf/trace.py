@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -201,13 +201,13 @@ def write_netcdf(ds: xr.Dataset, path: Path) -> None:
     """Write ``ds`` to ``path`` with compression, atomically: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    encoding = {
+    encoding: dict[Hashable, dict[str, Any]] = {
         name: {"zlib": True, "complevel": 4}
         for name, var in ds.variables.items()
         if var.dtype.kind in "fiu" and var.ndim > 0
     }
     try:
-        ds.to_netcdf(tmp, engine=ENGINE, encoding=encoding)
+        ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,139 @@
+"""``dlf-study plot``: open traces (or a directory of them), draw the figures, save the files."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import xarray as xr
+from matplotlib.figure import Figure
+
+from dlf.errors import ConfigError, DlfError
+from dlf.plots.dynamics import Zoom, dynamics
+from dlf.plots.landscape import landscape
+from dlf.plots.phase import phase
+from dlf.plots.sharpness import sharpness
+from dlf.plots.style import run_name
+from dlf.plots.threshold import threshold
+from dlf.plots.width import width
+from dlf.trace import open_trace
+
+FORMATS = ("png", "svg", "pdf")
+TRACE_NAME = "trace.nc"
+STUDY_NAME = "study.nc"
+
+
+@dataclass(frozen=True)
+class FigureKind:
+    """A figure drawn from one trace at a time (``per_trace``) or from all traces together."""
+
+    draw: Callable[..., Figure]
+    per_trace: bool
+
+
+FIGURES = {
+    "dynamics": FigureKind(dynamics, per_trace=True),
+    "phase": FigureKind(phase, per_trace=True),
+    "threshold": FigureKind(threshold, per_trace=False),
+    "width": FigureKind(width, per_trace=False),
+    "landscape": FigureKind(landscape, per_trace=True),
+    "sharpness": FigureKind(sharpness, per_trace=False),
+}
+
+
+def trace_files(paths: Sequence[Path]) -> list[Path]:
+    """The files named; for a directory, its ``study.nc`` if it is a min-width study's, else
+    every ``trace.nc`` below it."""
+    files: list[Path] = []
+    for path in paths:
+        if (path / STUDY_NAME).is_file():
+            files.append(path / STUDY_NAME)
+        elif path.is_dir():
+            found = sorted(path.rglob(TRACE_NAME))
+            if not found:
+                raise DlfError(f"{path} holds no {TRACE_NAME} (looked in every sub-directory)")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DlfError(f"{path}: no such file or directory")
+    return files
+
+
+def load_traces(paths: Sequence[Path]) -> list[xr.Dataset]:
+    """Open every trace (or min-width study) that ``paths`` names."""
+    datasets = []
+    for file in trace_files(paths):
+        try:
+            datasets.append(open_trace(file))
+        except (OSError, ValueError) as exc:
+            raise DlfError(f"cannot open trace {file}: {exc}") from None
+    return datasets
+
+
+def _stems(datasets: Sequence[xr.Dataset]) -> list[str]:
+    """A distinct file-name stem per trace: its run name, numbered where names repeat."""
+    names = [run_name(ds) for ds in datasets]
+    return [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
+
+
+def cli_plot(
+    paths: list[Path],
+    figure: str | None,
+    out: Path | None,
+    fmt: str = "png",
+    *,
+    member: int = 0,
+    zoom: Zoom = None,
+) -> int:
+    """Draw ``figure`` (or every figure the data supports) from ``paths`` into ``out``.
+
+    ``out`` defaults to ``figures/`` beside the first path. A figure the data cannot support is
+    skipped with a one-line note; if none can be drawn, the notes become the error.
+    """
+    matplotlib.use("Agg")
+    if fmt not in FORMATS:
+        raise ConfigError("--format", f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    if figure is not None and figure not in FIGURES:
+        raise ConfigError("--figure", f"unknown figure {figure!r}; allowed: {', '.join(FIGURES)}")
+    datasets = load_traces(paths)
+    if out is None:
+        first = paths[0]
+        out = (first if first.is_dir() else first.parent) / "figures"
+    traces = [ds for ds in datasets if "trial" not in ds.dims]
+    stems = _stems(traces)
+    written: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    for name in [figure] if figure else list(FIGURES):
+        kind = FIGURES[name]
+        options = {"member": member, "zoom": zoom} if name == "dynamics" else {}
+        jobs = (
+            [
+                (ds, f"{name}-{stem}" if len(traces) > 1 else name)
+                for ds, stem in zip(traces, stems, strict=True)
+            ]
+            if kind.per_trace
+            else [(datasets, name)]
+        )
+        for data, stem in jobs:
+            try:
+                fig = kind.draw(data, **options)
+            except DlfError as exc:
+                skipped.append((stem, str(exc)))
+                continue
+            out.mkdir(parents=True, exist_ok=True)
+            path = out / f"{stem}.{fmt}"
+            fig.savefig(path, dpi=130 if fmt == "png" else None)
+            written.append(path)
+    if not written:
+        if len(skipped) == 1:
+            raise DlfError(skipped[0][1])
+        raise DlfError("no figure could be drawn: " + "; ".join(f"{s}: {m}" for s, m in skipped))
+    for stem, message in skipped:
+        print(f"skipped {stem}: {message}", file=sys.stderr)
+    for path in written:
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,73 @@
+"""The curvature threshold: Hessian λmax at the onset of instabilities versus η, log-log.
+
+2021 Fig. 5 (series by width) and 2024 Fig. 4 (series by loss): per learning rate, the mean over
+members of each member's mean λmax at onset (the bifurcation detector's summary), with the error
+of the mean, against the edge-of-stability prediction 2/η. The legend gives the fitted exponent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from matplotlib.figure import Figure
+
+from dlf.errors import DlfError
+from dlf.plots.style import mean_sem, new_figure, styled
+from dlf.plots.tables import label, member_table, varying
+
+ONSET = "bifurcation_mean_lambda_onset"
+SERIES = ("loss", "width")
+
+
+def onset_table(datasets: Sequence[xr.Dataset]) -> pd.DataFrame:
+    """Members with a measured λ at onset: loss, width, η, ``lambda_onset``."""
+    table = member_table(datasets, "threshold", [ONSET], lambda_onset=lambda ds: ds[ONSET])
+    table = table[np.isfinite(table["lambda_onset"]) & (table["lambda_onset"] > 0)]
+    if table["eta"].nunique() < 2:
+        raise DlfError(
+            "figure 'threshold' needs instabilities measured at two or more learning rates; "
+            f"found {table['eta'].nunique()} (give train.lr a list or pass several traces)"
+        )
+    return table
+
+
+def fitted_exponent(eta: np.ndarray, lam: np.ndarray) -> float:
+    """Slope of log λ against log η (least squares over members)."""
+    return float(np.polyfit(np.log(eta), np.log(lam), 1)[0])
+
+
+@styled
+def threshold(datasets: Sequence[xr.Dataset]) -> Figure:
+    """λmax at onset versus η on log-log axes, mean ± error of the mean, with the 2/η line."""
+    table = onset_table(datasets)
+    fig, axes = new_figure(size=(4.8, 3.8))
+    ax = axes[0, 0]
+    differ = varying(table, SERIES)
+    for key, group in table.groupby(list(SERIES)):
+        stats = [mean_sem(g["lambda_onset"].values) for _, g in group.groupby("eta")]
+        etas = np.array(sorted(group["eta"].unique()))
+        mean, sem = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
+        slope = fitted_exponent(group["eta"].values, group["lambda_onset"].values)
+        name = label(dict(zip(SERIES, key, strict=True)), SERIES, differ)
+        ax.errorbar(
+            etas,
+            mean,
+            yerr=sem,
+            fmt="o-",
+            ms=4,
+            capsize=3,
+            label=f"{name + ': ' if name else ''}fit η$^{{{slope:.2f}}}$",
+        )
+    grid = np.geomspace(table["eta"].min() / 1.3, table["eta"].max() * 1.3, 50)
+    ax.plot(grid, 2 / grid, "k--", lw=1, label="2/η")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("learning rate η")
+    ax.set_ylabel("Hessian λ$_{max}$ at onset")
+    ax.legend(fontsize="small")
+    ratio = (table["lambda_onset"] * table["eta"] / 2).mean()
+    ax.set_title(f"mean λ·η/2 = {ratio:.2f} over {len(table)} members")
+    return fig

@@ -1,0 +1,69 @@
+"""Shared helpers of the curvature, Lanczos and NTK tests: tiny objectives and planted spectra."""
+
+from __future__ import annotations
+
+import torch
+
+from dlf.data import SpiralOptions, spiral
+from dlf.losses import BUILTIN_LOSSES
+from dlf.models import MLP
+from dlf.objective import Objective
+
+LOSSES = {loss.name: loss for loss in BUILTIN_LOSSES}
+
+
+def tiny_objective(
+    loss: str = "dce", width: int = 6, points: int = 12, dtype: torch.dtype = torch.float64
+) -> Objective:
+    """A 2 → width → 3 MLP on a small spiral: few enough parameters for dense Hessians."""
+    data = spiral(SpiralOptions(points_per_class=points))
+    model = MLP(2, (width,), 3)
+    x = torch.tensor(data.x_train, dtype=dtype)
+    y = torch.tensor(data.y_train)
+    return Objective(model, LOSSES[loss], LOSSES[LOSSES[loss].static_name], x, y)
+
+
+def tiny_gamma(members: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Unequal class weights (normalised to sum to C = 3), different per member."""
+    raw = torch.tensor([[1.0 + 3 * m, 1.0, 1.0 + m] for m in range(members)], dtype=dtype)
+    return 3 * raw / raw.sum(dim=1, keepdim=True)
+
+
+def planted_operator(spectra: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric matrices ``(M, n, n)`` with the given eigenvalues ``(M, n)`` in random bases.
+
+    Returns the matrices and their eigenvectors ``(M, n, n)`` (columns, in the order given).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    m, n = spectra.shape
+    q, _ = torch.linalg.qr(torch.randn(m, n, n, generator=gen, dtype=torch.float64))
+    matrices = q @ torch.diag_embed(spectra.double()) @ q.transpose(1, 2)
+    return (matrices + matrices.transpose(1, 2)) / 2, q
+
+
+def independent_hessian(
+    objective: Objective, theta: torch.Tensor, gamma: torch.Tensor | None
+) -> torch.Tensor:
+    """Dense Hessians ``(M, n, n)`` by torch.func.hessian of the loss written out per member.
+
+    Independent of dlf.curvature: one member at a time, straight from model, loss and data.
+    ``gamma=None`` means the static loss.
+    """
+    hessians = []
+    for m in range(theta.shape[0]):
+        if gamma is None:
+            ones = torch.ones(1, objective.n_classes, dtype=theta.dtype)
+
+            def f(row: torch.Tensor, ones: torch.Tensor = ones) -> torch.Tensor:
+                logits = objective.model.forward(row[None], objective.x)
+                return objective.static(logits, objective.y, ones)[0]
+        else:
+            g = gamma[m : m + 1]
+
+            def f(row: torch.Tensor, g: torch.Tensor = g) -> torch.Tensor:
+                return objective.loss(
+                    objective.model.forward(row[None], objective.x), objective.y, g
+                )[0]
+
+        hessians.append(torch.func.hessian(f)(theta[m]))
+    return torch.stack(hessians)

@@ -1,0 +1,485 @@
+"""Minimal-width studies: the width bisection against a known threshold, the pruner's decisions
+on hand-made learning curves, batched trials against solo runs of the same members, early stops,
+divergence, bad input, a study killed with SIGKILL and resumed, and two worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import torch
+import xarray as xr
+import yaml
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from dlf.config import Member
+from dlf.errors import ConfigError
+from dlf.run import execute
+from dlf.search import cli_run, load_study_config, open_study, run_study
+from dlf.search.config import WidthLadder, study_config_from_raw
+from dlf.search.evaluate import Candidate, run_batch
+from dlf.search.ladder import bracket, next_width, rungs
+from dlf.search.liveness import HEARTBEAT_ATTR, HOST, WORKER_ATTR, is_stale
+from dlf.search.pruning import FULL_LENGTH, TargetPruner
+from dlf.search.storage import JOURNAL_NAME, open_storage, open_studies
+from dlf.trace import open_trace
+from tests.conftest import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks run fastest on one thread, and the CPU is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def study_raw(root: Path, name: str = "tiny", **search: Any) -> dict[str, Any]:
+    """A seconds-long study: 3 widths, 2 seeds, 2 trials per width, 2 trials per run."""
+    raw = tiny_config(root, name=name, train={"steps": 80, "eval_every": 20})
+    del raw["schedule"], raw["model"]["width"], raw["train"]["seeds"]
+    raw["search"] = {
+        "target": 0.6,
+        "seeds": 2,
+        "width": {"low": 2, "high": 8, "per_octave": 1},
+        "amplitude": {"low": 2, "high": 10},
+        "period": {"low": 10, "high": 40},
+        "trials_per_width": 2,
+        "batch": 2,
+        "trials": 6,
+        "pruner": {"startup_trials": 2},
+        **search,
+    }
+    return raw
+
+
+def study_config(root: Path, **search: Any):
+    return study_config_from_raw(study_raw(root, **search))
+
+
+def trials_of(config, kind: str = "dynamical") -> list[optuna.trial.FrozenTrial]:
+    storage = open_storage(config)
+    return optuna.load_study(study_name=f"{config.name}.{kind}", storage=storage).get_trials()
+
+
+# --- the width ladder and its bisection ----------------------------------------------------------
+
+
+def test_ladder_is_geometric_with_rounded_rungs():
+    assert WidthLadder(low=2, high=64, per_octave=2).ladder() == [
+        2,
+        3,
+        4,
+        6,
+        8,
+        11,
+        16,
+        23,
+        32,
+        45,
+        64,
+    ]
+    assert WidthLadder(low=5, high=7, per_octave=1).ladder() == [5, 7]
+    assert WidthLadder(low=4, high=4).ladder() == [4]
+
+
+def fake_trial(width: int, value: float, number_state=TrialState.COMPLETE):
+    return create_trial(
+        state=number_state,
+        value=value if number_state == TrialState.COMPLETE else None,
+        params={"width": width},
+        distributions={"width": FloatDistribution(1, 1000)},
+    )
+
+
+@pytest.mark.parametrize("threshold", [1, 5, 12, 40, 64, 100])
+def test_bisection_finds_the_narrowest_reaching_rung_in_log_probes(threshold):
+    """An oracle reaches the target exactly from ``threshold`` on; each probe costs all of its
+    trials when out of reach, one when it reaches."""
+    ladder = WidthLadder(low=2, high=64, per_octave=2).ladder()
+    trials, probed = [], []
+    while (job := next_width(ladder, rungs(trials), 0.8, 3)) is not None:
+        width, _ = job
+        probed.append(width)
+        trials.append(fake_trial(width, 0.9 if width >= threshold else 0.5))
+    b = bracket(ladder, rungs(trials), 0.8, 3)
+    expected = next((w for w in ladder if w >= threshold), None)
+    assert b.converged and b.w_star == expected
+    assert len(set(probed)) <= int(np.ceil(np.log2(len(ladder) + 1)))
+
+
+def test_pending_trials_take_room_and_pruned_trials_never_reach():
+    ladder = [2, 4, 8]
+    table = rungs([fake_trial(4, 0.0, TrialState.RUNNING), fake_trial(4, 0.0, TrialState.RUNNING)])
+    assert next_width(ladder, table, 0.8, 2) is None  # the probe's trials are all under way
+    pruned = create_trial(
+        state=TrialState.PRUNED,
+        params={"width": 4},
+        intermediate_values={10: 0.95},
+        distributions={"width": FloatDistribution(1, 1000)},
+    )
+    table = rungs([pruned, fake_trial(4, 0.5)])
+    assert table[4].finished == 2 and table[4].best == 0.5
+    assert bracket(ladder, table, 0.8, 2).lo == 1
+
+
+# --- the target pruner ----------------------------------------------------------------------------
+
+
+def curve_study(curves: list[tuple[dict[int, float], float]]) -> optuna.Study:
+    """A study holding full-length trials with the given learning curves and final values."""
+    study = optuna.create_study(direction="maximize")
+    for intermediate, final in curves:
+        study.add_trial(
+            create_trial(
+                value=final, intermediate_values=intermediate, user_attrs={FULL_LENGTH: True}
+            )
+        )
+    return study
+
+
+def test_target_pruner_uses_the_largest_later_gain_and_drop():
+    study = curve_study([({0: 0.3, 50: 0.5}, 0.9), ({0: 0.4, 50: 0.85}, 0.8)])
+    pruner = TargetPruner(target=0.8, startup_trials=2, margin=0.02)
+    # after step 50 the curves moved by +0.4 and -0.05
+    swings, succeeded = pruner.swings(study)
+    assert succeeded and swings.keys() == {0, 50}
+    assert swings[0] == pytest.approx((0.6, 0.0)) and swings[50] == pytest.approx((0.4, 0.05))
+    assert pruner.hopeless(study, 50, 0.37)  # 0.37 + 0.4 + 0.02 < 0.8
+    assert not pruner.hopeless(study, 50, 0.39)
+    assert pruner.reached(study, 50, 0.88)  # 0.88 - 0.05 - 0.02 >= 0.8
+    assert not pruner.reached(study, 50, 0.86)
+
+
+def test_target_pruner_waits_for_startup_trials_and_for_a_success():
+    pruner = TargetPruner(target=0.8, startup_trials=2, margin=0.0)
+    assert not pruner.hopeless(curve_study([({0: 0.3}, 0.9)]), 0, 0.0)  # one trial only
+    failures = curve_study([({0: 0.3}, 0.5), ({0: 0.3}, 0.4)])
+    assert not pruner.hopeless(failures, 0, 0.0)  # nobody reached the target yet
+    assert pruner.reached(curve_study([({0: 0.9}, 0.9), ({0: 0.3}, 0.4)]), 0, 0.95)
+
+
+# --- one batch = one ensemble run ---------------------------------------------------------------
+
+
+def batch_fixture(tmp_path, curves, target, n_trials=2, **train):
+    config = study_config(tmp_path, target=target)
+    study = curve_study(curves)
+    study.pruner = TargetPruner(target, startup_trials=1, margin=0.0)
+    run = config.run.model_copy(
+        update={
+            "model": config.run.model.model_copy(update={"width": 4}),
+            "train": config.run.train.model_copy(update=train),
+        }
+    )
+    candidates = []
+    for i in range(n_trials):
+        trial = study.ask()
+        candidates.append(Candidate(trial, amplitude=2.0 + 3 * i, period=20.0))
+    return study, run, candidates
+
+
+def test_batched_trials_measure_what_solo_runs_of_their_members_measure(tmp_path):
+    study, run, candidates = batch_fixture(tmp_path, [], target=0.6, n_trials=3)
+    outcomes = run_batch(study, run, candidates, [0, 1], "val_accuracy", tmp_path / "b.nc", False)
+    for candidate, outcome in zip(candidates, outcomes, strict=True):
+        solo = execute(
+            run,
+            members=[
+                Member(seed=s, amplitude=candidate.amplitude, period=20.0, lr=1.0) for s in (0, 1)
+            ],
+            trace_path=tmp_path / f"solo{candidate.amplitude}.nc",
+        ).open()
+        expected = solo["val_accuracy"].isel(eval_step=-1).values
+        np.testing.assert_allclose(outcome.values, expected, rtol=0, atol=1e-12)
+        assert outcome.full_length and outcome.measured_step == 80
+        assert outcome.member_steps == 2 * 80 and outcome.mean == pytest.approx(expected.mean())
+    trace = open_trace(tmp_path / "b.nc")
+    np.testing.assert_array_equal(trace["amplitude"].values, [2, 2, 5, 5, 8, 8])
+
+
+def test_a_batch_stops_once_every_trial_is_hopeless(tmp_path):
+    """A success whose curve barely moved makes any trial starting at chance level hopeless."""
+    curves = [({0: 0.94, 20: 0.95, 40: 0.95, 60: 0.95}, 0.95)]
+    study, run, candidates = batch_fixture(tmp_path, curves, target=0.95)
+    outcomes = run_batch(study, run, candidates, [0, 1], "val_accuracy", tmp_path / "b.nc", False)
+    assert [o.verdict for o in outcomes] == [("hopeless", 0)] * 2
+    assert all(o.state == TrialState.PRUNED and o.measured_step == 0 for o in outcomes)
+    trace = open_trace(tmp_path / "b.nc")
+    assert trace.attrs["status"] == "stopped" and trace.attrs["steps_completed"] == 0
+
+
+def test_a_batch_stops_once_every_trial_surely_reached_the_target(tmp_path):
+    curves = [({0: 0.3, 20: 0.5, 40: 0.6, 60: 0.7}, 0.9)]  # never dropped after any step
+    study, run, candidates = batch_fixture(tmp_path, curves, target=0.1)
+    outcomes = run_batch(study, run, candidates, [0, 1], "val_accuracy", tmp_path / "b.nc", False)
+    assert all(o.verdict == ("reached", 0) and o.state == TrialState.COMPLETE for o in outcomes)
+    trace = open_trace(tmp_path / "b.nc")
+    for i, o in enumerate(outcomes):
+        at_0 = trace["val_accuracy"].isel(eval_step=0).values[2 * i : 2 * i + 2]
+        assert o.mean == pytest.approx(at_0.mean())
+        assert o.mean >= 0.1
+
+
+def test_diverged_seeds_count_zero_and_are_recorded(tmp_path):
+    study, run, candidates = batch_fixture(tmp_path, [], target=0.6, n_trials=1, lr=[10.0])
+    run = run.model_copy(update={"loss": run.loss.model_copy(update={"name": "dmse1"})})
+    (outcome,) = run_batch(study, run, candidates, [0, 1], "val_accuracy", tmp_path / "d.nc", False)
+    assert outcome.diverged == [True, True] and outcome.values == [0.0, 0.0]
+    assert outcome.state == TrialState.COMPLETE
+
+
+# --- a whole study ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    config = study_config(root)
+    return config, run_study(config)
+
+
+def test_study_answers_and_writes_study_nc_and_report(finished):
+    config, result = finished
+    dyn, static = result.findings["dynamical"], result.findings["static"]
+    assert dyn.bracket.converged or dyn.trials >= config.search.trials
+    ds = xr.open_dataset(result.study_file)  # plain xarray, no dlf needed
+    n_trials = len(trials_of(config)) + len(trials_of(config, "static"))
+    assert ds.sizes == {"trial": n_trials, "seed": 2}
+    assert set(ds["state"].values) <= {"COMPLETE", "PRUNED"}
+    assert ds.attrs["target"] == 0.6 and list(ds.attrs["ladder"]) == [2, 4, 8]
+    done = ds.where(ds["state"] == "COMPLETE", drop=True)
+    np.testing.assert_allclose(done["value"], done["seed_values"].mean("seed"))
+    assert (ds["amplitude"].where(ds["kind"] == "static", drop=True) == 1).all()
+    report = result.report.read_text()
+    assert "## Answer" in report and "accuracy_vs_width.png" in report
+    assert (result.directory / "accuracy_vs_width.png").stat().st_size > 1000
+    if static.w_star is not None and dyn.w_star is not None:
+        assert f"w*_dyn = {dyn.w_star}" in report
+    ds.close()
+
+
+def test_each_trial_value_is_its_members_final_accuracy_in_its_trace(finished):
+    _, result = finished
+    ds = open_study(result.directory)
+    for row in ds.where(ds["state"] == "COMPLETE", drop=True)["trial"].values:
+        trial = ds.sel(trial=row)
+        trace = open_trace(result.directory / str(trial["trace"].values))
+        same = (trace["amplitude"] == trial["amplitude"]) & (trace["period"] == trial["period"])
+        if trial["kind"] == "static":
+            same = trace["amplitude"] == 1
+        members = trace.isel(member=np.flatnonzero(same.values))
+        assert int(trace["width"]) == int(trial["width"])
+        at = members["val_accuracy"].sel(eval_step=int(trial["measured_step"]))
+        assert float(trial["value"]) == pytest.approx(float(at.mean()))
+
+
+def test_rerunning_a_finished_study_adds_no_trials(finished):
+    config, _ = finished
+    before = {(t.number, t.state, t.value) for t in trials_of(config)}
+    run_study(config)
+    assert {(t.number, t.state, t.value) for t in trials_of(config)} == before
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"target": 0.0}, "search.target"),
+        ({"target": 1.5}, "search.target"),
+        ({"amplitude": {"low": 20, "high": 5}}, "search.amplitude"),
+        ({"period": {"low": 30, "high": 10}}, "search.period"),
+        ({"width": {"low": 16, "high": 4}}, "search.width"),
+        ({"amplitude": {"low": 0.5, "high": 5}}, "search.amplitude.low"),
+        ({"period": {"low": 10, "high": 500}}, "search.period.high"),
+        ({"batch": 3}, "search"),
+        ({"scale": "huge"}, "search.scale"),
+    ],
+)
+def test_bad_search_settings_name_the_field(tmp_path, change, field):
+    with pytest.raises(ConfigError) as err:
+        study_config(tmp_path, **change)
+    assert err.value.field == field and err.value.exit_code == 2
+    assert "\n" not in str(err.value)
+
+
+def test_keys_the_search_owns_and_a_static_loss_are_refused(tmp_path):
+    raw = study_raw(tmp_path)
+    raw["model"]["width"] = 8
+    with pytest.raises(ConfigError, match=r"search\.width") as err:
+        study_config_from_raw(raw)
+    assert err.value.field == "model.width"
+    raw = study_raw(tmp_path)
+    raw["loss"]["name"] = "ce"
+    with pytest.raises(ConfigError) as err:
+        run_study(study_config_from_raw(raw))
+    assert err.value.field == "loss.name" and "dce" in err.value.message
+
+
+def test_an_unreachable_storage_is_a_config_error(tmp_path):
+    config = study_config(tmp_path, storage="postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(ConfigError) as err:
+        run_study(config)
+    assert err.value.field == "search.storage" and "127.0.0.1:1" in err.value.message
+
+
+def test_a_stored_study_with_another_setup_is_refused_and_left_untouched(tmp_path):
+    config = study_config(tmp_path)
+    open_studies(config, open_storage(config))
+    journal = tmp_path / "tiny" / JOURNAL_NAME
+    before = journal.read_bytes()
+    changed = study_config(tmp_path, amplitude={"low": 2, "high": 50})
+    with pytest.raises(ConfigError) as err:
+        run_study(changed)
+    assert err.value.field == "search.amplitude.high" and "10" in err.value.message
+    assert journal.read_bytes() == before
+    # what a trial measures may not change either, but budgets and the sampler may
+    run_study_config = study_config(tmp_path, trials=3, sampler={"name": "random"})
+    open_studies(run_study_config, open_storage(run_study_config))
+
+
+def test_scale_presets_apply_before_command_line_overrides(tmp_path):
+    raw = study_raw(tmp_path, scales={"big": {"train.steps": 500, "search.seeds": 5}})
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config = load_study_config(path, ["search.scale=big", "train.steps=400"])
+    assert config.run.train.steps == 400 and config.search.seeds == [0, 1, 2, 3, 4]
+
+
+def test_cli_run_reports_the_answer(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(study_raw(tmp_path, static_baseline=False, trials=2)))
+    assert cli_run(path, [], tmp_path / "out", 1) == 0
+    out = capsys.readouterr().out
+    assert "report:" in out and (tmp_path / "out" / "tiny" / "report.md").exists()
+
+
+def cli_is_wired() -> bool:
+    from dlf.cli import parser
+
+    _, unknown = parser().parse_known_args(["run", "study.yaml", "--workers", "2"])
+    return not unknown
+
+
+@pytest.mark.skipif(not cli_is_wired(), reason="dlf-study run does not dispatch studies yet")
+def test_dlf_study_run_refuses_a_bad_target_with_exit_code_2(tmp_path, capsys):
+    from dlf.cli import main
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(study_raw(tmp_path)))
+    assert main(["run", str(path), "--set", "search.target=1.5", "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "search.target" in err
+
+
+# --- lost workers, resuming, several workers ------------------------------------------------------
+
+
+def test_a_running_trial_is_stale_when_its_worker_process_is_gone_or_silent():
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    now = time.time()
+
+    def running(worker: str, beat: float):
+        return create_trial(
+            state=TrialState.RUNNING, system_attrs={WORKER_ATTR: worker, HEARTBEAT_ATTR: beat}
+        )
+
+    assert is_stale(running(f"{HOST}:{gone.pid}:x", now), 60, now)
+    assert not is_stale(running(f"{HOST}:{os.getppid()}:x", now), 60, now)
+    assert is_stale(running(f"{HOST}:{os.getppid()}:x", now - 61), 60, now)
+    assert not is_stale(running(f"elsewhere:{gone.pid}:x", now - 30), 60, now)
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from dlf.search import load_study_config, run_study
+    run_study(load_study_config(sys.argv[1]))
+    """
+)
+
+
+def test_a_killed_study_resumes_keeping_finished_trials_and_retrying_running_ones(tmp_path):
+    raw = study_raw(
+        tmp_path,
+        static_baseline=False,
+        batch=1,
+        trials=3,
+        grace_seconds=600,
+        target=0.99,
+        width={"low": 2, "high": 4, "per_octave": 1},
+        pruner={"name": "none"},
+    )
+    raw["train"]["steps"] = 1500
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config = load_study_config(path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(path)], cwd=REPO, env=env, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 90
+    try:
+        while time.time() < deadline:
+            time.sleep(0.3)
+            if not (tmp_path / "tiny" / JOURNAL_NAME).exists():
+                continue
+            states = [t.state for t in trials_of(config)]
+            if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+                break
+        else:
+            pytest.fail("the study never had a finished and a running trial at once")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = trials_of(config)
+    finished = {t.number: t for t in before if t.state == TrialState.COMPLETE}
+    lost = [t for t in before if t.state == TrialState.RUNNING]
+    assert finished and lost
+
+    run_study(config)
+
+    after = {t.number: t for t in trials_of(config)}
+    for number, trial in finished.items():  # kept as they were
+        assert after[number].state == TrialState.COMPLETE
+        assert after[number].value == trial.value
+        assert after[number].datetime_complete == trial.datetime_complete
+    for trial in lost:  # failed, and retried exactly once with the same parameters
+        assert after[trial.number].state == TrialState.FAIL
+        retries = [t for t in after.values() if t.user_attrs.get("retry_of") == trial.number]
+        assert len(retries) == 1 and retries[0].params == trial.params
+        assert retries[0].state == TrialState.COMPLETE
+    counted = [t for t in after.values() if t.state == TrialState.COMPLETE]
+    assert len(counted) <= config.search.trials  # nothing counted twice
+    assert not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in after.values())
+    ds = open_study(tmp_path / "tiny")
+    assert ds.sizes["trial"] == len(after)
+    assert (ds["state"] == "FAIL").sum() == len(lost)
+
+
+def test_two_worker_processes_share_the_study_without_duplicates(tmp_path):
+    config = study_config(tmp_path, trials=4)
+    result = run_study(config, workers=2)
+    trials = trials_of(config) + trials_of(config, "static")
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    dynamical = [t for t in trials_of(config)]
+    assert len({t.number for t in dynamical}) == len(dynamical)
+    points = [(t.params["width"], t.params["amplitude"], t.params["period"]) for t in dynamical]
+    assert len(set(points)) == len(points)
+    assert result.study_file.exists()

@@ -1,8 +1,9 @@
 """The ensemble trainer: every member is a row of one parameter tensor, stepped together.
 
-One step for all members is one batched forward/backward. Γ and η are precomputed for blocks
-of steps, records go to a device buffer, and analyzers are only called at steps where they are
-due, so the loop does little Python work per step and never waits for the host.
+One step for all members is one batched forward/backward (hand-fused for the built-in MLP and
+losses, see :mod:`dlf.fastpath`). Γ and η are precomputed for blocks of steps, records go to a
+device buffer, and analyzers are only called at steps where they are due, so the loop does little
+Python work per step and never waits for the host.
 """
 
 from __future__ import annotations
@@ -16,17 +17,13 @@ from tqdm import tqdm
 from dlf.analyzer import Analyzer
 from dlf.curvature import Curvature
 from dlf.errors import PluginError
+from dlf.fastpath import accuracy, gradient_for
 from dlf.plugin_manager import Plugins, blame
 from dlf.schedules import Schedule
 from dlf.state import EvalState, RunContext, StepState
 from dlf.trace import Recorder
 
 BLOCK = 256  # steps whose Γ and η are computed at once
-
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Fraction of samples whose arg-max logit is the label, per member."""
-    return (logits.argmax(dim=-1) == labels).to(logits.dtype).mean(dim=-1)
 
 
 @dataclass
@@ -169,6 +166,7 @@ class Trainer:
             if cfg.optimizer == "sgd" and cfg.batch_size
             else None
         )
+        gradient = gradient_for(obj)
         limit = cfg.diverge_above  # NaN compares False, so `loss <= limit` also catches NaN
         active = torch.ones(run.n_members, dtype=torch.bool, device=run.device)
         diverged_at = torch.full((run.n_members,), -1, dtype=torch.long, device=run.device)
@@ -185,32 +183,22 @@ class Trainer:
                     x, y = obj.x[idx], obj.y[idx]
                 if t % cfg.eval_every == 0:
                     self.evaluate(t, theta)
-                theta = theta.detach().requires_grad_(True)
-                logits = obj.model.forward(theta, x)
-                loss = obj.loss(logits, y, gamma)
+                loss, grad = gradient(theta, gamma, active, x, y)
                 finite = torch.isfinite(loss) if limit is None else loss <= limit
-                (grad,) = torch.autograd.grad(torch.where(active, loss, 0.0).sum(), theta)
-                theta = theta.detach()
                 diverged_at = torch.where(active & ~finite, t, diverged_at)
                 active = active & finite
-                due = [a for a in analyzers if a.due(t)]
-                if rec.wants(t) or due:
-                    with torch.no_grad():
-                        logits = logits.detach()
-                        if obj.loss.dynamical:
-                            static = obj.static(logits, y, torch.ones_like(gamma))
-                        else:
-                            static = loss.detach()
-                        acc = accuracy(logits, y)
+                due = [a for a in analyzers if a.due(t)] if analyzers else analyzers
+                if due or rec.wants(t):
+                    static, acc = gradient.metrics()
                     if rec.wants(t):
-                        rec.record(loss.detach(), static, acc, lr, gamma)
+                        rec.record(loss, static, acc, lr, gamma)
                     if due:
                         state = StepState(
                             t,
                             theta,
                             grad,
                             gamma,
-                            loss.detach(),
+                            loss,
                             static,
                             acc,
                             lr,

@@ -1,0 +1,19 @@
+"""The ``bifurcation`` analyzer plugin: edge-of-stability instabilities and λmax at their onsets.
+
+Registered through the ``dlf`` entry-point group (``bifurcation = "dlf_bifurcation"``). Configure
+it under ``analyzers: bifurcation:`` (see :class:`~dlf_bifurcation.analyzer.BifurcationOptions`);
+add ``lanczos`` to record λmax, λ2, λ3 at the onsets.
+"""
+
+from __future__ import annotations
+
+import dlf
+
+from .analyzer import BifurcationAnalyzer, BifurcationOptions
+
+__all__ = ["BifurcationAnalyzer", "BifurcationOptions"]
+
+
+@dlf.hookimpl
+def dlf_register(registries: dlf.Registries) -> None:
+    registries.analyzers.add("bifurcation", BifurcationAnalyzer)

@@ -1,0 +1,22 @@
+"""Analyses of finished traces and the algorithms analyzer plugins run online.
+
+* :mod:`dlf.analysis.bifurcation`: period-doubling (edge-of-stability) events in loss series and
+  the Hessian eigenvalues at their onsets.
+* :mod:`dlf.analysis.threshold`: the curvature threshold of those onsets versus the learning rate.
+"""
+
+from dlf.analysis.bifurcation import (
+    BifurcationDetector,
+    BifurcationSettings,
+    Event,
+    events_dataset,
+    find_bifurcations,
+)
+
+__all__ = [
+    "BifurcationDetector",
+    "BifurcationSettings",
+    "Event",
+    "events_dataset",
+    "find_bifurcations",
+]

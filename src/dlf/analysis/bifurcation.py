@@ -1,0 +1,461 @@
+"""Edge-of-stability bifurcations in loss series: where F(t) starts to bounce and how far it splits.
+
+Gradient descent in a valley whose sharpest curvature λmax exceeds 2/η overshoots: the system
+bounces between the valley's walls and F(t) − F(t−1) alternates in sign from step to step (a
+period-2 orbit); further eigenvalues crossing the threshold split it into periods 4, 8, … and
+chaos (2021 paper, Fig. 4 and supplement Fig. 1; 2024 paper, Fig. 2). The detector works on the
+loss of every ensemble member:
+
+* step t *bounces* when the second difference e_t = d_t − d_{t−1} of d_t = F_t − F_{t−1}
+  alternates in sign (e_t·e_{t−1} < 0) and the alternating amplitude |e_t|/2 is at least
+  ``trend_ratio`` times the smooth trend |d_t + d_{t−1}|/2. With the default ratio 1 this says
+  "d alternates in sign": the bounce outweighs the descent.
+* an *event* starts at the first step of a run of at least ``min_length`` bouncing steps and ends
+  at its last bouncing step followed by more than ``max_gap`` calm steps (short calm stretches
+  inside a cascade do not split it).
+* the *period* at a step is 2p for the largest p in 2, 4, …, max_period/2 such that the lag-q
+  second differences |F_t − 2F_{t−q} + F_{t−2q}| for q = 2, 4, …, p, averaged over the last
+  ``window`` steps, each reach ``split_ratio`` times the lag-1 one (a period-2q orbit leaves a
+  lag-q second difference, a period-q orbit does not); otherwise 2. Only a period held for
+  ``window`` steps in a row counts (transients between orbits are not periodic), and an event's
+  ``max_period`` is the largest one held at its bouncing steps whose whole look-back lies inside
+  the event. Chaos reads as ``max_period``, the largest period looked for.
+* where a spectrum analyzer ran (λmax, λ2, λ3 every few steps), the eigenvalues at the onset are
+  interpolated linearly in the step between the samples around it. The 2021 criterion is applied
+  too: the first sample of an event (from ``lambda_lookback`` steps before its start) where
+  λmax changed by more than ``lambda_jump`` since the previous sample is the event's
+  ``jump_step`` (once the system bounces, λmax alternates between the two walls' values).
+
+Every quantity at step t depends only on the losses of steps t − :func:`history_length` … t, so
+:class:`BifurcationDetector`, fed block by block during training with bounded memory, and
+:func:`find_bifurcations`, run on a finished trace, find exactly the same events.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import xarray as xr
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+EVENT_FIELDS = (
+    "member",
+    "start",
+    "end",
+    "cycle",
+    "class",
+    "max_period",
+    "lambda_onset",
+    "lambda2",
+    "lambda3",
+    "eta",
+    "ratio",
+    "jump_step",
+)
+
+
+class BifurcationSettings(BaseModel):
+    """The detector's thresholds; the defaults were tuned on the 2021 Fig. 4 run (see module)."""
+
+    model_config = ConfigDict(extra="forbid")
+    trend_ratio: float = Field(
+        1.0, gt=0, description="bounce amplitude |e_t|/2 must reach this × trend |d_t + d_{t−1}|/2"
+    )
+    min_length: int = Field(10, ge=2, description="bouncing steps in a row that start an event")
+    max_gap: int = Field(50, ge=0, description="calm steps tolerated inside one event")
+    split_ratio: float = Field(
+        0.1, gt=0, description="lag-p over lag-1 second-difference ratio that means period 2p"
+    )
+    window: int = Field(32, ge=4, description="steps averaged when measuring the period")
+    max_period: int = Field(16, ge=2, description="largest period looked for (a power of 2)")
+    rel_floor: float = Field(
+        1e-12, ge=0, description="bounces smaller than this × |F_t| are rounding noise"
+    )
+    lambda_jump: float = Field(
+        0.1, gt=0, description="2021 criterion: change of λmax between spectrum samples"
+    )
+    lambda_lookback: int = Field(
+        100, ge=0, description="steps before an event's start searched for the λmax jump"
+    )
+
+    @field_validator("max_period")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError("must be a power of 2 (2, 4, 8, 16, ...)")
+        return value
+
+
+def history_length(settings: BifurcationSettings) -> int:
+    """How many earlier losses the indicators of one step need (see :func:`periods`)."""
+    return 2 * (settings.window - 1) + settings.max_period
+
+
+# --- per-step indicators -------------------------------------------------------------------------
+
+
+def _lagged_second_difference(loss: np.ndarray, lag: int) -> np.ndarray:
+    """|F_t − 2F_{t−lag} + F_{t−2·lag}| / 2 for each row t (NaN without enough history)."""
+    out = np.full_like(loss, np.nan)
+    out[2 * lag :] = np.abs(loss[2 * lag :] - 2 * loss[lag:-lag] + loss[: -2 * lag]) / 2
+    return out
+
+
+def _trailing(values: np.ndarray, window: int, reduce: np.ufunc, empty: float) -> np.ndarray:
+    """``reduce`` over each row and the ``window − 1`` before it, in the same order for every row.
+
+    Rows without a full window get ``empty``. The fixed order makes the result independent of
+    where a block starts, so online and offline detection agree to the last bit.
+    """
+    out = np.full_like(values, empty)
+    n = len(values)
+    if n >= window:
+        total = values[window - 1 :].copy()
+        for lag in range(1, window):
+            total = reduce(total, values[window - 1 - lag : n - lag])
+        out[window - 1 :] = total
+    return out
+
+
+def bouncing(loss: np.ndarray, settings: BifurcationSettings) -> np.ndarray:
+    """Rows (consecutive steps) of ``loss (step, member)`` where F bounces; the first 3 are not."""
+    d = np.full_like(loss, np.nan)
+    d[1:] = loss[1:] - loss[:-1]
+    e = np.full_like(loss, np.nan)
+    e[1:] = d[1:] - d[:-1]
+    trend = np.full_like(loss, np.nan)
+    trend[1:] = np.abs(d[1:] + d[:-1]) / 2
+    amplitude = np.abs(e) / 2
+    alternating = np.zeros(loss.shape, dtype=bool)
+    alternating[1:] = e[1:] * e[:-1] < 0
+    with np.errstate(invalid="ignore"):
+        return (
+            alternating
+            & (amplitude >= settings.trend_ratio * trend)
+            & (amplitude > settings.rel_floor * np.abs(loss))
+        )
+
+
+def periods(loss: np.ndarray, settings: BifurcationSettings) -> np.ndarray:
+    """The period (2, 4, …, max_period) held at each row of ``loss (step, member)``; see the module.
+
+    Each row needs :func:`history_length` rows before it; rows with less read as period 2.
+    """
+    w = settings.window
+    base = _trailing(_lagged_second_difference(loss, 1), w, np.add, np.nan)
+    period = np.full(loss.shape, 2.0)
+    still = np.ones(loss.shape, dtype=bool)
+    lag = 2
+    with np.errstate(invalid="ignore"):
+        while 2 * lag <= settings.max_period:
+            split = _trailing(_lagged_second_difference(loss, lag), w, np.add, np.nan)
+            still &= split >= settings.split_ratio * base
+            period[still] = 2 * lag
+            lag *= 2
+    return _trailing(period, w, np.minimum, 2.0).astype(np.int64)
+
+
+def spectral_fields(
+    steps: np.ndarray, values: np.ndarray, start: int, end: int, settings: BifurcationSettings
+) -> tuple[np.ndarray, int]:
+    """λmax, λ2, λ3 at ``start`` and the 2021 jump step, from one member's spectrum samples.
+
+    ``steps (S,)`` increasing, ``values (S, 3)``. λ is interpolated linearly between the last
+    sample before ``start`` and the first at or after it (NaN if either is missing). The jump step
+    is the first sample in [start − lambda_lookback, end] whose λmax differs from the previous
+    sample's by more than ``lambda_jump`` (−1: none).
+    """
+    k = int(np.searchsorted(steps, start))  # first sample at or after the onset
+    if k < len(steps) and steps[k] == start:
+        lambdas = values[k].copy()
+    elif 0 < k < len(steps):
+        w = (start - steps[k - 1]) / (steps[k] - steps[k - 1])
+        lambdas = (1 - w) * values[k - 1] + w * values[k]
+    else:
+        lambdas = np.full(3, np.nan)
+    change = np.abs(np.diff(values[:, 0]))
+    later = steps[1:]
+    with np.errstate(invalid="ignore"):
+        jumps = change > settings.lambda_jump
+    hits = np.flatnonzero((later >= start - settings.lambda_lookback) & (later <= end) & jumps)
+    jump = int(later[hits[0]]) if hits.size else -1
+    return lambdas, jump
+
+
+# --- events --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Event:
+    """One instability of one member: bouncing steps ``start`` … ``end``, highest period reached."""
+
+    member: int
+    start: int
+    end: int
+    max_period: int
+    eta: float  # learning rate η_t at the onset
+    lambdas: np.ndarray = field(default_factory=lambda: np.full(3, np.nan))  # λmax, λ2, λ3
+    jump_step: int = -1
+
+
+@dataclass
+class _Tracker:
+    """One member's current run of bouncing steps and open event, carried across blocks."""
+
+    run_start: int = -1  # first step of the run that reached the last step seen; -1: none
+    run_eta: float = float("nan")
+    run_period: int = 2
+    event: Event | None = None
+
+
+class BifurcationDetector:
+    """Online detector for ``n_members`` loss series, fed block by block; see the module.
+
+    Memory stays bounded: the last :func:`history_length` losses, the spectrum samples that an
+    unsettled event or a run in progress may still need, and the events found. ``add_loss`` takes
+    consecutive steps; ``add_spectrum`` takes samples in increasing step order, at any cadence and
+    ahead of or behind the losses. Call :meth:`finish` after the last step.
+    """
+
+    def __init__(self, n_members: int, settings: BifurcationSettings | None = None) -> None:
+        self.settings = settings or BifurcationSettings()
+        self.n_members = n_members
+        self._history = np.full((history_length(self.settings), n_members), np.nan)
+        self.steps_seen = 0
+        self._trackers = [_Tracker() for _ in range(n_members)]
+        self._settled: list[Event] = []
+        self._unsettled: list[Event] = []  # closed, but a later spectrum sample may change them
+        self._samples: deque[tuple[int, np.ndarray]] = deque()
+
+    # --- input -----------------------------------------------------------------------------------
+
+    def add_loss(self, first_step: int, loss: np.ndarray, lr: np.ndarray) -> None:
+        """Losses ``(step, member)`` of consecutive steps from ``first_step``, and η_t alike.
+
+        Non-finite losses (diverged members) never bounce.
+        """
+        if first_step != self.steps_seen:
+            raise ValueError(f"expected losses from step {self.steps_seen}, got {first_step}")
+        if len(loss) == 0:
+            return
+        data = np.concatenate([self._history, np.asarray(loss, dtype=np.float64)])
+        n_hist = len(self._history)
+        bounce = bouncing(data, self.settings)[n_hist:]
+        period = periods(data, self.settings)[n_hist:]
+        self._history = data[-n_hist:]
+        lr = np.asarray(lr, dtype=np.float64)
+        for m, tracker in enumerate(self._trackers):
+            self._advance(m, tracker, first_step, bounce[:, m], period[:, m], lr[:, m])
+        self.steps_seen = first_step + len(loss)
+        self._settle()
+
+    def add_spectrum(self, step: int, values: np.ndarray) -> None:
+        """Top Hessian eigenvalues ``(member, k)``, descending, measured at ``step``."""
+        if self._samples and step <= self._samples[-1][0]:
+            raise ValueError(f"spectrum samples must come in increasing steps, got {step}")
+        row = np.full((self.n_members, 3), np.nan)
+        k = min(3, values.shape[1])
+        row[:, :k] = values[:, :k]
+        self._samples.append((step, row))
+        self._settle()
+
+    def finish(self) -> None:
+        """Close open events and settle all: no more losses or samples will come."""
+        for tr in self._trackers:
+            if tr.event is not None:
+                self._close(tr)
+        for ev in self._unsettled:
+            self._fill_spectral(ev)
+        self._settled.extend(self._unsettled)
+        self._unsettled = []
+
+    # --- the state machine -----------------------------------------------------------------------
+
+    def _advance(
+        self,
+        member: int,
+        tr: _Tracker,
+        first: int,
+        bounce: np.ndarray,
+        period: np.ndarray,
+        lr: np.ndarray,
+    ) -> None:
+        """Step one member through a block, one run of consecutive bouncing steps at a time."""
+        s = self.settings
+        look_back = history_length(s) - s.max_period  # steps behind a held period's reading
+        edges = np.diff(np.concatenate([[0], bounce.astype(np.int8), [0]]))
+        for i, j in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
+            a, b = first + int(i), first + int(j) - 1  # first and last step of this run piece
+            if not (i == 0 and tr.run_start >= 0):  # a new run, not one continued from a block
+                tr.run_start, tr.run_eta, tr.run_period = a, float(lr[i]), 2
+                if tr.event is not None and a - tr.event.end - 1 > s.max_gap:
+                    self._close(tr)
+            anchor = tr.event.start if tr.event is not None else tr.run_start
+            counted = period[max(int(i), anchor + look_back - first) : int(j)]
+            top = int(counted.max()) if counted.size else 2
+            if tr.event is not None:
+                tr.event.end = b
+                tr.event.max_period = max(tr.event.max_period, top)
+                continue
+            tr.run_period = max(tr.run_period, top)
+            if b - tr.run_start + 1 >= s.min_length:
+                tr.event = Event(member, tr.run_start, b, tr.run_period, tr.run_eta)
+        last = first + len(bounce) - 1
+        if not bounce[-1]:
+            tr.run_start = -1
+        if tr.event is not None and last - tr.event.end > s.max_gap:
+            self._close(tr)
+
+    def _close(self, tr: _Tracker) -> None:
+        assert tr.event is not None
+        self._unsettled.append(tr.event)
+        tr.event = None
+
+    # --- spectrum bookkeeping --------------------------------------------------------------------
+
+    def _fill_spectral(self, ev: Event) -> None:
+        steps = np.array([t for t, _ in self._samples], dtype=np.int64)
+        values = np.array([v[ev.member] for _, v in self._samples]).reshape(len(steps), 3)
+        ev.lambdas, ev.jump_step = spectral_fields(steps, values, ev.start, ev.end, self.settings)
+
+    def _settle(self) -> None:
+        """Fix λ of closed events sampled past their end; drop the samples no longer needed."""
+        last_sample = self._samples[-1][0] if self._samples else -1
+        still = []
+        for ev in self._unsettled:
+            if last_sample >= ev.end:
+                self._fill_spectral(ev)
+                self._settled.append(ev)
+            else:
+                still.append(ev)
+        self._unsettled = still
+        starts = [self.steps_seen] + [ev.start for ev in self._unsettled]
+        starts += [tr.run_start for tr in self._trackers if tr.run_start >= 0]
+        starts += [tr.event.start for tr in self._trackers if tr.event is not None]
+        needed = min(starts) - self.settings.lambda_lookback
+        # keep the last sample before `needed`: it brackets an onset or precedes a jump
+        while len(self._samples) >= 2 and self._samples[1][0] <= needed:
+            self._samples.popleft()
+
+    # --- output ----------------------------------------------------------------------------------
+
+    def events(self) -> list[Event]:
+        """All events so far by member and start; open ones end at their last bouncing step.
+
+        Spectral fields of events not yet settled are filled from the samples seen so far.
+        """
+        current = [*self._unsettled, *(tr.event for tr in self._trackers if tr.event is not None)]
+        for ev in current:
+            self._fill_spectral(ev)
+        return sorted([*self._settled, *current], key=lambda ev: (ev.member, ev.start))
+
+
+# --- datasets ------------------------------------------------------------------------------------
+
+
+def events_dataset(
+    events: list[Event],
+    period: np.ndarray,
+    n_classes: int,
+    settings: BifurcationSettings,
+    prefix: str = "bifurcation",
+) -> xr.Dataset:
+    """Events along ``<prefix>_event`` and per-member summaries, as the trace stores them.
+
+    ``period (member,)`` and ``n_classes`` place each onset in its Γ cycle
+    (floor(start / (C·T))) and name the class emphasised then (floor(start / T) mod C).
+    Summaries: ``mean_lambda_onset`` (mean λmax at the onsets), ``ratio`` (mean λ_onset·η_t/2,
+    1 at the edge of stability) and ``count``; NaN or 0 for members without events.
+    """
+    n_members = len(period)
+    member = np.array([ev.member for ev in events], dtype=np.int64)
+    start = np.array([ev.start for ev in events], dtype=np.int64)
+    lambdas = np.array([ev.lambdas for ev in events]).reshape(len(events), 3)
+    eta = np.array([ev.eta for ev in events], dtype=np.float64)
+    t = np.asarray(period, dtype=np.float64)[member]
+    ratio = lambdas[:, 0] * eta / 2
+    dim = f"{prefix}_event"
+
+    def per_event(values: np.ndarray, long_name: str, units: str = "1") -> xr.DataArray:
+        return xr.DataArray(values, dims=(dim,), attrs={"long_name": long_name, "units": units})
+
+    def per_member(values: np.ndarray, long_name: str) -> xr.DataArray:
+        return xr.DataArray(values, dims=("member",), attrs={"long_name": long_name, "units": "1"})
+
+    data = {
+        "member": per_event(member, "ensemble member"),
+        "start": per_event(start, "first bouncing step (onset)", "step"),
+        "end": per_event(
+            np.array([ev.end for ev in events], dtype=np.int64), "last bouncing step", "step"
+        ),
+        "cycle": per_event((start // (n_classes * t)).astype(np.int64), "Γ cycle of the onset"),
+        "class": per_event((start // t).astype(np.int64) % n_classes, "class emphasised at onset"),
+        "max_period": per_event(
+            np.array([ev.max_period for ev in events], dtype=np.int64),
+            f"highest period held ({settings.max_period}: that or more, or chaos)",
+            "step",
+        ),
+        "lambda_onset": per_event(lambdas[:, 0], "Hessian λmax at the onset (interpolated)"),
+        "lambda2": per_event(lambdas[:, 1], "second Hessian eigenvalue at the onset"),
+        "lambda3": per_event(lambdas[:, 2], "third Hessian eigenvalue at the onset"),
+        "eta": per_event(eta, "learning rate η_t at the onset"),
+        "jump_step": per_event(
+            np.array([ev.jump_step for ev in events], dtype=np.int64),
+            f"first sample where λmax moved by > {settings.lambda_jump} (2021 criterion; -1: none)",
+            "step",
+        ),
+        "mean_lambda_onset": per_member(
+            _member_nanmean(member, lambdas[:, 0], n_members), "mean λmax at the onsets"
+        ),
+        "ratio": per_member(
+            _member_nanmean(member, ratio, n_members), "mean λ_onset·η/2 (1: the 2/η threshold)"
+        ),
+        "count": per_member(np.bincount(member, minlength=n_members), "number of events"),
+    }
+    used = settings.model_dump_json(include=set(BifurcationSettings.model_fields))
+    for value in data.values():
+        value.attrs["detector_settings"] = used
+    return xr.Dataset({f"{prefix}_{key}": value for key, value in data.items()})
+
+
+def _member_nanmean(member: np.ndarray, values: np.ndarray, n_members: int) -> np.ndarray:
+    """Mean of the finite ``values`` of each member (NaN where it has none)."""
+    finite = np.isfinite(values)
+    total = np.bincount(member[finite], weights=values[finite], minlength=n_members)
+    count = np.bincount(member[finite], minlength=n_members)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def find_bifurcations(
+    trace: xr.Dataset,
+    settings: BifurcationSettings | None = None,
+    spectrum: str | None = "lanczos",
+    prefix: str = "bifurcation",
+) -> xr.Dataset:
+    """The events in a finished trace, exactly as the ``bifurcation`` analyzer records them online.
+
+    Needs ``loss`` and ``lr`` at every step (``train.record_every: 1``); losses from a member's
+    ``diverged_step`` on are ignored. λ comes from ``<spectrum>_eigenvalues`` where present.
+    """
+    settings = settings or BifurcationSettings()
+    steps = trace["step"].values
+    if not np.array_equal(steps, np.arange(len(steps))):
+        raise ValueError("bifurcation detection needs the loss at every step (record_every: 1)")
+    loss = trace["loss"].transpose("member", "step").values.astype(np.float64)
+    diverged = trace["diverged_step"].values
+    after = (diverged[:, None] >= 0) & (steps[None, :] >= diverged[:, None])
+    loss = np.where(after, np.nan, loss)
+    lr = trace["lr"].transpose("member", "step").values
+    detector = BifurcationDetector(loss.shape[0], settings)
+    detector.add_loss(0, loss.T, lr.T)
+    name = f"{spectrum}_eigenvalues"
+    if spectrum is not None and name in trace:
+        eig = trace[name].transpose("member", f"{spectrum}_step", ...)
+        for i, step in enumerate(eig[f"{spectrum}_step"].values):
+            detector.add_spectrum(int(step), eig.values[:, i, :].astype(np.float64))
+    detector.finish()
+    return events_dataset(
+        detector.events(), trace["period"].values, trace.sizes["class_index"], settings, prefix
+    )

@@ -70,6 +70,20 @@ def width_traces(root):
     ]
 
 
+@pytest.fixture(scope="session")
+def edge_trace(root):
+    """The static loss at η = 2 and 4: λmax climbs to 2/η and the loss starts to bounce."""
+    return run(
+        root,
+        name="edge",
+        data={"name": "spiral", "points_per_class": 50},
+        model={"width": 16},
+        schedule={"amplitude": [1], "period": 100},
+        train={"steps": 500, "seeds": 2, "lr": [2.0, 4.0], "eval_every": 100},
+        analyzers={"lanczos": {"every": 4, "k": 3}, "bifurcation": {}},
+    )
+
+
 def lines_of(ax):
     return {line.get_label(): line for line in ax.get_lines()}
 
@@ -113,6 +127,42 @@ def test_dynamics_reports_missing_data(grid_trace, curvature_trace):
         plots.dynamics(curvature_trace, member=9)
     with pytest.raises(DlfError, match="zoom 'auto' needs a detected instability of member 0"):
         plots.dynamics(curvature_trace, zoom="auto")
+
+
+def test_dynamics_marks_detected_instabilities(edge_trace):
+    ds = edge_trace
+    member = int(np.flatnonzero(ds["bifurcation_count"].values)[0])
+    start = int(ds["bifurcation_start"][ds["bifurcation_member"] == member][0])
+    end = int(ds["bifurcation_end"][ds["bifurcation_member"] == member][0])
+    fig = plots.dynamics(ds, member=member, zoom="auto")
+    axes = np.array(fig.axes).reshape(5, 2)  # no NTK panel: the run had no ntk analyzer
+    for ax in axes[1:, 0]:  # onsets (green) and ends (red) on every panel below Γ
+        vertical = [line.get_xdata()[0] for line in ax.get_lines() if line.get_ls() == "--"]
+        assert start in vertical and end in vertical
+    threshold = lines_of(axes[4, 0])["mean λ$_1$ at onset"]
+    assert threshold.get_ydata()[0] == float(ds["bifurcation_mean_lambda_onset"][member])
+    lo, hi = (float(v) for v in axes[3, 1].get_lines()[0].get_xdata()[[0, -1]])
+    assert lo <= start < end <= hi  # the zoom column spans the first instability
+    assert axes[0, 1].get_title().startswith("zoom: steps ")
+
+
+def test_threshold_points_are_means_per_learning_rate(edge_trace):
+    ds = edge_trace
+    fig = plots.threshold([ds])
+    (ax,) = fig.axes
+    assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
+    assert ax.get_xlabel() == "learning rate η" and ax.get_ylabel() == "Hessian λ$_{max}$ at onset"
+    (points,) = ax.containers
+    eta, mean = points.lines[0].get_data()
+    assert list(eta) == [2.0, 4.0]
+    onset = ds["bifurcation_mean_lambda_onset"]
+    for e, value in zip(eta, mean, strict=True):
+        assert value == pytest.approx(float(onset.where(ds["eta"] == e).mean()))
+    edge = lines_of(ax)["2/η"]
+    np.testing.assert_allclose(edge.get_ydata(), 2 / edge.get_xdata())
+    assert points.get_label().startswith("fit η$^{")
+    with pytest.raises(DlfError, match="needs instabilities measured at two or more learning"):
+        plots.threshold([ds.isel(member=ds["eta"].values == 2.0)])
 
 
 def test_phase_cells_are_seed_means(grid_trace):
@@ -223,6 +273,8 @@ def test_cli_plot_errors_are_one_line(root, grid_trace):
         plots.cli_plot([trace], "phases", None, "png")
     with pytest.raises(ConfigError, match="--format: unknown format 'jpg'; allowed: png, svg"):
         plots.cli_plot([trace], "phase", None, "jpg")
+    with pytest.raises(ConfigError, match="--zoom: expected START:STOP with START < STOP or auto"):
+        plots.cli_plot([trace], "dynamics", None, "png", zoom="90:10")
     with pytest.raises(DlfError, match="no such file or directory"):
         plots.cli_plot([root / "missing.nc"], None, None, "png")
     assert plots.cli_plot([trace], "phase", None, "png") == 0

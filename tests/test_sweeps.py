@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from dlf.errors import ConfigError
-from dlf.sweeps import cli_sweep, plan
+from dlf.sweeps import cli_sweep, is_sweep_config, plan
 from dlf.trace import open_trace
 from tests.conftest import tiny_config
 
@@ -70,6 +70,11 @@ def test_plan_errors_name_the_field(tmp_path, extra, message):
 
 def test_sweep_runs_each_point_and_resumes(tmp_path, capsys):
     path = sweep_file(tmp_path, sweep={"model": {"width": [3, 5]}})
+    assert is_sweep_config(path)
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump(tiny_config(tmp_path)))
+    assert not is_sweep_config(plain)
+    assert is_sweep_config(plain, ["variants.a.train.steps=5"])
     assert cli_sweep(path, [], None) == 0
     traces = [tmp_path / "out" / "sw" / f"width-{w}" / "trace.nc" for w in (3, 5)]
     assert [int(open_trace(t)["width"]) for t in traces] == [3, 5]

@@ -9,9 +9,10 @@ run config with one or both of two extra top-level sections:
 - ``variants``: name → nested overrides (``variants: {dce: {loss: {name: dce}}}``); every variant
   is crossed with the grid.
 
-Point ``label`` writes ``<output.root>/<name>/<label>/trace.nc``. Every point is validated before
-anything runs, and a point whose trace is already complete for the same config is skipped, so
-running the command again resumes the sweep.
+``dlf-study run`` recognises a sweep file by these sections. Point ``label`` writes
+``<output.root>/<name>/<label>/trace.nc``. Every point is validated before anything runs, and a
+point whose trace is already complete for the same config is skipped, so running the command
+again resumes the sweep.
 """
 
 from __future__ import annotations
@@ -146,8 +147,15 @@ def _complete(path: Path, config: RunConfig) -> bool:
     return attrs.get("status") == "complete" and attrs.get("config") == config.model_dump_json()
 
 
+def is_sweep_config(path: Path, overrides: Sequence[str] = ()) -> bool:
+    """Whether the YAML file (with ``--set`` overrides) is a sweep: it has a sweep section."""
+    raw = apply_overrides(load_raw(Path(path)), overrides)
+    return any(key in raw for key in SECTIONS)
+
+
 def cli_sweep(config: Path, overrides: Sequence[str], out: Path | None) -> int:
-    """Run every point of the sweep file ``config`` (``--set`` overrides apply to the file)."""
+    """``dlf-study run`` for a sweep file: run every point (``--set`` overrides apply to the
+    file, ``out`` replaces ``output.root``), skipping points already complete."""
     raw = apply_overrides(load_raw(config), overrides)
     if out is not None:
         raw = merged(raw, {"output": {"root": str(out)}})

@@ -22,6 +22,7 @@ from dlf.plots.width import width
 from dlf.trace import open_trace
 
 FORMATS = ("png", "svg", "pdf")
+DPI = 110  # PNG resolution: sharp on screen, a few hundred kB at most
 TRACE_NAME = "trace.nc"
 STUDY_NAME = "study.nc"
 
@@ -80,6 +81,20 @@ def _stems(datasets: Sequence[xr.Dataset]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
 
 
+def parse_zoom(text: str) -> Zoom:
+    """The ``--zoom`` option's text: ``START:STOP`` (steps) or ``auto``."""
+    if text == "auto":
+        return "auto"
+    start, sep, stop = text.partition(":")
+    try:
+        window = (int(start), int(stop))
+    except ValueError:
+        window = None
+    if not sep or window is None or window[0] >= window[1]:
+        raise ConfigError("--zoom", f"expected START:STOP with START < STOP or auto, got {text!r}")
+    return window
+
+
 def cli_plot(
     paths: list[Path],
     figure: str | None,
@@ -87,18 +102,20 @@ def cli_plot(
     fmt: str = "png",
     *,
     member: int = 0,
-    zoom: Zoom = None,
+    zoom: str | None = None,
 ) -> int:
     """Draw ``figure`` (or every figure the data supports) from ``paths`` into ``out``.
 
-    ``out`` defaults to ``figures/`` beside the first path. A figure the data cannot support is
-    skipped with a one-line note; if none can be drawn, the notes become the error.
+    ``out`` defaults to ``figures/`` beside the first path. ``member`` and ``zoom`` (the
+    ``--zoom`` text) apply to ``dynamics``. A figure the data cannot support is skipped with a
+    one-line note; if none can be drawn, the notes become the error.
     """
     matplotlib.use("Agg")
     if fmt not in FORMATS:
         raise ConfigError("--format", f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
     if figure is not None and figure not in FIGURES:
         raise ConfigError("--figure", f"unknown figure {figure!r}; allowed: {', '.join(FIGURES)}")
+    window = None if zoom is None else parse_zoom(zoom)
     datasets = load_traces(paths)
     if out is None:
         first = paths[0]
@@ -109,7 +126,7 @@ def cli_plot(
     skipped: list[tuple[str, str]] = []
     for name in [figure] if figure else list(FIGURES):
         kind = FIGURES[name]
-        options = {"member": member, "zoom": zoom} if name == "dynamics" else {}
+        options = {"member": member, "zoom": window} if name == "dynamics" else {}
         jobs = (
             [
                 (ds, f"{name}-{stem}" if len(traces) > 1 else name)
@@ -126,7 +143,7 @@ def cli_plot(
                 continue
             out.mkdir(parents=True, exist_ok=True)
             path = out / f"{stem}.{fmt}"
-            fig.savefig(path, dpi=130 if fmt == "png" else None)
+            fig.savefig(path, dpi=DPI if fmt == "png" else None)
             written.append(path)
     if not written:
         if len(skipped) == 1:

@@ -28,7 +28,7 @@ def _gamma(ax: Axes, d: xr.Dataset) -> None:
     for c in d["class_index"].values:
         ax.plot(d["step"], d["gamma"].sel(class_index=c), lw=1, label=f"Γ$_{c}$")
     ax.set_ylabel("Γ$_i$(t)")
-    ax.legend(loc="upper right", ncols=len(d["class_index"]), fontsize="small")
+    ax.legend(loc="upper right", ncols=len(d["class_index"]), fontsize="x-small", framealpha=0.9)
 
 
 def _loss(ax: Axes, d: xr.Dataset) -> None:
@@ -60,7 +60,7 @@ def _hessian(ax: Axes, d: xr.Dataset, n_eigenvalues: int) -> None:
         if np.isfinite(threshold):
             ax.axhline(threshold, color="0.4", ls=":", lw=1, label="mean λ$_1$ at onset")
     ax.set_ylabel("Hessian λ")
-    ax.legend(loc="upper left", fontsize="small", ncols=2)
+    ax.legend(loc="upper left", fontsize="x-small", ncols=4, framealpha=0.9)
 
 
 def _ntk(ax: Axes, d: xr.Dataset) -> None:

@@ -14,6 +14,7 @@ import pandas as pd
 import seaborn as sns
 import xarray as xr
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from dlf.errors import DlfError
 from dlf.plots.style import new_figure, require, styled
@@ -43,7 +44,7 @@ def seed_means(datasets: Sequence[xr.Dataset]) -> Iterator[tuple[dict[str, float
 @styled
 def sharpness(datasets: Sequence[xr.Dataset]) -> Figure:
     """Two panels: mean loss (log scale) and mean λmax against the step, one line per group."""
-    groups = list(seed_means(datasets))
+    groups = sorted(seed_means(datasets), key=lambda g: tuple(g[0].values()))
     if not groups:
         raise DlfError("figure 'sharpness' needs at least one trace")
     differ = {k for k in GROUPS if len({g[k] for g, _ in groups}) > 1}
@@ -69,6 +70,8 @@ def sharpness(datasets: Sequence[xr.Dataset]) -> Figure:
             fontsize="small",
         )
     loss_ax.set_yscale("log")
+    loss_ax.yaxis.set_major_formatter(ScalarFormatter())
+    loss_ax.yaxis.set_minor_formatter(NullFormatter())
     loss_ax.set_ylabel("mean loss F")
     lam_ax.set_ylabel("mean Hessian λ$_{max}$")
     for ax in axes[0]:

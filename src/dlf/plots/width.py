@@ -109,7 +109,7 @@ def width(datasets: Sequence[xr.Dataset]) -> Figure:
     if table["width"].nunique() < 2:
         raise DlfError(
             "figure 'width' needs at least two widths (a width sweep: "
-            "dlf-study sweep configs/width_sweep_quick.yaml)"
+            "dlf-study run configs/width_sweep_quick.yaml)"
         )
     panels = list(table.groupby(["family", "eta"]))
     fig, axes = new_figure(1, len(panels), size=(4.4 * len(panels), 3.6), sharey=True)

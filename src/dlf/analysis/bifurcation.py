@@ -157,33 +157,6 @@ def periods(loss: np.ndarray, settings: BifurcationSettings) -> np.ndarray:
     return _trailing(period, w, np.minimum, 2.0).astype(np.int64)
 
 
-def spectral_fields(
-    steps: np.ndarray, values: np.ndarray, start: int, end: int, settings: BifurcationSettings
-) -> tuple[np.ndarray, int]:
-    """λmax, λ2, λ3 at ``start`` and the 2021 jump step, from one member's spectrum samples.
-
-    ``steps (S,)`` increasing, ``values (S, 3)``. λ is interpolated linearly between the last
-    sample before ``start`` and the first at or after it (NaN if either is missing). The jump step
-    is the first sample in [start − lambda_lookback, end] whose λmax differs from the previous
-    sample's by more than ``lambda_jump`` (−1: none).
-    """
-    k = int(np.searchsorted(steps, start))  # first sample at or after the onset
-    if k < len(steps) and steps[k] == start:
-        lambdas = values[k].copy()
-    elif 0 < k < len(steps):
-        w = (start - steps[k - 1]) / (steps[k] - steps[k - 1])
-        lambdas = (1 - w) * values[k - 1] + w * values[k]
-    else:
-        lambdas = np.full(3, np.nan)
-    change = np.abs(np.diff(values[:, 0]))
-    later = steps[1:]
-    with np.errstate(invalid="ignore"):
-        jumps = change > settings.lambda_jump
-    hits = np.flatnonzero((later >= start - settings.lambda_lookback) & (later <= end) & jumps)
-    jump = int(later[hits[0]]) if hits.size else -1
-    return lambdas, jump
-
-
 # --- events --------------------------------------------------------------------------------------
 
 
@@ -210,13 +183,27 @@ class _Tracker:
     event: Event | None = None
 
 
+@dataclass
+class _Spectral:
+    """How far an event's λ fields have got through the spectrum samples."""
+
+    event: Event
+    onset_done: bool = False
+    jump_done: bool = False
+    scanned: int = -1  # step of the last sample compared for the jump; -1: none yet
+
+
 class BifurcationDetector:
     """Online detector for ``n_members`` loss series, fed block by block; see the module.
 
-    Memory stays bounded: the last :func:`history_length` losses, the spectrum samples that an
-    unsettled event or a run in progress may still need, and the events found. ``add_loss`` takes
-    consecutive steps; ``add_spectrum`` takes samples in increasing step order, at any cadence and
-    ahead of or behind the losses. Call :meth:`finish` after the last step.
+    ``add_loss`` takes consecutive steps; ``add_spectrum`` takes samples in increasing step order,
+    at any cadence and ahead of or behind the losses. Call :meth:`finish` after the last step.
+    λ at an onset is interpolated linearly between the last sample before it and the first at or
+    after it (NaN without both); the jump step is the first sample in
+    [start − lambda_lookback, end] whose λmax differs from the previous sample's by more than
+    ``lambda_jump``. Both are worked out as samples arrive, so memory stays bounded: the last
+    :func:`history_length` losses, the samples since the earliest step still in question, and the
+    events found.
     """
 
     def __init__(self, n_members: int, settings: BifurcationSettings | None = None) -> None:
@@ -225,17 +212,25 @@ class BifurcationDetector:
         self._history = np.full((history_length(self.settings), n_members), np.nan)
         self.steps_seen = 0
         self._trackers = [_Tracker() for _ in range(n_members)]
-        self._settled: list[Event] = []
-        self._unsettled: list[Event] = []  # closed, but a later spectrum sample may change them
+        self._events: list[Event] = []
+        self._watched: list[_Spectral] = []  # events whose λ fields may still change
         self._samples: deque[tuple[int, np.ndarray]] = deque()
+        self._finished = False
 
-    # --- input -----------------------------------------------------------------------------------
+    @property
+    def samples_held(self) -> int:
+        """Spectrum samples kept in memory now (for tests of the memory bound)."""
+        return len(self._samples)
+
+    # --- input ---------------------------------------------------------------------------------
 
     def add_loss(self, first_step: int, loss: np.ndarray, lr: np.ndarray) -> None:
         """Losses ``(step, member)`` of consecutive steps from ``first_step``, and η_t alike.
 
         Non-finite losses (diverged members) never bounce.
         """
+        if self._finished:
+            raise ValueError("the detector has finished")
         if first_step != self.steps_seen:
             raise ValueError(f"expected losses from step {self.steps_seen}, got {first_step}")
         if len(loss) == 0:
@@ -249,7 +244,7 @@ class BifurcationDetector:
         for m, tracker in enumerate(self._trackers):
             self._advance(m, tracker, first_step, bounce[:, m], period[:, m], lr[:, m])
         self.steps_seen = first_step + len(loss)
-        self._settle()
+        self._update_spectral()
 
     def add_spectrum(self, step: int, values: np.ndarray) -> None:
         """Top Hessian eigenvalues ``(member, k)``, descending, measured at ``step``."""
@@ -259,17 +254,14 @@ class BifurcationDetector:
         k = min(3, values.shape[1])
         row[:, :k] = values[:, :k]
         self._samples.append((step, row))
-        self._settle()
+        self._update_spectral()
 
     def finish(self) -> None:
-        """Close open events and settle all: no more losses or samples will come."""
+        """Close open events: no more losses or samples will come."""
         for tr in self._trackers:
-            if tr.event is not None:
-                self._close(tr)
-        for ev in self._unsettled:
-            self._fill_spectral(ev)
-        self._settled.extend(self._unsettled)
-        self._unsettled = []
+            tr.event = None
+        self._finished = True
+        self._update_spectral()
 
     # --- the state machine -----------------------------------------------------------------------
 
@@ -291,7 +283,7 @@ class BifurcationDetector:
             if not (i == 0 and tr.run_start >= 0):  # a new run, not one continued from a block
                 tr.run_start, tr.run_eta, tr.run_period = a, float(lr[i]), 2
                 if tr.event is not None and a - tr.event.end - 1 > s.max_gap:
-                    self._close(tr)
+                    tr.event = None
             anchor = tr.event.start if tr.event is not None else tr.run_start
             counted = period[max(int(i), anchor + look_back - first) : int(j)]
             top = int(counted.max()) if counted.size else 2
@@ -302,54 +294,79 @@ class BifurcationDetector:
             tr.run_period = max(tr.run_period, top)
             if b - tr.run_start + 1 >= s.min_length:
                 tr.event = Event(member, tr.run_start, b, tr.run_period, tr.run_eta)
+                self._events.append(tr.event)
+                self._watched.append(_Spectral(tr.event))
         last = first + len(bounce) - 1
         if not bounce[-1]:
             tr.run_start = -1
         if tr.event is not None and last - tr.event.end > s.max_gap:
-            self._close(tr)
+            tr.event = None
 
-    def _close(self, tr: _Tracker) -> None:
-        assert tr.event is not None
-        self._unsettled.append(tr.event)
-        tr.event = None
+    # --- spectrum bookkeeping ------------------------------------------------------------------
 
-    # --- spectrum bookkeeping --------------------------------------------------------------------
-
-    def _fill_spectral(self, ev: Event) -> None:
+    def _update_spectral(self) -> None:
+        """Advance every watched event through the samples; drop samples no longer needed."""
         steps = np.array([t for t, _ in self._samples], dtype=np.int64)
-        values = np.array([v[ev.member] for _, v in self._samples]).reshape(len(steps), 3)
-        ev.lambdas, ev.jump_step = spectral_fields(steps, values, ev.start, ev.end, self.settings)
-
-    def _settle(self) -> None:
-        """Fix λ of closed events sampled past their end; drop the samples no longer needed."""
-        last_sample = self._samples[-1][0] if self._samples else -1
+        open_events = {id(tr.event) for tr in self._trackers if tr.event is not None}
         still = []
-        for ev in self._unsettled:
-            if last_sample >= ev.end:
-                self._fill_spectral(ev)
-                self._settled.append(ev)
-            else:
-                still.append(ev)
-        self._unsettled = still
-        starts = [self.steps_seen] + [ev.start for ev in self._unsettled]
-        starts += [tr.run_start for tr in self._trackers if tr.run_start >= 0]
-        starts += [tr.event.start for tr in self._trackers if tr.event is not None]
-        needed = min(starts) - self.settings.lambda_lookback
-        # keep the last sample before `needed`: it brackets an onset or precedes a jump
-        while len(self._samples) >= 2 and self._samples[1][0] <= needed:
+        for watch in self._watched:
+            self._follow(watch, steps, closed=id(watch.event) not in open_events)
+            if not (watch.onset_done and watch.jump_done):
+                still.append(watch)
+        self._watched = still
+        lookback = self.settings.lambda_lookback
+        needed = [self.steps_seen - lookback]
+        needed += [  # a run in progress may yet become an event
+            tr.run_start - lookback for tr in self._trackers if tr.run_start >= 0 and not tr.event
+        ]
+        for watch in self._watched:
+            if not watch.onset_done:
+                needed.append(watch.event.start - lookback)
+            if not watch.jump_done:
+                needed.append(watch.scanned if watch.scanned >= 0 else watch.event.start - lookback)
+        # keep the last sample before the earliest step in question: it brackets or precedes
+        while len(self._samples) >= 2 and self._samples[1][0] <= min(needed):
             self._samples.popleft()
+
+    def _follow(self, watch: _Spectral, steps: np.ndarray, closed: bool) -> None:
+        ev, m = watch.event, watch.event.member
+        k = int(np.searchsorted(steps, ev.start))  # first sample at or after the onset
+        if not watch.onset_done and (k < len(steps) or self._finished):
+            ev.lambdas = _interpolate(self._samples, k, ev.start, m)
+            watch.onset_done = True
+        if watch.jump_done:
+            return
+        lo = ev.start - self.settings.lambda_lookback
+        for i in range(1, len(steps)):
+            t = int(steps[i])
+            if t <= watch.scanned or t < lo:
+                continue
+            if t > ev.end:
+                break
+            change = abs(self._samples[i][1][m, 0] - self._samples[i - 1][1][m, 0])
+            watch.scanned = t
+            if change > self.settings.lambda_jump:
+                ev.jump_step, watch.jump_done = t, True
+                return
+        if closed and ((len(steps) and steps[-1] >= ev.end) or self._finished):
+            watch.jump_done = True
 
     # --- output ----------------------------------------------------------------------------------
 
     def events(self) -> list[Event]:
-        """All events so far by member and start; open ones end at their last bouncing step.
+        """All events so far, by member and start; an open one ends at its last bouncing step."""
+        return sorted(self._events, key=lambda ev: (ev.member, ev.start))
 
-        Spectral fields of events not yet settled are filled from the samples seen so far.
-        """
-        current = [*self._unsettled, *(tr.event for tr in self._trackers if tr.event is not None)]
-        for ev in current:
-            self._fill_spectral(ev)
-        return sorted([*self._settled, *current], key=lambda ev: (ev.member, ev.start))
+
+def _interpolate(samples: deque[tuple[int, np.ndarray]], k: int, step: int, m: int) -> np.ndarray:
+    """λ of member ``m`` at ``step``: linear between samples k − 1 and k, the first at/after it."""
+    if k < len(samples) and samples[k][0] == step:
+        return samples[k][1][m].copy()
+    if not 0 < k < len(samples):
+        return np.full(3, np.nan)
+    (t0, v0), (t1, v1) = samples[k - 1], samples[k]
+    w = (step - t0) / (t1 - t0)
+    return (1 - w) * v0[m] + w * v1[m]
 
 
 # --- datasets ------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from dlf.config import apply_overrides, load_raw
 from dlf.search.config import SearchConfig, StudyConfig, load_study_config
-from dlf.search.report import write_report
 from dlf.search.results import Finding, findings, open_study, study_dataset, write_study
 from dlf.search.storage import open_storage, open_studies, storage_label, study_dir
 from dlf.search.study import check_study, run_workers
@@ -49,6 +48,8 @@ class StudyResult:
 
 def summarise(config: StudyConfig) -> StudyResult:
     """Write ``study.nc``, ``report.md`` and the figures from what the storage holds now."""
+    from dlf.search.report import write_report  # seaborn: imported only when a report is due
+
     storage = open_storage(config)
     studies = open_studies(config, storage)
     found = findings(config, studies)

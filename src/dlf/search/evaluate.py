@@ -16,7 +16,7 @@ value at the last evaluation its run reached (``measured_step`` in its user attr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +101,6 @@ class Outcome:
     full_length: bool
     member_steps: int
     verdict: tuple[str, int] | None = None
-    attrs: dict[str, object] = field(default_factory=dict)
 
     @property
     def mean(self) -> float:

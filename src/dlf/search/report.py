@@ -1,17 +1,23 @@
-"""``report.md`` of a study: the answer, the figures (seaborn PNGs) and a table of the trials."""
+"""``report.md`` of a study: the answer, the figures (seaborn PNGs) and a table of the trials.
+
+Figures are drawn on bare :class:`matplotlib.figure.Figure` objects, so writing a report never
+touches the pyplot backend of a notebook that imports this module.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 import xarray as xr
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import NullLocator, ScalarFormatter
 
 from dlf.search.config import StudyConfig
 from dlf.search.results import Finding
@@ -41,63 +47,87 @@ def _trials_frame(ds: xr.Dataset) -> pd.DataFrame:
     return frame
 
 
+def _log_width_axis(ax: Axes, widths: list[float]) -> None:
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(set(widths)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
 def width_figure(
     frame: pd.DataFrame, found: dict[str, Finding], target: float, metric: str, path: Path
 ) -> None:
-    """Every measured trial's metric against width, static vs dynamical, with the target line."""
+    """Every measured trial's metric against width, static vs dynamical, with the target line;
+    the line joins the best trial at each width."""
     done = frame[frame["state"].isin(["COMPLETE", "PRUNED"])].copy()
     done["loss"] = done["kind"].map({k: f"{f.loss} ({k})" for k, f in found.items()})
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
     if not done.empty:
         sns.scatterplot(
             data=done, x="width", y="shown", hue="loss", style="state", alpha=0.6, ax=ax
         )
         best = done.groupby(["loss", "width"], as_index=False)["shown"].max()
         sns.lineplot(data=best, x="width", y="shown", hue="loss", legend=False, ax=ax)
+        _log_width_axis(ax, list(done["width"]))
     ax.axhline(target, color="black", linestyle="--", linewidth=1, label=f"target {target:g}")
     for f in found.values():
         if f.w_star is not None:
             ax.axvline(f.w_star, color="grey", linestyle=":", linewidth=1)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("hidden width")
+    ax.set_xlabel("hidden width (dotted: w*)")
     ax.set_ylabel(f"{metric} (mean over seeds)")
-    ax.set_title("best over (A, T) per width: dynamical vs static loss")
+    ax.set_title("every trial; line: best over (A, T) at each width")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def schedule_figure(
     frame: pd.DataFrame, w_star: int, target: float, metric: str, path: Path
 ) -> None:
-    """The (A, T) points tried at w*, coloured by the metric, the ones at the target marked."""
+    """The (A, T) points tried at w*, coloured by the metric; the marker says how each ended."""
     at = frame[
         (frame["kind"] == "dynamical")
         & (frame["width"] == w_star)
         & frame["state"].isin(["COMPLETE", "PRUNED"])
     ].copy()
-    at["reaches target"] = at["shown"] >= target
-    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    at["outcome"] = np.where(
+        at["state"] == "PRUNED",
+        "pruned",
+        np.where(at["shown"] >= target, "reaches target", "below target"),
+    )
+    markers = {"reaches target": "*", "below target": "o", "pruned": "X"}
+    norm = Normalize(vmin=min(at["shown"].min(), target - 0.1), vmax=max(at["shown"].max(), target))
+    fig = Figure(figsize=(6.0, 4.4))
+    ax = fig.subplots()
     sns.scatterplot(
         data=at,
         x="period",
         y="amplitude",
         hue="shown",
-        style="reaches target",
+        hue_norm=norm,
         palette="viridis",
-        s=70,
+        style="outcome",
+        markers=markers,
+        s=110,
+        edgecolor="black",
+        legend=False,
         ax=ax,
     )
+    fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label=metric)
+    handles = [
+        Line2D([], [], marker=m, linestyle="", color="grey", markersize=9, label=name)
+        for name, m in markers.items()
+        if name in set(at["outcome"])
+    ]
+    ax.legend(handles=handles, fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("period T (steps)")
     ax.set_ylabel("amplitude A")
-    ax.set_title(f"(A, T) tried at w* = {w_star}; colour: {metric}")
-    ax.legend(fontsize=8)
+    ax.set_title(f"(A, T) tried at w* = {w_star}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _table(frame: pd.DataFrame) -> list[str]:
@@ -153,7 +183,18 @@ def write_report(
             f"**The dynamical loss reaches the target at w*_dyn = {dyn.w_star} versus "
             f"{baseline} for the static loss.**",
         ]
-    lines += ["", "## Figures", "", f"![{search.metric} versus width]({WIDTH_FIGURE})", ""]
+    lines += [
+        "",
+        f"At each width the dynamical loss had up to {search.trials_per_width} (A, T) trials and "
+        "the static loss one, and w* keeps the best: the best of several noisy means is biased "
+        "upwards. To confirm w*_dyn, train that width at the best (A, T) on other seeds (a run "
+        "config with `model.width`, `schedule.amplitude`, `schedule.period`, `train.seeds`).",
+        "",
+        "## Figures",
+        "",
+        f"![{search.metric} versus width]({WIDTH_FIGURE})",
+        "",
+    ]
     if dyn is not None and dyn.w_star is not None:
         schedule_figure(
             frame, dyn.w_star, search.target, search.metric, directory / SCHEDULE_FIGURE

@@ -9,6 +9,7 @@ measure (:func:`dlf.search.config.setup_fingerprint`); re-opening it with a diff
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -58,12 +59,22 @@ def open_storage(config: StudyConfig) -> BaseStorage:
         engine_kwargs: dict[str, Any] = {}
         if url.startswith("postgresql"):
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
-        return RDBStorage(url, engine_kwargs=engine_kwargs)
+        return RDBStorage(with_installed_driver(url), engine_kwargs=engine_kwargs)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
             "search.storage", f"cannot open {storage_label(config)}: {reason}"
         ) from None
+
+
+def with_installed_driver(url: str) -> str:
+    """``postgresql://`` with the PostgreSQL driver that is installed: SQLAlchemy 2.1 assumes
+    psycopg 3, the ``postgres`` extra installs psycopg2."""
+    if url.startswith("postgresql://"):
+        for module in ("psycopg", "psycopg2"):
+            if importlib.util.find_spec(module) is not None:
+                return f"postgresql+{module}://" + url.removeprefix("postgresql://")
+    return url
 
 
 def study_name(config: StudyConfig, kind: str) -> str:

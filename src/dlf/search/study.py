@@ -33,7 +33,7 @@ from dlf.plugin_manager import load_plugins
 from dlf.run import build_context
 from dlf.search.config import StudyConfig
 from dlf.search.evaluate import Candidate, run_batch, tell
-from dlf.search.ladder import FINISHED, PENDING, next_width, rungs, trial_width
+from dlf.search.ladder import FINISHED, PENDING, Bracket, bracket, next_width, rungs, trial_width
 from dlf.search.liveness import WIDTH, Heartbeat, claim, recover_stale, retry, worker_id
 from dlf.search.pruning import make_pruner
 from dlf.search.storage import open_storage, open_studies, study_dir
@@ -55,14 +55,20 @@ class Track:
     def trials(self) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False)
 
+    def bracket(self, config: StudyConfig) -> Bracket:
+        search = config.search
+        table = rungs(self.trials())
+        return bracket(search.width.ladder(), table, search.target, self.trials_per_width)
+
     def next_job(self, config: StudyConfig) -> tuple[int, int] | None:
         """(width, number of trials) to start now, or None: retries first, then the bisection."""
         trials = self.trials()
         waiting = [t for t in trials if t.state == TrialState.WAITING]
-        if waiting:
+        if waiting:  # retries of lost trials carry their width
             width = trial_width(waiting[0])
             same = [t for t in waiting if trial_width(t) == width]
-            return (width or config.search.width.low, min(len(same), config.search.batch))
+            if width is not None:
+                return width, min(len(same), config.search.batch)
         ladder = config.search.width.ladder()
         job = next_width(ladder, rungs(trials), config.search.target, self.trials_per_width)
         if job is None:
@@ -180,7 +186,10 @@ class Worker:
         search = self.config.search
         numbers = [c.trial.number for c in candidates]
         trace = Path("runs") / f"{track.kind}-w{width:04d}-t{numbers[0]:04d}.nc"
-        self.say(f"{track.kind}: width {width}, trials {numbers} ({len(search.seeds)} seeds each)")
+        where = track.bracket(self.config).describe()
+        self.say(
+            f"{track.kind}: width {width}, trials {numbers} × {len(search.seeds)} seeds ({where})"
+        )
         run = track.run.model_copy(
             update={"model": track.run.model.model_copy(update={"width": width})}
         )

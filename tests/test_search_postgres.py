@@ -1,0 +1,124 @@
+"""Studies on a real PostgreSQL server: concurrent workers lose and duplicate no trial, and a
+worker that went silent on another machine has its trial retried.
+
+Needs ``DLF_TEST_POSTGRES_URL`` (``export DLF_TEST_POSTGRES_URL=$(.ci/postgres.sh)``); run with
+``pytest -m postgres``. Every test uses a fresh study name, so the database may be reused.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from dlf.search import load_study_config, open_study, run_study
+from dlf.search.config import study_config_from_raw
+from dlf.search.liveness import HEARTBEAT_ATTR, WORKER_ATTR
+from dlf.search.storage import open_storage
+from dlf.trace import open_trace
+from tests.test_search import REPO, one_thread, study_raw, trials_of  # noqa: F401
+
+URL = os.environ.get("DLF_TEST_POSTGRES_URL")
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.skipif(not URL, reason="DLF_TEST_POSTGRES_URL is not set (.ci/postgres.sh)"),
+]
+
+
+def fresh_raw(tmp_path, **search):
+    name = f"pg_{uuid.uuid4().hex[:10]}"
+    return study_raw(tmp_path, name=name, storage=URL, **search)
+
+
+def assert_nothing_lost_or_duplicated(config, directory):
+    """Every trial finished exactly once, no (width, A, T) was evaluated twice, and every stored
+    value is what its members measured in the trace."""
+    trials = {kind: trials_of(config, kind) for kind in ("static", "dynamical")}
+    for kind, those in trials.items():
+        assert those, kind
+        assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in those)
+        assert sorted(t.number for t in those) == list(range(len(those)))
+    points = [
+        (t.params["width"], t.params["amplitude"], t.params["period"]) for t in trials["dynamical"]
+    ]
+    assert len(set(points)) == len(points)
+    ds = open_study(directory)
+    assert ds.sizes["trial"] == sum(len(t) for t in trials.values())
+    done = ds.where(ds["state"] == "COMPLETE", drop=True)
+    for row in done["trial"].values:
+        trial = done.sel(trial=row)
+        trace = open_trace(directory / str(trial["trace"].values))
+        members = np.flatnonzero((trace["amplitude"] == trial["amplitude"]).values)
+        if trial["kind"] == "dynamical":
+            members = np.flatnonzero(
+                (
+                    (trace["amplitude"] == trial["amplitude"])
+                    & (trace["period"] == trial["period"])
+                ).values
+            )
+        at = trace["val_accuracy"].sel(eval_step=int(trial["measured_step"])).values[members]
+        assert float(trial["value"]) == pytest.approx(at.mean())
+
+
+def test_two_worker_processes_share_a_postgres_study(tmp_path):
+    config = study_config_from_raw(fresh_raw(tmp_path, trials=6))
+    result = run_study(config, workers=2)
+    assert_nothing_lost_or_duplicated(config, result.directory)
+
+
+RUN = textwrap.dedent(
+    """
+    import sys, torch
+    from dlf.search import load_study_config, run_study
+    torch.set_num_threads(1)
+    run_study(load_study_config(sys.argv[1]))
+    """
+)
+
+
+def test_two_independent_commands_share_a_postgres_study(tmp_path):
+    """What two machines do: the same command started twice against one database."""
+    raw = fresh_raw(tmp_path, trials=6)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    commands = [
+        subprocess.Popen([sys.executable, "-c", RUN, str(path)], cwd=REPO, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    for command in commands:
+        _, err = command.communicate(timeout=300)
+        assert command.returncode == 0, err.decode()[-2000:]
+    config = load_study_config(path)
+    assert_nothing_lost_or_duplicated(config, tmp_path / config.name)
+
+
+def test_a_silent_worker_elsewhere_has_its_trial_retried(tmp_path):
+    config = study_config_from_raw(
+        fresh_raw(tmp_path, static_baseline=False, heartbeat_seconds=1, grace_seconds=3)
+    )
+    run_study(config)
+    storage = open_storage(config)
+    study = optuna.load_study(study_name=f"{config.name}.dynamical", storage=storage)
+    trial = study.ask()  # a trial a worker on another machine started and then went silent
+    trial.suggest_int("width", 2, 8, log=True)
+    trial.suggest_float("amplitude", 2, 10, log=True)
+    trial.suggest_float("period", 10, 40, log=True)
+    storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, "elsewhere:4242:gone")
+    storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, time.time() - 10)
+
+    run_study(config)
+
+    after = {t.number: t for t in trials_of(config)}
+    assert after[trial.number].state == TrialState.FAIL
+    retries = [t for t in after.values() if t.user_attrs.get("retry_of") == trial.number]
+    assert len(retries) == 1 and retries[0].params == after[trial.number].params
+    assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)

@@ -160,30 +160,29 @@ def test_gd_above_two_over_lambda1_bounces_along_v1(linear_model, make_config, t
     assert np.all(np.sign(b) == np.sign(b[0]))
 
 
-@pytest.mark.parametrize("directions", ["hessian", "random", "pca"])
-def test_recording_does_not_change_training(make_config, tmp_path, directions):
+def test_recording_does_not_change_training(make_config, tmp_path):
     base = {"train": {"steps": 60, "seeds": 2}}
     plain = dlf.execute(make_config(**base), trace_path=tmp_path / "plain.nc")
-    landscape = {
-        "steps": [12, 30],
-        "every": 25,
-        "members": [0, 3],
-        "directions": directions,
-        "pca_every": 3,
-        "grid": 5,
-        "future": 6,
-    }
-    sliced = dlf.execute(
-        make_config(**base, analyzers={"landscape": landscape}), trace_path=tmp_path / "s.nc"
-    )
-    a, b = plain.open(), sliced.open()
-    assert np.array_equal(a.loss.values, b.loss.values)
-    assert torch.equal(plain.theta, sliced.theta)
-    expected_steps = [12, 25, 30, 50] if directions == "pca" else [0, 12, 25, 30, 50]
-    assert list(b.landscape_step.values) == [s for s in expected_steps for _ in (0, 3)]
-    assert list(b.landscape_member.values) == [0, 3] * len(expected_steps)
-    assert np.isfinite(b.landscape_loss.values).all()
-    assert np.isfinite(b.landscape_trajectory.values).all()
+    for directions in ("hessian", "random", "pca"):
+        landscape = {
+            "steps": [12, 30],
+            "every": 25,
+            "members": [0, 3],
+            "directions": directions,
+            "pca_every": 3,
+            "grid": 5,
+            "future": 6,
+        }
+        config = make_config(**base, analyzers={"landscape": landscape})
+        sliced = dlf.execute(config, trace_path=tmp_path / f"{directions}.nc")
+        a, b = plain.open(), sliced.open()
+        assert np.array_equal(a.loss.values, b.loss.values)
+        assert torch.equal(plain.theta, sliced.theta)
+        steps = [12, 25, 30, 50] if directions == "pca" else [0, 12, 25, 30, 50]  # pca: history
+        assert list(b.landscape_step.values) == [s for s in steps for _ in (0, 3)]
+        assert list(b.landscape_member.values) == [0, 3] * len(steps)
+        assert np.isfinite(b.landscape_loss.values).all()
+        assert np.isfinite(b.landscape_trajectory.values).all()
 
 
 class StepSpy:
@@ -200,18 +199,30 @@ class StepSpy:
 def test_due_at_slice_steps_and_the_following_future_steps(make_config, tmp_path):
     plugins, spy = load_plugins(), StepSpy()
     plugins.manager.register(spy)
-    landscape = {"steps": [10, 31], "every": 25, "grid": 3, "future": 2}
+    landscape = {"steps": [10, 31, 58], "every": 25, "grid": 3, "future": 2}
     config = make_config(train={"steps": 60, "seeds": 1}, analyzers={"landscape": landscape})
     trace = dlf.execute(config, plugins=plugins, trace_path=tmp_path / "d.nc").open()
-    assert spy.steps == [0, 1, 2, 10, 11, 12, 25, 26, 27, 31, 32, 33, 50, 51, 52]
-    assert list(trace.landscape_step.values) == [0, 10, 25, 31, 50]
+    assert spy.steps == [0, 1, 2, 10, 11, 12, 25, 26, 27, 31, 32, 33, 50, 51, 52, 58, 59]
+    assert list(trace.landscape_step.values) == [0, 10, 25, 31, 50, 58]
+    assert list(trace.landscape_onset.values) == [-1] * 6
+    cut_short = trace.landscape_trajectory[-1]  # the run ends one step after the last slice
+    assert np.isfinite(cut_short[0]).all() and np.isnan(cut_short[1]).all()
 
 
-def test_slice_cut_short_by_the_end_of_the_run_keeps_nan(make_config, tmp_path):
-    landscape = {"steps": [57], "grid": 3, "future": 5}
-    config = make_config(train={"steps": 60, "seeds": 1}, analyzers={"landscape": landscape})
-    trajectory = dlf.execute(config, trace_path=tmp_path / "e.nc").open().landscape_trajectory
-    assert np.isfinite(trajectory[0, :2]).all() and np.isnan(trajectory[0, 2:]).all()
+def test_slices_at_each_reported_bifurcation_onset(make_config, tmp_path):
+    """η = 2 makes the tiny net bounce (an event near step 110): the member is sliced once, at
+    the first step after the detector reports the event, and the slice names its onset."""
+    analyzers = {"bifurcation": {}, "landscape": {"at_bifurcations": True, "grid": 3, "future": 4}}
+    config = make_config(
+        train={"steps": 300, "seeds": 1, "lr": 2.0},
+        schedule={"amplitude": 1},
+        analyzers=analyzers,
+    )
+    trace = dlf.execute(config, trace_path=tmp_path / "o.nc").open()
+    assert trace.sizes["bifurcation_event"] == 1 and trace.sizes["slice"] == 1
+    onset = int(trace.bifurcation_start[0])
+    assert int(trace.landscape_onset[0]) == onset < int(trace.landscape_step[0])
+    assert np.isfinite(trace.landscape_trajectory).all()
 
 
 def tiny_objective() -> Objective:
@@ -270,6 +281,7 @@ def test_pca_recovers_a_planted_plane():
         ({"steps": [3], "directions": "pca", "pca_every": 5}, "landscape"),
         ({"steps": [5], "members": [9]}, "members"),
         ({"steps": [500]}, "steps"),
+        ({"at_bifurcations": True}, "at_bifurcations"),
     ],
 )
 def test_bad_options_name_the_field(make_config, tmp_path, options, field):

@@ -7,13 +7,16 @@ value at t, and then, during the next ``future`` steps, records where training g
 plane: the coordinates (a, b) of θ_{t+j} − θ_t, how far it is off the plane, F(θ_{t+j}; Γ(t))
 (the value on the frozen landscape drawn in the background) and F(θ_{t+j}; Γ(t+j)) (the loss
 training actually saw). It only reads θ: training is the same with or without it.
+
+Slices are taken at listed steps, every n steps, and, with ``at_bifurcations``, for a member as
+soon as the ``bifurcation`` analyzer's detector reports a new onset of it.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -26,7 +29,11 @@ from dlf.curvature import DEFAULT_TOL
 from .directions import curvature_along, filter_normalized_pair, principal_plane
 from .grid import evaluate_plane, plane_coordinates, rows_per_chunk
 
+if TYPE_CHECKING:
+    from dlf.analysis import BifurcationDetector
+
 COORDS = ("a", "b")
+BIFURCATION = "bifurcation"  # the analyzer whose detector triggers slices at onsets
 
 
 class LandscapeOptions(dlf.AnalyzerOptions):
@@ -34,6 +41,9 @@ class LandscapeOptions(dlf.AnalyzerOptions):
 
     every: int | None = Field(None, ge=0, description="also slice every n steps; 0 or null: off")
     steps: list[int] = Field(default_factory=list, description="slice at these steps")
+    at_bifurcations: bool = Field(
+        False, description="also slice a member when the bifurcation analyzer reports an onset"
+    )
     members: list[int] = Field([0], min_length=1, description="member indices to slice")
     directions: Literal["hessian", "random", "pca"] = Field(
         "hessian",
@@ -64,8 +74,8 @@ class LandscapeOptions(dlf.AnalyzerOptions):
 
     @model_validator(mode="after")
     def _something_to_do(self) -> LandscapeOptions:
-        if not (self.steps or self.every):
-            raise ValueError("set steps or every: the analyzer would never slice")
+        if not (self.steps or self.every or self.at_bifurcations):
+            raise ValueError("set steps, every or at_bifurcations: the analyzer would never slice")
         if self.directions == "pca" and self.steps and self.steps[0] <= self.pca_every:
             raise ValueError(
                 f"pca needs two trajectory snapshots before a slice: steps must be > pca_every "
@@ -80,6 +90,7 @@ class Slice:
 
     step: int
     member: int
+    onset: int  # the bifurcation onset that triggered the slice; -1: a scheduled slice
     curvature: np.ndarray  # (2,) eigenvalues, or Rayleigh quotients of non-eigen directions
     loss: np.ndarray  # (grid, grid), indexed [a, b]
     trajectory: np.ndarray  # (future, 2): (a, b) of θ_{t+j} − θ_t, j = 1..future
@@ -117,6 +128,11 @@ class LandscapeAnalyzer(dlf.Analyzer):
                 f"analyzers.{name}.steps",
                 f"step {late[0]} is not < train.steps ({run.total_steps})",
             )
+        if options.at_bifurcations and BIFURCATION not in run.config.analyzers:
+            raise dlf.ConfigError(
+                f"analyzers.{name}.at_bifurcations",
+                f"needs the {BIFURCATION} analyzer: add `{BIFURCATION}: {{}}` under analyzers",
+            )
         self.slice_steps = set(options.steps)
         self.coords = torch.linspace(
             -options.radius, options.radius, options.grid, dtype=run.dtype, device=run.device
@@ -127,6 +143,10 @@ class LandscapeAnalyzer(dlf.Analyzer):
         self._recording_until = -1
         self._history: deque[torch.Tensor] = deque(maxlen=options.pca_window)
         self._generator = torch.Generator().manual_seed(options.seed)
+        self._detector: BifurcationDetector | None = None
+        self._detector_seen = -1  # the detector's steps_seen when its events were last read
+        self._known_onsets: set[tuple[int, int]] = set()  # (member, onset step)
+        self._new_onsets: list[tuple[int, int]] = []  # reported but not sliced yet
 
     # --- schedule ---------------------------------------------------------------------------
 
@@ -137,17 +157,50 @@ class LandscapeAnalyzer(dlf.Analyzer):
     def _snapshot_at(self, step: int) -> bool:
         return self.options.directions == "pca" and step % self.options.pca_every == 0
 
+    def _onsets_reported(self) -> bool:
+        """Whether the bifurcation detector reported onsets of chosen members not sliced yet.
+
+        The detector reads the loss in blocks, so it reports an onset some steps (up to a block
+        and its ``min_length``) after it happened; its events are only re-read when it has
+        taken in new steps.
+        """
+        detector = self._detector
+        if detector is not None and detector.steps_seen != self._detector_seen:
+            self._detector_seen = detector.steps_seen
+            for event in detector.events():
+                onset = (event.member, event.start)
+                if event.member in self.options.members and onset not in self._known_onsets:
+                    self._known_onsets.add(onset)
+                    self._new_onsets.append(onset)
+        return bool(self._new_onsets)
+
     def due(self, step: int) -> bool:
-        """At slice steps, on the ``future`` steps after each, and at pca snapshot steps."""
-        return step <= self._recording_until or self.slicing_at(step) or self._snapshot_at(step)
+        """At slice steps, on the ``future`` steps after each, at pca snapshot steps, and at the
+        first step after the bifurcation detector reports an onset (``at_bifurcations``)."""
+        return (
+            step <= self._recording_until
+            or self.slicing_at(step)
+            or self._snapshot_at(step)
+            or self._onsets_reported()
+        )
 
     # --- events -----------------------------------------------------------------------------
 
     @dlf.hookimpl
+    def dlf_run_start(self, run: dlf.RunContext) -> None:
+        if self.options.at_bifurcations:
+            self._detector = run.analyzers[BIFURCATION].detector
+
+    @dlf.hookimpl
     def dlf_step_end(self, state: dlf.StepState) -> None:
         self._follow(state)
-        if self.slicing_at(state.step):
-            self._slice(state)
+        onsets: dict[int, int] = {}  # member → earliest newly reported onset
+        for member, start in self._new_onsets:
+            onsets.setdefault(member, start)
+        self._new_onsets = []
+        members = self.options.members if self.slicing_at(state.step) else sorted(onsets)
+        if members:
+            self._slice(state, members, onsets)
         if self._snapshot_at(state.step):
             self._history.append(state.theta[self.options.members].clone())
 
@@ -168,8 +221,8 @@ class LandscapeAnalyzer(dlf.Analyzer):
                 still.append((record, plane))
         self._pending = still
 
-    def _slice(self, state: dlf.StepState) -> None:
-        members = [m for m in self.options.members if bool(state.active[m])]
+    def _slice(self, state: dlf.StepState, members: list[int], onsets: dict[int, int]) -> None:
+        members = [m for m in members if bool(state.active[m])]
         planes = self._directions(state, members) if members else None
         if planes is None:
             return
@@ -187,6 +240,7 @@ class LandscapeAnalyzer(dlf.Analyzer):
             record = Slice(
                 step=state.step,
                 member=m,
+                onset=onsets.get(m, -1),
                 curvature=curvature[i].cpu().numpy(),
                 loss=loss.cpu().numpy(),
                 trajectory=np.full((k, 2), np.nan),
@@ -265,6 +319,11 @@ class LandscapeAnalyzer(dlf.Analyzer):
             ),
             self.var("member"): xr.DataArray(
                 np.array([s.member for s in self.slices]), dims="slice"
+            ),
+            self.var("onset"): xr.DataArray(
+                np.array([s.onset for s in self.slices]),
+                dims="slice",
+                attrs={"long_name": "bifurcation onset that triggered the slice (-1: none)"},
             ),
             self.var("eigenvalues"): var(
                 "curvature",

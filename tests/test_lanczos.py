@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dlf.lanczos import random_vectors, spectral_density, top_eigenpairs, warm_start
+from dlf.lanczos import (
+    cold_min_iter,
+    random_vectors,
+    spectral_density,
+    top_eigenpairs,
+    warm_start,
+)
 from tests.curvature_fixtures import planted_operator
 
 
@@ -67,7 +73,7 @@ def test_invariant_start_and_restart_after_breakdown():
     spectra = torch.linspace(0, 10, n, dtype=torch.float64).flip(0)[None]
     a, q = planted_operator(spectra, seed=2)
     top3 = q[:, :, :3].transpose(1, 2)  # (1, 3, n)
-    exact = top_eigenpairs(matvec_of(a), warm_start(top3, (1, n), a), k=3, tol=1e-10)
+    exact = top_eigenpairs(matvec_of(a), warm_start(top3, (1, n), a)[0], k=3, tol=1e-10)
     assert int(exact.matvecs[0]) == 3  # the Krylov space of Σ u_i is the top-3 subspace
     torch.testing.assert_close(exact.values, spectra[:, :3], rtol=1e-12, atol=0)
     # Start on one eigenvector: Lanczos breaks down after one step and must restart to find 3.
@@ -86,7 +92,7 @@ def test_warm_start_from_a_nearby_operator_needs_fewer_matvecs():
     moved = a + (noise + noise.transpose(1, 2)) / 2
     cold = top_eigenpairs(matvec_of(moved), cold_start(m, n, seed=4), k=3, tol=1e-8, max_iter=n)
     warm = top_eigenpairs(
-        matvec_of(moved), warm_start(before.vectors, (m, n), moved), k=3, tol=1e-8, max_iter=n
+        matvec_of(moved), warm_start(before.vectors, (m, n), moved)[0], k=3, tol=1e-8, max_iter=n
     )
     exact = torch.linalg.eigvalsh(moved).flip(-1)[:, :3]
     torch.testing.assert_close(warm.values, exact, rtol=1e-10, atol=0)
@@ -141,3 +147,23 @@ def test_quadrature_moments_are_exact_per_probe_and_estimate_the_trace():
     grid = torch.linspace(-8, 8, 4001, dtype=torch.float64)
     mass = density.smoothed(grid, 0.1).sum(dim=-1) * (grid[1] - grid[0])
     torch.testing.assert_close(mass, torch.ones(2, dtype=torch.float64), rtol=1e-6, atol=0)
+
+
+def test_cold_start_minimum_krylov_dimension_prevents_misconvergence():
+    """λ3 − λ4 = 5·tol·‖H‖ (as seen in a real Hessian): a random start that stops on the residual
+    alone sometimes returns λ4 as the third eigenvalue; a minimum Krylov dimension does not."""
+    m, n = 30, 300
+    gen = torch.Generator().manual_seed(0)
+    tops = torch.tensor([1.33, 1.22, 0.5856, 0.5789, 0.512], dtype=torch.float64).repeat(m, 1)
+    bulk = torch.rand(m, n - 5, generator=gen, dtype=torch.float64) * 0.5 - 0.1
+    a, _ = planted_operator(torch.cat([tops, bulk], dim=1), seed=1)
+    hasty_misses = 0
+    for seed in range(2, 6):
+        start = cold_start(m, n, seed=seed)
+        hasty = top_eigenpairs(matvec_of(a), start, k=3, tol=1e-3, max_iter=n)
+        hasty_misses += int(((hasty.values[:, 2] - 0.5856).abs() > 1e-3).sum())
+        careful = top_eigenpairs(
+            matvec_of(a), start, k=3, tol=1e-3, max_iter=n, min_iter=cold_min_iter(3)
+        )
+        torch.testing.assert_close(careful.values, tops[:, :3], rtol=1e-5, atol=0)
+    assert hasty_misses > 0, "the hazard this guards against did not show up"

@@ -119,11 +119,13 @@ class Curvature:
             result, used_tol = self._exact(k, loss), 0.0
         else:
             shape = (self.theta.shape[0], self.theta.shape[1])
-            start = lanczos.warm_start(
-                self._previous_vectors.get(loss), shape, self.theta, self.generator
-            )
+            previous = self._previous_vectors.get(loss)
+            start, warm = lanczos.warm_start(previous, shape, self.theta, self.generator)
+            if previous is None or previous.shape[1] < k:  # too few old vectors: treat as cold
+                warm = torch.zeros_like(warm)
+            min_iter = torch.where(warm, k, lanczos.cold_min_iter(k))
             result = lanczos.top_eigenpairs(
-                lambda v: self.hvp(v, loss), start, k, tol, max_iter, self.generator
+                lambda v: self.hvp(v, loss), start, k, tol, max_iter, self.generator, min_iter
             )
             used_tol = tol
         self.cache[("spectrum", loss)] = (result, used_tol)

@@ -62,25 +62,36 @@ def random_vectors(
     return v.to(dtype=like.dtype, device=like.device)
 
 
+def cold_min_iter(k: int) -> int:
+    """Krylov dimension a random start must reach before it may stop: ARPACK's default ncv.
+
+    From a random vector, a Ritz value can settle on λ_{k+1} before λ_k has emerged when the two
+    are close (its residual is small, but it is the wrong eigenvalue); a larger space prevents it.
+    """
+    return max(2 * k + 1, 20)
+
+
 def warm_start(
     previous: torch.Tensor | None,
     shape: tuple[int, int],
     like: torch.Tensor,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """A start vector per member: Σ of the previous eigenvectors ``(M, k, n)`` where usable.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A start vector per member, Σ of the previous eigenvectors ``(M, k, n)`` where usable.
 
     The Krylov space of that sum contains the old top-k subspace after k steps, so a slowly
     changing operator converges in a few more. Rows without usable previous vectors (first call,
-    non-finite, or a shape change) start from a random vector.
+    non-finite, or a shape change) start from a random vector. Returns the start ``(M, n)`` and
+    which rows are warm ``(M,)``.
     """
     start = random_vectors(shape, like, generator)
     if previous is None or previous.shape[0] != shape[0] or previous.shape[-1] != shape[1]:
-        return start
+        return start, torch.zeros(shape[0], dtype=torch.bool, device=like.device)
     guess = previous.to(like).sum(dim=1)
     norm = guess.norm(dim=-1, keepdim=True)
     usable = torch.isfinite(norm) & (norm > 0)
-    return torch.where(usable, guess / torch.where(usable, norm, 1.0), start)
+    warm = torch.where(usable, guess / torch.where(usable, norm, 1.0), start)
+    return warm, usable[:, 0]
 
 
 def _tridiagonal(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -155,13 +166,16 @@ def top_eigenpairs(
     tol: float = 1e-3,
     max_iter: int = 100,
     generator: torch.Generator | None = None,
+    min_iter: int | torch.Tensor = 0,
 ) -> LanczosResult:
     """The k algebraically largest eigenpairs of every member's operator.
 
     ``start (M, n)`` is each member's first Lanczos vector (see :func:`warm_start`). A member
     stops once each of its top-k Ritz pairs has residual ‖A y − λ y‖ ≤ tol · ‖A‖ (‖A‖ estimated
-    by the largest |Ritz value|), or after ``max_iter`` matvecs; it then keeps that result while
-    the others go on. Eigenvalue errors are of order residual² / gap.
+    by the largest |Ritz value|) and it has used ``min_iter`` matvecs (an int or one per member,
+    see :func:`cold_min_iter`), or after ``max_iter``; it then keeps that result while the others
+    go on. Eigenvalue errors are of order residual² / gap; eigenvalues closer together than
+    about tol · ‖A‖ cannot be told apart, so one of them may be missed: lower tol to resolve them.
     """
     m, n = start.shape
     k = min(k, n)
@@ -182,7 +196,8 @@ def top_eigenpairs(
         top_theta, top_s = theta.flip(-1)[:, :k], s.flip(-1)[:, :, :k]
         res = state.last_beta[:, None] * top_s[:, -1, :].abs()
         norm = theta.abs().amax(dim=-1).clamp_min(torch.finfo(theta.dtype).tiny)
-        converged = (res <= tol * norm[:, None]).all(dim=-1) | (j == last)
+        small = (res <= tol * norm[:, None]).all(dim=-1)
+        converged = (small & (j >= torch.as_tensor(min_iter, device=small.device))) | (j == last)
         new = converged & ~done
         if bool(new.any()):
             ritz_vectors = torch.einsum("mjk,mjn->mkn", top_s, state.basis)

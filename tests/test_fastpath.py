@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from dlf import fastpath
 from dlf.data import SpiralOptions, spiral
 from dlf.fastpath import AutogradGradient, FusedGradient, gradient_for
 from dlf.losses import BUILTIN_LOSSES, Loss
@@ -93,3 +94,20 @@ def test_unknown_loss_falls_back_to_autograd():
     custom = Objective(obj.model, cubic, obj.static, obj.x, obj.y)
     assert isinstance(gradient_for(obj), FusedGradient)
     assert isinstance(gradient_for(custom), AutogradGradient)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_rows_in_several_passes_equal_one_pass(monkeypatch, depth):
+    """The CPU splits the rows into cache-sized passes; the split must not change anything."""
+    obj = objective("dmse1", depth=depth)
+    theta, gamma = point(obj, rows=5)
+    active = torch.tensor([True, True, False, True, True])
+    whole = FusedGradient(obj)
+    expected = (*whole(theta, gamma, active, obj.x, obj.y), *whole.metrics())
+    row_bytes = len(obj.y) * 6 * 8
+    monkeypatch.setattr(fastpath, "CACHE_BYTES", 2 * row_bytes)
+    split = FusedGradient(obj)
+    assert split.chunk_rows(theta, len(obj.y)) == 2
+    got = (*split(theta, gamma, active, obj.x, obj.y), *split.metrics())
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

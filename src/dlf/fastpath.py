@@ -30,6 +30,8 @@ from dlf.losses import (
 from dlf.models import MLP
 from dlf.objective import Objective
 
+CACHE_BYTES = 4 * 2**20  # CPU: rows per pass chosen so that one activation buffer is this big
+
 # The built-in loss functions the fused pass knows how to differentiate, by kind.
 KINDS: dict[Callable[..., torch.Tensor], str] = {
     weighted_cross_entropy: "ce",  # (1/P) Σ_j Γ_{y_j} CE_j
@@ -105,7 +107,8 @@ class FusedGradient:
 
     Activations are kept as ``(R, P, width)`` (rows of θ are the batch of every product); the
     logits and their gradient as ``(R, class, P)``, the orientation in which the products with the
-    few-class output layer run fastest.
+    few-class output layer run fastest. With one hidden layer (the papers' network) the backward
+    pass is a single product, see :meth:`backward_shallow`.
     """
 
     def __init__(self, objective: Objective) -> None:
@@ -113,8 +116,8 @@ class FusedGradient:
         self.model: MLP = objective.model
         self.kind = KINDS[objective.loss.fn]
         self.static_kind = KINDS[objective.static.fn]
-        self.derivative = {"relu": relu_backward_, "tanh": tanh_backward_}[self.model.activation]
-        self.activate = {"relu": torch.relu_, "tanh": torch.tanh_}[self.model.activation]
+        self.relu = self.model.activation == "relu"
+        self.activate = torch.relu_ if self.relu else torch.tanh_
         # θ stores each layer as W (fan_in × fan_out) followed by b (fan_out): one
         # (fan_in + 1) × fan_out block, the weights of the augmented input [h, 1].
         self.offsets: list[int] = []
@@ -125,7 +128,7 @@ class FusedGradient:
         self._buffers: dict[tuple[object, ...], list[torch.Tensor]] = {}
         self._inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._labels: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._last: dict[str, torch.Tensor] = {}
+        self._last: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor] | None = None
 
     @staticmethod
     def supports(objective: Objective) -> bool:
@@ -161,14 +164,16 @@ class FusedGradient:
         return xa, xa_t
 
     def buffers(self, rows: int, samples: int, like: torch.Tensor) -> list[torch.Tensor]:
-        """Per hidden layer: activation and its gradient ``(R, P, width)``, reused across steps."""
+        """``(R, P, width)`` per hidden layer, reused across steps: the activations, then (deeper
+        networks only) the gradients with respect to them."""
         key = (rows, samples, like.dtype, like.device)
         if key not in self._buffers:
+            copies = 1 if len(self.model.hidden) == 1 else 2
             self._buffers = {
                 key: [
                     torch.empty(rows, samples, width, dtype=like.dtype, device=like.device)
+                    for _ in range(copies)
                     for width in self.model.hidden
-                    for _ in range(2)
                 ]
             }
         return self._buffers[key]
@@ -188,52 +193,110 @@ class FusedGradient:
 
     # --- the pass
 
+    def chunk_rows(self, theta: torch.Tensor, samples: int) -> int:
+        """Rows per pass: on a CPU, as many as keep one activation buffer near ``CACHE_BYTES``."""
+        if theta.device.type != "cpu":
+            return theta.shape[0]
+        per_row = samples * max(self.model.hidden) * theta.element_size()
+        return max(1, CACHE_BYTES // per_row)
+
     def __call__(self, theta, gamma, active, x, y):
         rows, samples = theta.shape[0], x.shape[-2]
-        xa, xa_t = self.augmented(x)
-        weights = self.blocks(theta)
         grad = torch.empty_like(theta)
-        grads = self.blocks(grad)
-        buffers = self.buffers(rows, samples, theta)
-        hidden = buffers[0::2]
+        size = self.chunk_rows(theta, samples)
+        losses, logits, per_sample = [], [], []
+        for start in range(0, rows, size):
+            part = slice(start, start + size)
+            x_part, y_part = (x[part], y[part]) if x.dim() == 3 else (x, y)
+            loss, logits_t, per = self.pass_(
+                theta[part], gamma[part], active[part], x_part, y_part, grad[part]
+            )
+            losses.append(loss)
+            logits.append(logits_t)
+            per_sample.append(per)
+        self._last = (logits, per_sample, y)
+        return (losses[0] if len(losses) == 1 else torch.cat(losses)), grad
+
+    def pass_(self, theta, gamma, active, x, y, grad):
+        """F, the logits ``(R, C, P)`` and the per-sample loss; ∂F/∂θ written into ``grad``."""
+        rows, samples, depth = theta.shape[0], x.shape[-2], len(self.model.hidden)
+        xa, xa_t = self.augmented(x)
+        weights, grads = self.blocks(theta), self.blocks(grad)
+        buffers = [b[:rows] for b in self.buffers(self.chunk_rows(theta, samples), samples, theta)]
+        hidden = buffers[:depth]
         # forward: h_1 = act([x, 1] · [W_1; b_1]), h_l = act(h_{l-1} W_l + b_l)
         torch.bmm(xa.expand(rows, -1, -1), weights[0], out=hidden[0])
         self.activate(hidden[0])
-        for layer in range(1, len(hidden)):
+        for layer in range(1, depth):
             w, b = weights[layer][:, :-1], weights[layer][:, -1:]
             torch.baddbmm(b, hidden[layer - 1], w, out=hidden[layer])
             self.activate(hidden[layer])
-        h = hidden[-1]
         w_out_t = weights[-1][:, :-1].transpose(1, 2).contiguous()  # (R, C, width)
-        logits_t = torch.baddbmm(weights[-1][:, -1].unsqueeze(-1), w_out_t, h.transpose(1, 2))
-        loss, d_logits_t = self.loss_and_gradient(logits_t, gamma, active, y)
-        # backward: output layer, then each hidden layer down to the augmented input
-        grads[-1][:, :-1].copy_(torch.bmm(d_logits_t, h).transpose(1, 2))
+        logits_t = torch.baddbmm(
+            weights[-1][:, -1].unsqueeze(-1), w_out_t, hidden[-1].transpose(1, 2)
+        )
+        loss, d_logits_t, per_sample = self.loss_and_gradient(logits_t, gamma, active, y)
         torch.sum(d_logits_t, dim=2, out=grads[-1][:, -1])
-        d_h = torch.bmm(d_logits_t.transpose(1, 2), w_out_t, out=buffers[-1])
+        if depth == 1:
+            self.backward_shallow(xa_t, d_logits_t, hidden[0], weights, w_out_t, grads)
+        else:
+            self.backward_deep(xa_t, d_logits_t, hidden, buffers[depth:], weights, w_out_t, grads)
+        return loss, logits_t, per_sample
+
+    def backward_shallow(self, xa_t, d_logits_t, h, weights, w_out_t, grads) -> None:
+        """Weight gradients of a one-hidden-layer network from one product over the samples.
+
+        ∂F/∂h_j = W₂ d_j has rank C, so with ``a_j = [x_j, 1] ⊗ d_j`` (``(in+1)·C`` numbers) and
+        ``E = Σ_j a_j σ'(z_j)ᵀ``, the first layer's gradient is ``Σ_c W₂[k, c] E[i, c, k]``.
+        For ReLU, h = z·1[z > 0] with z linear in [x, 1], so the output layer's Σ_j h_j d_jᵀ is
+        ``Σ_i W₁[i, k] E[i, c, k]`` as well: the (R, P, width) activations are read by one
+        product, and no gradient of that size is ever formed.
+        """
+        rows, inputs, width = weights[0].shape
+        classes = d_logits_t.shape[1]
+        a = (xa_t.unsqueeze(2) * d_logits_t.unsqueeze(1)).flatten(1, 2)  # (R, (in+1)·C, P)
+        if self.relu:
+            e = torch.bmm(a, h.sign_()).view(rows, inputs, classes, width)
+            out_grad_t = (weights[0].unsqueeze(2) * e).sum(dim=1)  # (R, C, width)
+        else:
+            out_grad_t = torch.bmm(d_logits_t, h)
+            slope = torch.addcmul(h.new_ones(()), h, h, value=-1, out=h)  # tanh' = 1 − h²
+            e = torch.bmm(a, slope).view(rows, inputs, classes, width)
+        grads[-1][:, :-1].copy_(out_grad_t.transpose(1, 2))
+        torch.sum(w_out_t.unsqueeze(1) * e, dim=2, out=grads[0])
+
+    def backward_deep(self, xa_t, d_logits_t, hidden, d_hidden, weights, w_out_t, grads) -> None:
+        """Back-propagation layer by layer (two or more hidden layers)."""
+        rows = weights[0].shape[0]
+        torch.bmm(d_logits_t, hidden[-1], out=grads[-1][:, :-1].transpose(1, 2))
+        d_h = torch.bmm(d_logits_t.transpose(1, 2), w_out_t, out=d_hidden[-1])
         for layer in range(len(hidden) - 1, 0, -1):
-            d_z = self.derivative(d_h, hidden[layer])
+            d_z = self.derivative_(d_h, hidden[layer])
             w = weights[layer][:, :-1]
             torch.bmm(hidden[layer - 1].transpose(1, 2), d_z, out=grads[layer][:, :-1])
             torch.sum(d_z, dim=1, out=grads[layer][:, -1])
-            d_h = torch.bmm(d_z, w.transpose(1, 2), out=buffers[2 * layer - 1])
-        d_z = self.derivative(d_h, hidden[0])
+            d_h = torch.bmm(d_z, w.transpose(1, 2), out=d_hidden[layer - 1])
+        d_z = self.derivative_(d_h, hidden[0])
         torch.bmm(xa_t.expand(rows, -1, -1), d_z, out=grads[0])
-        return loss, grad
+
+    def derivative_(self, grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``grad · σ'`` in place, from the stored activation ``out``: 1[out > 0] or 1 − out²."""
+        if self.relu:
+            return torch.ops.aten.threshold_backward.grad_input(grad, out, 0, grad_input=grad)
+        return torch.ops.aten.tanh_backward.grad_input(grad, out, grad_input=grad)
 
     def loss_and_gradient(
         self, logits_t: torch.Tensor, gamma: torch.Tensor, active: torch.Tensor, y: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """F ``(R,)`` and ∂(Σ_active F)/∂logits ``(R, C, P)`` from the logits ``(R, C, P)``."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """F ``(R,)``, ∂(Σ_active F)/∂logits ``(R, C, P)`` and the unweighted per-sample loss
+        ``(R, P)`` (None for DMSE2, whose Γ is inside the square) from the logits ``(R, C, P)``."""
         samples = logits_t.shape[-1]
         onehot_t = self.one_hot_t(y, logits_t)
         if self.kind == "st":
             residual = logits_t - onehot_t * gamma.unsqueeze(-1)
             loss = residual.square().sum(dim=1).mean(dim=1)
             scale = active.to(logits_t.dtype) * (2.0 / samples)
-            d_logits_t = residual * scale[:, None, None]
-            self._last = {"logits_t": logits_t, "y": y, "onehot_t": onehot_t}
-            return loss, d_logits_t
+            return loss, residual * scale[:, None, None], None
         weight = gamma.index_select(1, y) if y.dim() == 1 else gamma.gather(1, y)  # Γ_{y_j}
         scale = torch.where(active[:, None], weight, 0.0) * (1.0 / samples)
         if self.kind == "ce":
@@ -246,31 +309,18 @@ class FusedGradient:
             residual = logits_t - onehot_t
             per_sample = residual.square().sum(dim=1)  # Σ_i (f_i − δ_{i,y_j})²
             d_logits_t = residual * (2 * scale).unsqueeze(1)
-        loss = (weight * per_sample).mean(dim=1)
-        self._last = {"logits_t": logits_t, "y": y, "onehot_t": onehot_t, "per": per_sample}
-        return loss, d_logits_t
+        return (weight * per_sample).mean(dim=1), d_logits_t, per_sample
 
     def metrics(self):
-        last = self._last
-        assert last, "metrics() before the first gradient"
-        logits_t, y, onehot_t = last["logits_t"], last["y"], last["onehot_t"]
+        assert self._last is not None, "metrics() before the first gradient"
+        logits, per_sample, y = self._last
+        logits_t = logits[0] if len(logits) == 1 else torch.cat(logits)
         if self.static_kind == self.kind:
-            per_sample = last["per"]
+            per = per_sample[0] if len(per_sample) == 1 else torch.cat(per_sample)
         elif self.static_kind == "ce":
-            shifted = logits_t - logits_t.amax(dim=1, keepdim=True)
-            per_sample = (onehot_t * (shifted.exp().sum(dim=1, keepdim=True).log() - shifted)).sum(
-                1
-            )
+            per = torch.logsumexp(logits_t, dim=1) - torch.gather(
+                logits_t, 1, y.expand(logits_t.shape[0], -1).unsqueeze(1)
+            ).squeeze(1)
         else:
-            per_sample = (logits_t - onehot_t).square().sum(dim=1)
-        return per_sample.mean(dim=1), accuracy(logits_t, y, dim=1)
-
-
-def relu_backward_(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``grad · 1[out > 0]`` in place (the ReLU mask is the stored activation)."""
-    return torch.ops.aten.threshold_backward.grad_input(grad, out, 0, grad_input=grad)
-
-
-def tanh_backward_(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``grad · (1 − out²)`` in place."""
-    return torch.ops.aten.tanh_backward.grad_input(grad, out, grad_input=grad)
+            per = (logits_t - self.one_hot_t(y, logits_t)).square().sum(dim=1)
+        return per.mean(dim=1), accuracy(logits_t, y, dim=1)

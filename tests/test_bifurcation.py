@@ -149,8 +149,8 @@ def test_online_detection_in_any_blocks_equals_offline():
         while k < len(lam_steps) and lam_steps[k] < first + 40:
             online.add_spectrum(int(lam_steps[k]), lam[:, k])
             k += 1
-        # bounded by look-back + block + lead, not by the ~3000-step event of member 2
-        assert online.samples_held <= (100 + 300 + 40) // 7 + 2
+        # bounded by the λ window, block and lead, not by the ~3000-step event of member 2
+        assert online.samples_held <= (2 * 250 + 300 + 40) // 7 + 2
     online.finish()
     streamed = events_dataset(online.events(), np.full(3, 400.0), 3, online.settings)
     xr.testing.assert_identical(streamed, offline)
@@ -161,17 +161,32 @@ def test_lambda_at_onset_is_interpolated_and_the_2021_jump_found():
     lam_steps = np.arange(0, 3000, 25)
     lam = np.full((1, len(lam_steps), 3), 1.0)
     lam[0, :, 0] = 1 + lam_steps / 1000  # λmax = 1 + t/1000 ...
-    lam[0, lam_steps >= 550, 0] += 0.3  # ... jumping by 0.3 at the sample of step 550
+    lam[0, lam_steps >= 600, 0] += 0.3  # ... jumping by 0.3 at the sample of step 600
     ds = find_bifurcations(series_dataset(loss, lam_steps, lam))
     start = ds["bifurcation_start"].values
-    onset = 1 + start / 1000 + 0.3 * (start >= 550)
+    onset = 1 + start / 1000 + 0.3 * (start >= 600)
     np.testing.assert_allclose(ds["bifurcation_lambda_onset"].values, onset, rtol=1e-12)
-    assert list(ds["bifurcation_jump_step"].values) == [550, -1]
+    assert list(ds["bifurcation_jump_step"].values) == [600, -1]
     assert list(ds["bifurcation_cycle"].values) == [start[0] // 1200, start[1] // 1200]
     assert list(ds["bifurcation_class"].values) == [(start[0] // 400) % 3, (start[1] // 400) % 3]
     assert ds["bifurcation_mean_lambda_onset"].item() == pytest.approx(onset.mean())
     assert ds["bifurcation_ratio"].item() == pytest.approx(onset.mean() / 2)
     assert ds["bifurcation_count"].item() == 2
+
+
+@pytest.mark.parametrize(("cadence", "expected"), [(1, 2.0), (25, 2.0), (50, 1.5)])
+def test_lambda_at_onset_is_the_mean_of_the_two_walls(cadence, expected):
+    """Bouncing, the curvature alternates: 1.5 on even steps, 2.5 on odd ones."""
+    lam_steps = np.arange(0, 3000, cadence)
+    lam = np.where(lam_steps % 2 == 0, 1.5, 2.5)[None, :, None].repeat(3, axis=2)
+    ds = find_bifurcations(series_dataset(planted()[None], lam_steps, lam))
+    np.testing.assert_allclose(ds["bifurcation_lambda_onset"].values, expected)
+
+
+def test_lambda_is_not_taken_from_samples_far_from_the_onset():
+    lam = np.full((1, 2, 3), 2.0)
+    far = find_bifurcations(series_dataset(planted()[None], np.array([0, 2800]), lam))
+    assert np.isnan(far["bifurcation_lambda_onset"].values).all()
 
 
 def test_losses_after_divergence_are_ignored():

@@ -21,10 +21,14 @@ loss of every ensemble member:
   ``max_period`` is the largest one held at its bouncing steps whose whole look-back lies inside
   the event. Chaos reads as ``max_period``, the largest period looked for.
 * where a spectrum analyzer ran (λmax, λ2, λ3 every few steps), the eigenvalues at the onset are
-  interpolated linearly in the step between the samples around it. The 2021 criterion is applied
-  too: the first sample of an event (from ``lambda_lookback`` steps before its start) where
-  λmax changed by more than ``lambda_jump`` since the previous sample is the event's
-  ``jump_step`` (once the system bounces, λmax alternates between the two walls' values).
+  the mean over the two walls of the bounce: the curvature alternates from step to step with the
+  side of the valley the system is on, and splits well before F visibly bounces (on the 2021
+  Fig. 4 run λmax reads 1.63 and 2.26 on steps 3990 and 3991, mean 1.95 ≈ 2/η). Even and odd
+  steps' samples are each interpolated linearly to the onset, and the two values averaged; an
+  analyzer running at an even cadence only sees one wall. Samples more than ``lambda_window``
+  steps from the onset are not used. The 2021 criterion is applied too: the first sample of an
+  event (from ``lambda_window`` steps before its start) where λmax changed by more than
+  ``lambda_jump`` since the previous sample is the event's ``jump_step``.
 
 Every quantity at step t depends only on the losses of steps t − :func:`history_length` … t, so
 :class:`BifurcationDetector`, fed block by block during training with bounded memory, and
@@ -76,8 +80,8 @@ class BifurcationSettings(BaseModel):
     lambda_jump: float = Field(
         0.1, gt=0, description="2021 criterion: change of λmax between spectrum samples"
     )
-    lambda_lookback: int = Field(
-        100, ge=0, description="steps before an event's start searched for the λmax jump"
+    lambda_window: int = Field(
+        250, ge=1, description="spectrum samples this close to an onset give λ and the jump"
     )
 
     @field_validator("max_period")
@@ -198,12 +202,11 @@ class BifurcationDetector:
 
     ``add_loss`` takes consecutive steps; ``add_spectrum`` takes samples in increasing step order,
     at any cadence and ahead of or behind the losses. Call :meth:`finish` after the last step.
-    λ at an onset is interpolated linearly between the last sample before it and the first at or
-    after it (NaN without both); the jump step is the first sample in
-    [start − lambda_lookback, end] whose λmax differs from the previous sample's by more than
-    ``lambda_jump``. Both are worked out as samples arrive, so memory stays bounded: the last
-    :func:`history_length` losses, the samples since the earliest step still in question, and the
-    events found.
+    λ at an onset is the two walls' mean (see the module; NaN without samples around it); the jump
+    step is the first sample in [start − lambda_window, end] whose λmax differs from the previous
+    sample's by more than ``lambda_jump``. Both are worked out as samples arrive, so memory stays
+    bounded: the last :func:`history_length` losses, the samples since the earliest step still in
+    question (at most ``lambda_window`` before a run or an onset), and the events found.
     """
 
     def __init__(self, n_members: int, settings: BifurcationSettings | None = None) -> None:
@@ -314,29 +317,33 @@ class BifurcationDetector:
             if not (watch.onset_done and watch.jump_done):
                 still.append(watch)
         self._watched = still
-        lookback = self.settings.lambda_lookback
-        needed = [self.steps_seen - lookback]
+        window = self.settings.lambda_window
+        needed = [self.steps_seen - window]
         needed += [  # a run in progress may yet become an event
-            tr.run_start - lookback for tr in self._trackers if tr.run_start >= 0 and not tr.event
+            tr.run_start - window for tr in self._trackers if tr.run_start >= 0 and not tr.event
         ]
         for watch in self._watched:
             if not watch.onset_done:
-                needed.append(watch.event.start - lookback)
+                needed.append(watch.event.start - window)
             if not watch.jump_done:
-                needed.append(watch.scanned if watch.scanned >= 0 else watch.event.start - lookback)
+                needed.append(watch.scanned if watch.scanned >= 0 else watch.event.start - window)
         # keep the last sample before the earliest step in question: it brackets or precedes
         while len(self._samples) >= 2 and self._samples[1][0] <= min(needed):
             self._samples.popleft()
 
     def _follow(self, watch: _Spectral, steps: np.ndarray, closed: bool) -> None:
         ev, m = watch.event, watch.event.member
-        k = int(np.searchsorted(steps, ev.start))  # first sample at or after the onset
-        if not watch.onset_done and (k < len(steps) or self._finished):
-            ev.lambdas = _interpolate(self._samples, k, ev.start, m)
+        window = self.settings.lambda_window
+        if not watch.onset_done and (
+            (len(steps) and steps[-1] > ev.start + window) or self._finished
+        ):
+            near = np.flatnonzero(np.abs(steps - ev.start) <= window)
+            values = np.array([self._samples[i][1][m] for i in near]).reshape(len(near), 3)
+            ev.lambdas = two_walls(steps[near], values, ev.start)
             watch.onset_done = True
         if watch.jump_done:
             return
-        lo = ev.start - self.settings.lambda_lookback
+        lo = ev.start - window
         for i in range(1, len(steps)):
             t = int(steps[i])
             if t <= watch.scanned or t < lo:
@@ -358,15 +365,23 @@ class BifurcationDetector:
         return sorted(self._events, key=lambda ev: (ev.member, ev.start))
 
 
-def _interpolate(samples: deque[tuple[int, np.ndarray]], k: int, step: int, m: int) -> np.ndarray:
-    """λ of member ``m`` at ``step``: linear between samples k − 1 and k, the first at/after it."""
-    if k < len(samples) and samples[k][0] == step:
-        return samples[k][1][m].copy()
-    if not 0 < k < len(samples):
-        return np.full(3, np.nan)
-    (t0, v0), (t1, v1) = samples[k - 1], samples[k]
-    w = (step - t0) / (t1 - t0)
-    return (1 - w) * v0[m] + w * v1[m]
+def two_walls(steps: np.ndarray, values: np.ndarray, step: int) -> np.ndarray:
+    """λ ``(3,)`` at ``step`` as the mean over even and odd steps' samples, each interpolated.
+
+    ``steps (S,)`` increasing, ``values (S, 3)``. A parity contributes where it has a sample at
+    ``step`` or on both sides of it; NaN where neither parity does.
+    """
+    walls = []
+    for parity in (0, 1):
+        mine = steps % 2 == parity
+        t, v = steps[mine], values[mine]
+        k = int(np.searchsorted(t, step))
+        if k < len(t) and t[k] == step:
+            walls.append(v[k])
+        elif 0 < k < len(t):
+            w = (step - t[k - 1]) / (t[k] - t[k - 1])
+            walls.append((1 - w) * v[k - 1] + w * v[k])
+    return np.mean(walls, axis=0) if walls else np.full(3, np.nan)
 
 
 # --- datasets ------------------------------------------------------------------------------------

@@ -49,7 +49,6 @@ class BifurcationAnalyzer(dlf.Analyzer):
         self._lr = torch.empty(shape, dtype=run.dtype, device=run.device)
         self._first = 0  # step of the buffer's first row
         self._rows = 0
-        self._finished = False
 
     def due(self, step: int) -> bool:
         return True
@@ -86,12 +85,10 @@ class BifurcationAnalyzer(dlf.Analyzer):
     def dlf_run_end(self, run: dlf.RunContext) -> None:
         self._flush()
         self.detector.finish()
-        self._finished = True
 
     @dlf.hookimpl
     def dlf_trace_contribute(self, run: dlf.RunContext) -> dict[str, xr.DataArray]:
-        if not self._finished:
-            self._flush()
+        self._flush()  # a checkpoint: what the buffer holds counts too
         events = events_dataset(
             self.detector.events(),
             run.period.cpu().numpy(),
@@ -108,10 +105,8 @@ def _recorded_spectrum(source: dlf.Analyzer, state: dlf.StepState) -> torch.Tens
     Asking with the source's own options returns its cached solve (no new Lanczos run). Only a
     ``lanczos``-like analyzer (options k, tol, max_iter, loss, mode) is understood.
     """
-    opts = source.options
-    try:
-        k, tol, max_iter, loss, mode = opts.k, opts.tol, opts.max_iter, opts.loss, opts.mode
-    except AttributeError:
+    names = ("k", "tol", "max_iter", "loss", "mode")
+    if not all(hasattr(source.options, name) for name in names):
         return None
-    result = state.curvature.spectrum(k, tol=tol, max_iter=max_iter, loss=loss, mode=mode)
-    return result.values
+    k, tol, max_iter, loss, mode = (getattr(source.options, name) for name in names)
+    return state.curvature.spectrum(k, tol=tol, max_iter=max_iter, loss=loss, mode=mode).values

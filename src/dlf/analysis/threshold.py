@@ -259,8 +259,8 @@ def run_threshold_study(
         if _complete(path, point):
             print(f"[{i}/{len(points)}] {point.label}: already complete in {path}")
         else:
-            result = execute(point.config, trace_path=path)
-            print(f"[{i}/{len(points)}] {point.label}: {result.status}, trace in {path}")
+            status = execute(point.config, trace_path=path).status
+            print(f"[{i}/{len(points)}] {point.label}: {status}, trace in {path}")
         tables.append(member_onsets(open_trace(path), settings.onset))
     result = summarise(xr.concat(tables, dim="member"), settings)
     write_netcdf(result, root / "threshold.nc")

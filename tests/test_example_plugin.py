@@ -4,6 +4,7 @@ folder), dlf-study finds it through its entry point, and the example's own tests
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,9 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "grad_norm_plugin"
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    """The example installed by pip, offline, into a folder of its own."""
+    """The example installed by pip, offline, into a folder of its own (built from a copy, so
+    that the build leaves nothing in the repository)."""
+    source = shutil.copytree(EXAMPLE, tmp_path_factory.mktemp("src") / EXAMPLE.name)
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
         [
@@ -29,7 +32,7 @@ def site(tmp_path_factory) -> Path:
             "--no-index",
             "--target",
             str(target),
-            str(EXAMPLE),
+            str(source),
         ],
         check=True,
         capture_output=True,

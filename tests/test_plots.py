@@ -165,6 +165,17 @@ def test_threshold_points_are_means_per_learning_rate(edge_trace):
         plots.threshold([ds.isel(member=ds["eta"].values == 2.0)])
 
 
+def test_threshold_from_a_threshold_study_result(edge_trace):
+    from dlf.analysis.threshold import ThresholdStudySettings, member_onsets, summarise
+
+    result = summarise(member_onsets(edge_trace, "first"), ThresholdStudySettings())
+    fig = plots.threshold([result])
+    (points,) = fig.axes[0].containers
+    eta, mean = points.lines[0].get_data()
+    assert list(eta) == [2.0, 4.0]
+    np.testing.assert_allclose(mean, result["lambda_mean"].values)  # the study's own means
+
+
 def test_phase_cells_are_seed_means(grid_trace):
     ds = grid_trace
     fig = plots.phase(ds)

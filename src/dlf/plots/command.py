@@ -24,7 +24,8 @@ from dlf.trace import open_trace
 FORMATS = ("png", "svg", "pdf")
 DPI = 110  # PNG resolution: sharp on screen, a few hundred kB at most
 TRACE_NAME = "trace.nc"
-STUDY_NAME = "study.nc"
+#: Result files that stand for their directory: a min-width study, a threshold study.
+RESULT_NAMES = ("study.nc", "threshold.nc")
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,13 @@ FIGURES = {
 
 
 def trace_files(paths: Sequence[Path]) -> list[Path]:
-    """The files named; for a directory, its ``study.nc`` if it is a min-width study's, else
-    every ``trace.nc`` below it."""
+    """The files named; for a directory, its study result (``study.nc`` of a min-width study,
+    ``threshold.nc`` of a threshold study) if it holds one, else every ``trace.nc`` below it."""
     files: list[Path] = []
     for path in paths:
-        if (path / STUDY_NAME).is_file():
-            files.append(path / STUDY_NAME)
+        results = [path / name for name in RESULT_NAMES if (path / name).is_file()]
+        if results:
+            files.extend(results)
         elif path.is_dir():
             found = sorted(path.rglob(TRACE_NAME))
             if not found:
@@ -120,7 +122,7 @@ def cli_plot(
     if out is None:
         first = paths[0]
         out = (first if first.is_dir() else first.parent) / "figures"
-    traces = [ds for ds in datasets if "trial" not in ds.dims]
+    traces = [ds for ds in datasets if "member" in ds.dims]  # not the studies' results
     stems = _stems(traces)
     written: list[Path] = []
     skipped: list[tuple[str, str]] = []

@@ -3,6 +3,7 @@
 2021 Fig. 5 (series by width) and 2024 Fig. 4 (series by loss): per learning rate, the mean over
 members of each member's mean λmax at onset (the bifurcation detector's summary), with the error
 of the mean, against the edge-of-stability prediction 2/η. The legend gives the fitted exponent.
+Also draws the result of a threshold study (``threshold.nc`` of ``configs/threshold_vs_lr.yaml``).
 """
 
 from __future__ import annotations
@@ -19,12 +20,34 @@ from dlf.plots.style import mean_sem, new_figure, styled
 from dlf.plots.tables import label, member_table, varying
 
 ONSET = "bifurcation_mean_lambda_onset"
+STUDY_DIM = "study_member"  # the member dimension of a threshold study's threshold.nc
 SERIES = ("loss", "width")
 
 
+def study_table(result: xr.Dataset) -> pd.DataFrame:
+    """The members of a threshold study's ``threshold.nc`` (``dlf.analysis.threshold``)."""
+    return pd.DataFrame(
+        {
+            "eta": result["member_eta"].values,
+            "lambda_onset": result["lambda_onset"].values,
+            "loss": f"study ({result.attrs.get('onset', 'first')} onset)",
+            "width": 0,
+        }
+    )
+
+
 def onset_table(datasets: Sequence[xr.Dataset]) -> pd.DataFrame:
-    """Members with a measured λ at onset: loss, width, η, ``lambda_onset``."""
-    table = member_table(datasets, "threshold", [ONSET], lambda_onset=lambda ds: ds[ONSET])
+    """Members with a measured λ at onset: loss, width, η, ``lambda_onset``.
+
+    Traces give each member's mean λmax over its onsets; a threshold study's result gives what
+    the study chose (its first onset by default).
+    """
+    studies = [ds for ds in datasets if STUDY_DIM in ds.dims]
+    traces = [ds for ds in datasets if STUDY_DIM not in ds.dims]
+    tables = [study_table(s) for s in studies]
+    if traces or not studies:
+        tables.append(member_table(traces, "threshold", [ONSET], lambda_onset=lambda ds: ds[ONSET]))
+    table = pd.concat(tables, ignore_index=True)
     table = table[np.isfinite(table["lambda_onset"]) & (table["lambda_onset"] > 0)]
     if table["eta"].nunique() < 2:
         raise DlfError(

@@ -101,7 +101,7 @@ def width(datasets: Sequence[xr.Dataset]) -> Figure:
     study also draws its target accuracy.
     """
     studies = [ds for ds in datasets if "trial" in ds.dims]
-    traces = [ds for ds in datasets if "trial" not in ds.dims]
+    traces = [ds for ds in datasets if "member" in ds.dims]
     tables = [study_table(s) for s in studies] + ([sweep_table(traces)] if traces else [])
     if not tables:
         raise DlfError("figure 'width' needs traces of a width sweep or a min-width study")

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from dlf.errors import DlfError
 from dlf.plots.style import mean_sem, new_figure, styled
@@ -88,6 +89,10 @@ def threshold(datasets: Sequence[xr.Dataset]) -> Figure:
     ax.plot(grid, 2 / grid, "k--", lw=1, label="2/η")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(plain)
     ax.set_xlabel("learning rate η")
     ax.set_ylabel("Hessian λ$_{max}$ at onset")
     ax.legend(fontsize="small")

@@ -1,8 +1,8 @@
 """Landscape slicer: grid evaluations per second, F(θ + a·d₁ + b·d₂; Γ) on the spiral (P = 300).
 
-For width 100 and 1000 (float64, CPU unless --device), one 41 × 41 slice with the default chunk
-(sized to 64 MiB of activations) against one grid point per forward pass and against chunks 4×
-the default (4× the memory), all measured in this run. Run:
+For width 100 and 1000 (float64, CPU unless --device): a 41 × 41 slice with the default chunk
+(sized to 64 MiB of activations) and with chunks 4× the default (4× the memory), against one grid
+point per forward pass (timed on a 15 × 15 grid to keep the run short), all in this run. Run:
 
     python benchmarks/bench_landscape.py > benchmarks/results/landscape.txt
 """
@@ -21,6 +21,7 @@ from dlf.models import MLP
 from dlf.objective import Objective
 
 GRID = 41
+SMALL_GRID = 15  # for one point per pass, which is slow
 
 
 def objective_for(width: int, device: str) -> Objective:
@@ -31,12 +32,12 @@ def objective_for(width: int, device: str) -> Objective:
     return Objective(MLP(2, (width,), 3), loss["dce"], loss["ce"], x, y)
 
 
-def evaluations_per_second(objective: Objective, chunk: int, repeats: int) -> float:
+def evaluations_per_second(objective: Objective, grid: int, chunk: int, repeats: int) -> float:
     device = objective.x.device
     center = objective.model.init([0], device=device)[0]
     directions = torch.randn(2, len(center), dtype=torch.float64, device=device)
     gamma = torch.tensor([40.0, 0.5, 0.5], dtype=torch.float64, device=device)
-    coords = torch.linspace(-1, 1, GRID, dtype=torch.float64, device=device)
+    coords = torch.linspace(-1, 1, grid, dtype=torch.float64, device=device)
 
     def one() -> None:
         evaluate_plane(objective, center, directions, gamma, coords, chunk)
@@ -47,25 +48,26 @@ def evaluations_per_second(objective: Objective, chunk: int, repeats: int) -> fl
     start = time.perf_counter()
     for _ in range(repeats):
         one()
-    return repeats * GRID * GRID / (time.perf_counter() - start)
+    return repeats * grid * grid / (time.perf_counter() - start)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     print(
-        f"landscape grid evaluations per second ({GRID}x{GRID} grid, spiral P=300, float64, "
-        f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads)"
+        f"landscape grid evaluations per second (spiral P=300, float64, {args.device}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats)"
     )
-    print(f"{'width':>6} {'chunk':>14} {'evals/s':>10} {'slice s':>8}")
+    print(f"{'width':>6} {'grid':>6} {'chunk':>14} {'evals/s':>10} {'41x41 s':>8}")
     for width in (100, 1000):
         objective = objective_for(width, args.device)
         auto = rows_per_chunk(objective)
-        for label, chunk in ((f"{auto} (default)", auto), ("1", 1), (f"{4 * auto} (4x)", 4 * auto)):
-            rate = evaluations_per_second(objective, chunk, args.repeats)
-            print(f"{width:>6} {label:>14} {rate:>10.0f} {GRID * GRID / rate:>8.3f}")
+        cases = ((GRID, f"{auto} (default)", auto), (GRID, f"{4 * auto} (4x)", 4 * auto))
+        for grid, label, chunk in (*cases, (SMALL_GRID, "1", 1)):
+            rate = evaluations_per_second(objective, grid, chunk, args.repeats)
+            print(f"{width:>6} {grid:>6} {label:>14} {rate:>10.0f} {GRID * GRID / rate:>8.2f}")
 
 
 if __name__ == "__main__":

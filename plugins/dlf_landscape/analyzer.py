@@ -62,8 +62,8 @@ class LandscapeOptions(dlf.AnalyzerOptions):
     )
     tol: float = Field(DEFAULT_TOL, gt=0, description="Lanczos relative residual for hessian")
     seed: int = Field(0, description="seed of the random directions")
-    pca_every: int = Field(5, ge=1, description="pca: snapshot cadence of the trajectory")
-    pca_window: int = Field(40, ge=2, description="pca: snapshots kept (the most recent)")
+    pca_every: int = Field(5, ge=1, description="pca: θ of the members is kept every n steps")
+    pca_window: int = Field(40, ge=2, description="pca: the last n kept θ before a slice are used")
 
     @field_validator("steps", "members")
     @classmethod

@@ -44,21 +44,6 @@ import numpy as np
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-EVENT_FIELDS = (
-    "member",
-    "start",
-    "end",
-    "cycle",
-    "class",
-    "max_period",
-    "lambda_onset",
-    "lambda2",
-    "lambda3",
-    "eta",
-    "ratio",
-    "jump_step",
-)
-
 
 class BifurcationSettings(BaseModel):
     """The detector's thresholds; the defaults were tuned on the 2021 Fig. 4 run (see module)."""

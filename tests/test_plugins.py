@@ -115,6 +115,11 @@ def test_failing_plugin_named_with_step_and_trace_kept(installed_plugin, make_co
     assert list(ds.gradnorm_step.values) == list(range(23))
 
 
+def test_config_naming_an_installed_plugin_is_harmless(installed_plugin, make_config, tmp_path):
+    config = make_config(plugins=["dlf_gradnorm"], analyzers={"gradnorm": {"every": 30}})
+    assert "gradnorm_norm" in open_trace(execute(config, trace_path=tmp_path / "t.nc").path)
+
+
 def test_config_named_plugin_module(tmp_path, make_config):
     mod = tmp_path / "my_local_plugin.py"
     mod.write_text(textwrap.dedent(PLUGIN).replace('"gradnorm"', '"local"'))

@@ -47,13 +47,12 @@ def load_plugins(extra_modules: Sequence[str] = ()) -> Plugins:
             f"{type(exc).__name__}: {exc}"
         ) from exc
     for i, name in enumerate(extra_modules):
-        if pm.has_plugin(name):
-            continue
         try:
             module = importlib.import_module(name)
         except ImportError as exc:
             raise ConfigError(f"plugins.{i}", f"cannot import {name!r}: {exc}") from None
-        pm.register(module, name=name)
+        if not pm.is_registered(module):  # already there through its entry point
+            pm.register(module, name=name)
     registries = Registries()
     for impl in pm.hook.dlf_register.get_hookimpls():
         registries.asked_by(impl.plugin_name)

@@ -1,10 +1,11 @@
 """Write docs/configuration.md from the pydantic models that validate configs.
 
-Every key of a run config, of the data sets' and the built-in analyzers' options, and of a study's
-``search`` section is listed with its type, default, constraints and description, read from the
-models themselves, so the reference cannot drift from the code (a test regenerates it and
-compares). Run ``python docs/gen_config_reference.py`` after changing a config model, or with
-``--check`` to fail when the committed file is stale.
+Every key of a run config, of the data sets' and the built-in analyzers' options, of a study's
+``search`` section and of a threshold study's ``threshold_study`` section is listed with its
+type, default, constraints and description, read from the models themselves, so the reference
+cannot drift from the code (a test regenerates it and compares). Run
+``python docs/gen_config_reference.py`` after changing a config model, or with ``--check`` to
+fail when the committed file is stale.
 """
 
 from __future__ import annotations
@@ -83,14 +84,17 @@ def type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def default_text(field: FieldInfo) -> str:
-    """The default as YAML would spell it, or *required*."""
+def default_value(field: FieldInfo) -> Any:
+    """The field's default (``PydanticUndefined`` where it has none)."""
     if field.default_factory is not None:
-        value = field.default_factory()  # type: ignore[call-arg]
-    elif field.default is PydanticUndefined:
+        return field.default_factory()  # type: ignore[call-arg]
+    return field.default
+
+
+def default_text(value: Any) -> str:
+    """A default as YAML would spell it, or *required*."""
+    if value is PydanticUndefined:
         return "*required*"
-    else:
-        value = field.default
     if isinstance(value, BaseModel):
         return "see below"
     if isinstance(value, Enum):
@@ -144,8 +148,13 @@ def markdown_text(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
 
 
-def table(model: type[BaseModel], prefix: str, recurse: bool = True) -> Iterator[str]:
-    """The model's fields as a markdown table, then (``recurse``) one for each nested model."""
+def table(
+    model: type[BaseModel], prefix: str, recurse: bool = True, defaults: BaseModel | None = None
+) -> Iterator[str]:
+    """The model's fields as a markdown table, then (``recurse``) one for each nested model.
+
+    ``defaults`` is the instance a parent field defaults to: its values are this table's defaults.
+    """
     doc = first_line(model.__doc__)
     if doc:
         yield markdown_text(doc)
@@ -154,19 +163,21 @@ def table(model: type[BaseModel], prefix: str, recurse: bool = True) -> Iterator
     yield "| --- | --- | --- | --- | --- |"
     nested = []
     for name, field in model.model_fields.items():
+        value = default_value(field) if defaults is None else getattr(defaults, name)
         description = markdown_text(field.description or "")
         yield (
-            f"| `{prefix}{name}` | {type_name(field.annotation)} | {default_text(field)} "
+            f"| `{prefix}{name}` | {type_name(field.annotation)} | {default_text(value)} "
             f"| {constraint_text(field)} | {description} |"
         )
         inner = nested_model(field.annotation)
         if inner is not None:
-            nested.append((f"{prefix}{name}", inner))
+            instance = value if isinstance(value, BaseModel) else None
+            nested.append((f"{prefix}{name}", inner, instance))
     yield ""
-    for key, inner in nested if recurse else []:
+    for key, inner, value in nested if recurse else []:
         yield f"### `{key}`"
         yield ""
-        yield from table(inner, f"{key}.")
+        yield from table(inner, f"{key}.", defaults=value)
 
 
 def builtin_analyzers() -> dict[str, type]:
@@ -180,6 +191,7 @@ def builtin_analyzers() -> dict[str, type]:
 
 def render() -> str:
     """The whole configuration reference as markdown."""
+    from dlf.analysis.threshold import ThresholdStudySettings
     from dlf.config import RunConfig
     from dlf.data import DigitsOptions, SpiralOptions
     from dlf.search.config import SearchConfig
@@ -220,6 +232,15 @@ def render() -> str:
         "",
     ]
     lines += table(SearchConfig, "search.")
+    lines += [
+        "## Threshold study `threshold_study` section",
+        "",
+        "A config with a `threshold_study` section is the curvature-threshold study "
+        "(`configs/threshold_vs_lr.yaml`): one run per learning rate of the 2024 Fig. 4 "
+        "protocol rescaled to η, then λmax at onset fitted against η.",
+        "",
+    ]
+    lines += table(ThresholdStudySettings, "threshold_study.")
     lines.append(SWEEP)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -98,3 +98,20 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(tmp_path, capsys):
     assert "step/s" in capsys.readouterr().err
     assert main(["run", str(config), "--set", "output.progress=auto"]) == 0
     assert capsys.readouterr().err == ""  # captured stderr is not a terminal
+
+
+def test_workers_only_for_studies(tmp_path, capsys):
+    assert main(["run", str(write_config(tmp_path)), "--workers", "2"]) == 2
+    assert "--workers: only a study" in capsys.readouterr().err
+
+
+def test_run_dispatches_a_sweep_and_plot_draws_it(tmp_path, capsys):
+    config = write_config(tmp_path, sweep={"model": {"width": [4, 6]}}, name="sw")
+    assert main(["run", str(config), "--set", "train.steps=20"]) == 0
+    traces = sorted((tmp_path / "out" / "sw").glob("*/trace.nc"))
+    assert [int(open_trace(t).width) for t in traces] == [4, 6]
+    capsys.readouterr()
+    out = tmp_path / "figs"
+    assert main(["plot", str(tmp_path / "out" / "sw"), "--figure", "width", "--out", str(out)]) == 0
+    assert [p.name for p in out.iterdir()] == ["width.png"]
+    assert main(["plot", str(traces[0]), "--figure", "nope"]) == 2

@@ -3,6 +3,10 @@
 The public API that plugins and notebooks use is what this module exports.
 """
 
+from pathlib import Path
+
+import xarray as xr
+
 from dlf.analyzer import Analyzer, AnalyzerOptions
 from dlf.config import Member, RunConfig, load_config
 from dlf.curvature import Curvature
@@ -14,6 +18,14 @@ from dlf.registry import Registries
 from dlf.run import RunResult, execute
 from dlf.state import EvalState, RunContext, StepState
 from dlf.trace import open_trace
+
+
+def open_study(path: str | Path) -> xr.Dataset:
+    """Open a min-width study's ``study.nc`` (or its directory) as an xarray Dataset."""
+    from dlf.search import open_study as _open_study  # Optuna is imported only when needed
+
+    return _open_study(path)
+
 
 __version__ = "0.1.0"
 
@@ -37,5 +49,6 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "load_config",
+    "open_study",
     "open_trace",
 ]

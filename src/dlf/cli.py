@@ -7,19 +7,34 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dlf.errors import DlfError
+from dlf.errors import ConfigError, DlfError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from dlf.config import load_config
+    """Dispatch on the config's kind: a search study, a threshold study, a sweep, or one run."""
+    from dlf.config import RunConfig, apply_overrides, load_raw, validate
+
+    raw = apply_overrides(load_raw(args.config), args.set)
+    if "search" in raw:
+        from dlf.search import cli_run
+
+        return cli_run(args.config, args.set, args.out, args.workers)
+    if args.workers != 1:
+        raise ConfigError("--workers", "only a study (a config with a search section) has workers")
+    if "threshold_study" in raw:
+        from dlf.analysis.threshold import run_threshold_study
+
+        run_threshold_study(raw, args.out)
+        return 0
+    if "sweep" in raw or "variants" in raw:
+        from dlf.sweeps import cli_sweep
+
+        return cli_sweep(args.config, args.set, args.out)
     from dlf.run import execute
 
-    config = load_config(args.config, args.set)
     if args.out is not None:
-        config = config.model_copy(
-            update={"output": config.output.model_copy(update={"root": args.out})}
-        )
-    result = execute(config)
+        raw.setdefault("output", {})["root"] = str(args.out)
+    result = execute(validate(RunConfig, raw))
     print(f"{result.status}: trace written to {result.path}")
     return 0
 
@@ -36,6 +51,14 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         for name in registry:
             print(f"  {name:<24} from {registry.source(name)}")
     return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from dlf.plots import cli_plot
+
+    return cli_plot(
+        args.paths, args.figure, args.out, args.format, member=args.member, zoom=args.zoom
+    )
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
@@ -60,9 +83,34 @@ def parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. --set train.steps=500 (repeatable)",
     )
     run.add_argument("--out", type=Path, help="output root (default: the config's output.root)")
+    run.add_argument(
+        "--workers", type=int, default=1, help="worker processes of a search study (default 1)"
+    )
     run.set_defaults(func=_cmd_run)
     plugins = sub.add_parser("plugins", help="list installed plugins and what they register")
     plugins.set_defaults(func=_cmd_plugins)
+    plot = sub.add_parser("plot", help="draw the papers' figures from traces or a study")
+    plot.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="trace file(s), or a directory: a sweep's traces or a study's result",
+    )
+    plot.add_argument(
+        "--figure",
+        metavar="NAME",
+        help="dynamics, phase, threshold, width, landscape or sharpness (default: all that fit)",
+    )
+    plot.add_argument("--out", type=Path, help="output folder (default: figures/ beside PATH)")
+    plot.add_argument("--format", default="png", help="png (default), svg or pdf")
+    plot.add_argument("--member", type=int, default=0, help="dynamics: member shown (default 0)")
+    plot.add_argument(
+        "--zoom",
+        metavar="START:STOP|auto",
+        help="dynamics: add a column zoomed on these steps, or on the first instability",
+    )
+    plot.set_defaults(func=_cmd_plot)
     show = sub.add_parser("show", help="print a readable summary of a trace")
     show.add_argument("trace", type=Path)
     show.set_defaults(func=_cmd_show)

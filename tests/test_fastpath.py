@@ -5,7 +5,13 @@ import torch
 
 from dlf import fastpath
 from dlf.data import SpiralOptions, spiral
-from dlf.fastpath import AutogradGradient, FusedGradient, gradient_for
+from dlf.fastpath import (
+    AutogradGradient,
+    FusedGradient,
+    KernelGradient,
+    gradient_for,
+    kernel_function,
+)
 from dlf.losses import BUILTIN_LOSSES, Loss
 from dlf.models import MLP
 from dlf.objective import Objective
@@ -88,11 +94,98 @@ def test_fused_gradient_in_float32_is_close():
     torch.testing.assert_close(grad32.double(), grad64, rtol=1e-5, atol=1e-6)
 
 
-def test_unknown_loss_falls_back_to_autograd():
+def kernel(obj: Objective) -> KernelGradient:
+    function = kernel_function(obj.x.dtype)
+    if function is None:
+        pytest.skip("no C compiler or glibc libmvec here: training falls back to the fused pass")
+    return KernelGradient(obj, function)
+
+
+def assert_same_step(a, b, obj, theta, gamma, active, x=None, y=None):
+    """Same F, gradient, metrics at (θ, Γ), and same evaluation on other data, to 1e-12."""
+    x, y = (obj.x, obj.y) if x is None else (x, y)
+    got, expected = a(theta, gamma, active, x, y), b(theta, gamma, active, x, y)
+    assert float(expected[1].abs().max()) > 1e-3  # a real gradient
+    for tensor, reference in zip(got, expected, strict=True):
+        torch.testing.assert_close(tensor, reference, rtol=1e-12, atol=1e-12)
+    for tensor, reference in zip(a.metrics(), b.metrics(), strict=True):
+        torch.testing.assert_close(tensor, reference, rtol=1e-12, atol=1e-12)
+    other = torch.flip(obj.x, dims=[0]) * 1.5, torch.flip(obj.y, dims=[0])
+    for tensor, reference in zip(a.evaluate(theta, *other), b.evaluate(theta, *other), strict=True):
+        torch.testing.assert_close(tensor, reference, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_kernel_equals_autograd(loss):
+    obj = objective(loss)
+    theta, gamma = point(obj)
+    if not obj.loss.dynamical:
+        gamma = torch.ones_like(gamma)
+    active = torch.tensor([True, True, False, True])
+    compiled = kernel(obj)
+    assert_same_step(compiled, AutogradGradient(obj), obj, theta, gamma, active)
+    _, grad = compiled(theta, gamma, active, obj.x, obj.y)
+    assert float(grad[2].abs().max()) == 0  # the inactive row gets no gradient
+
+
+def test_kernel_on_other_shapes():
+    """Not the spiral's 2 inputs and 3 classes (the kernel's generic path), odd sizes."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(23, 5, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 4, (23,), generator=gen)
+    model = MLP(5, (19,), 4)
+    for name in ("dce", "dmse2"):
+        obj = Objective(model, LOSSES[name], LOSSES[LOSSES[name].static_name], x, y)
+        theta = torch.randn(3, model.n_params, generator=gen, dtype=torch.float64)
+        gamma = 0.5 + torch.rand(3, 4, generator=gen, dtype=torch.float64)
+        active = torch.ones(3, dtype=torch.bool)
+        assert_same_step(kernel(obj), AutogradGradient(obj), obj, theta, gamma, active)
+
+
+def test_kernel_threads_do_not_change_a_bit():
     obj = objective("dce")
+    theta, gamma = point(obj, rows=7)
+    active = torch.ones(7, dtype=torch.bool)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kernel(obj)(theta, gamma, active, obj.x, obj.y)
+        torch.set_num_threads(3)
+        three = kernel(obj)(theta, gamma, active, obj.x, obj.y)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, three, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_kernel_in_float32_is_close():
+    obj64 = objective("dce")
+    obj = Objective(obj64.model, obj64.loss, obj64.static, obj64.x.float(), obj64.y)
+    theta, gamma = point(obj64)
+    active = torch.ones(4, dtype=torch.bool)
+    loss32, grad32 = kernel(obj)(theta.float(), gamma.float(), active, obj.x, obj.y)
+    loss64, grad64 = AutogradGradient(obj64)(theta, gamma, active, obj64.x, obj64.y)
+    torch.testing.assert_close(grad32.double(), grad64, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss32.double(), loss64, rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_hands_minibatches_to_the_fused_pass():
+    obj = objective("dce")
+    theta, gamma = point(obj)
+    idx = torch.stack([torch.arange(i, i + 5) for i in range(4)])
+    x, y = obj.x[idx], obj.y[idx]
+    active = torch.ones(4, dtype=torch.bool)
+    assert_same_step(kernel(obj), AutogradGradient(obj), obj, theta, gamma, active, x, y)
+
+
+def test_gradient_for_picks_the_fastest_that_applies():
+    relu = objective("dce")
+    expected = KernelGradient if kernel_function(torch.float64) else FusedGradient
+    assert isinstance(gradient_for(relu), expected)
+    assert isinstance(gradient_for(objective("dce", "tanh")), FusedGradient)
+    assert isinstance(gradient_for(objective("dce", depth=2)), FusedGradient)
     cubic = Loss("cubic", lambda f, y, g: (f**3).mean((1, 2)), dynamical=False, static_name="ce")
-    custom = Objective(obj.model, cubic, obj.static, obj.x, obj.y)
-    assert isinstance(gradient_for(obj), FusedGradient)
+    custom = Objective(relu.model, cubic, relu.static, relu.x, relu.y)
     assert isinstance(gradient_for(custom), AutogradGradient)
 
 

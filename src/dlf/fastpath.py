@@ -2,22 +2,36 @@
 
 The trainer needs, at every step, the loss F_m(θ_m; Γ_m) and its gradient for all members, and at
 recorded steps the static loss and the training accuracy at the same point. :func:`gradient_for`
-returns an object that computes them:
+returns the fastest object that computes them for the run's model, loss and device:
 
-- :class:`FusedGradient`, for the toolkit's MLP and built-in losses: the forward and backward
-  passes written out by hand as batched matrix products (members are the batch), so no autograd
-  graph is built, the ReLU mask is the stored activation itself, the bias of the first layer rides
-  in the input matrix (``[x, 1]`` times the ``[W; b]`` block that θ already stores contiguously),
-  and the hidden-layer buffers are allocated once and reused in place.
+- :class:`KernelGradient`, on a CPU for the papers' network (one hidden ReLU layer, built-in
+  losses, full batch): a small C kernel compiled for this machine on first use (cached on disk)
+  that keeps each member's forward and backward pass in registers, never storing the samples ×
+  width activations; members are spread over ``torch.get_num_threads()`` threads.
+- :class:`FusedGradient`, for the toolkit's MLP and built-in losses otherwise (GPU, tanh, deeper
+  nets, minibatches, or no C compiler): the forward and backward passes written out by hand as
+  batched matrix products (members are the batch), so no autograd graph is built, the ReLU mask
+  is the stored activation itself, the bias of the first layer rides in the input matrix (``[x,
+  1]`` times the ``[W; b]`` block that θ already stores contiguously), and buffers are reused.
 - :class:`AutogradGradient` for everything else (plugin losses or models): ``torch.autograd``.
 
-Both give the same numbers to rounding (``tests/test_fastpath.py``), so a member trained in an
-ensemble follows exactly the trajectory it follows alone.
+All give the same numbers to rounding (``tests/test_fastpath.py``), and each member's result
+depends on its own row only, so a member trained in an ensemble follows exactly the trajectory
+it follows alone.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -30,7 +44,9 @@ from dlf.losses import (
 from dlf.models import MLP
 from dlf.objective import Objective
 
-CACHE_BYTES = 4 * 2**20  # CPU: rows per pass chosen so that one activation buffer is this big
+log = logging.getLogger(__name__)
+
+CACHE_BYTES = 8 * 2**20  # CPU: rows per pass chosen so that one activation buffer is about this big
 
 # The built-in loss functions the fused pass knows how to differentiate, by kind.
 KINDS: dict[Callable[..., torch.Tensor], str] = {
@@ -41,8 +57,11 @@ KINDS: dict[Callable[..., torch.Tensor], str] = {
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Fraction of samples whose arg-max logit (along ``dim``) is the label, per member."""
-    return (logits.argmax(dim=dim) == labels).to(logits.dtype).mean(dim=-1)
+    """Fraction of samples whose arg-max logit (along ``dim``) is the label, per member.
+
+    ``torch.max(...).indices`` is ``argmax`` (the first of equal maxima), and much faster than
+    ``argmax`` along a dimension that is not the last."""
+    return (torch.max(logits, dim=dim).indices == labels).to(logits.dtype).mean(dim=-1)
 
 
 class Gradient(Protocol):
@@ -63,9 +82,19 @@ class Gradient(Protocol):
         """Static loss (Γ ≡ 1) and training accuracy ``(R,)`` at the last call's point."""
         ...
 
+    def evaluate(
+        self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Static loss and accuracy ``(R,)`` of ``theta`` on ``(x, y)``, without a gradient."""
+        ...
+
 
 def gradient_for(objective: Objective) -> Gradient:
-    """The fused pass where it applies to ``objective``'s model and losses, else autograd."""
+    """The compiled kernel, else the fused pass, where they apply to ``objective``; or autograd."""
+    if KernelGradient.supports(objective):
+        function = kernel_function(objective.x.dtype)
+        if function is not None:
+            return KernelGradient(objective, function)
     if FusedGradient.supports(objective):
         return FusedGradient(objective)
     return AutogradGradient(objective)
@@ -92,14 +121,19 @@ class AutogradGradient:
     def metrics(self):
         assert self._last is not None, "metrics() before the first gradient"
         logits, y, loss = self._last
-        obj = self.objective
+        if not self.objective.loss.dynamical:
+            return loss, accuracy(logits, y)
+        return self.static_and_accuracy(logits, y)
+
+    def evaluate(self, theta, x, y):
         with torch.no_grad():
-            if obj.loss.dynamical:
-                ones = torch.ones(logits.shape[0], obj.n_classes, dtype=logits.dtype)
-                static = obj.static(logits, y, ones.to(logits.device))
-            else:
-                static = loss
-            return static, accuracy(logits, y)
+            return self.static_and_accuracy(self.objective.logits(theta, x), y)
+
+    def static_and_accuracy(self, logits: torch.Tensor, y: torch.Tensor):
+        obj = self.objective
+        ones = torch.ones(logits.shape[0], obj.n_classes, dtype=logits.dtype, device=logits.device)
+        with torch.no_grad():
+            return obj.static(logits, y, ones), accuracy(logits, y)
 
 
 class FusedGradient:
@@ -163,19 +197,18 @@ class FusedGradient:
             self._inputs = (x, xa, xa_t)
         return xa, xa_t
 
-    def buffers(self, rows: int, samples: int, like: torch.Tensor) -> list[torch.Tensor]:
-        """``(R, P, width)`` per hidden layer, reused across steps: the activations, then (deeper
-        networks only) the gradients with respect to them."""
-        key = (rows, samples, like.dtype, like.device)
+    def buffers(self, rows: int, samples: int) -> list[torch.Tensor]:
+        """``(rows, P, width)`` per hidden layer, reused across steps: the activations, then
+        (deeper networks only) the gradients with respect to them."""
+        key = (rows, samples)
         if key not in self._buffers:
             copies = 1 if len(self.model.hidden) == 1 else 2
-            self._buffers = {
-                key: [
-                    torch.empty(rows, samples, width, dtype=like.dtype, device=like.device)
-                    for _ in range(copies)
-                    for width in self.model.hidden
-                ]
-            }
+            x = self.objective.x
+            self._buffers[key] = [
+                torch.empty(rows, samples, width, dtype=x.dtype, device=x.device)
+                for _ in range(copies)
+                for width in self.model.hidden
+            ]
         return self._buffers[key]
 
     def one_hot_t(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -219,12 +252,27 @@ class FusedGradient:
 
     def pass_(self, theta, gamma, active, x, y, grad):
         """F, the logits ``(R, C, P)`` and the per-sample loss; ∂F/∂θ written into ``grad``."""
-        rows, samples, depth = theta.shape[0], x.shape[-2], len(self.model.hidden)
+        depth = len(self.model.hidden)
         xa, xa_t = self.augmented(x)
         weights, grads = self.blocks(theta), self.blocks(grad)
-        buffers = [b[:rows] for b in self.buffers(self.chunk_rows(theta, samples), samples, theta)]
+        logits_t, w_out_t, buffers = self.forward_(weights, xa)
         hidden = buffers[:depth]
-        # forward: h_1 = act([x, 1] · [W_1; b_1]), h_l = act(h_{l-1} W_l + b_l)
+        loss, d_logits_t, per_sample = self.loss_and_gradient(logits_t, gamma, active, y)
+        torch.sum(d_logits_t, dim=2, out=grads[-1][:, -1])
+        if depth == 1:
+            self.backward_shallow(xa_t, d_logits_t, hidden[0], weights, w_out_t, grads)
+        else:
+            self.backward_deep(xa_t, d_logits_t, hidden, buffers[depth:], weights, w_out_t, grads)
+        return loss, logits_t, per_sample
+
+    def forward_(self, weights: list[torch.Tensor], xa: torch.Tensor):
+        """Logits ``(R, C, P)``, W_out transposed, and the buffers, the hidden activations first.
+
+        h_1 = act([x, 1] · [W_1; b_1]), h_l = act(h_{l-1} W_l + b_l), stored in place.
+        """
+        rows, samples, depth = weights[0].shape[0], xa.shape[-2], len(self.model.hidden)
+        buffers = [b[:rows] for b in self.buffers(self.chunk_rows(weights[0], samples), samples)]
+        hidden = buffers[:depth]
         torch.bmm(xa.expand(rows, -1, -1), weights[0], out=hidden[0])
         self.activate(hidden[0])
         for layer in range(1, depth):
@@ -235,13 +283,18 @@ class FusedGradient:
         logits_t = torch.baddbmm(
             weights[-1][:, -1].unsqueeze(-1), w_out_t, hidden[-1].transpose(1, 2)
         )
-        loss, d_logits_t, per_sample = self.loss_and_gradient(logits_t, gamma, active, y)
-        torch.sum(d_logits_t, dim=2, out=grads[-1][:, -1])
-        if depth == 1:
-            self.backward_shallow(xa_t, d_logits_t, hidden[0], weights, w_out_t, grads)
-        else:
-            self.backward_deep(xa_t, d_logits_t, hidden, buffers[depth:], weights, w_out_t, grads)
-        return loss, logits_t, per_sample
+        return logits_t, w_out_t, buffers
+
+    def evaluate(self, theta, x, y):
+        size = self.chunk_rows(theta, x.shape[-2])
+        static, correct = [], []
+        for start in range(0, theta.shape[0], size):
+            part = slice(start, start + size)
+            x_part, y_part = (x[part], y[part]) if x.dim() == 3 else (x, y)
+            logits_t, _, _ = self.forward_(self.blocks(theta[part]), self.augmented(x_part)[0])
+            static.append(self.static_per_sample(logits_t, y_part).mean(dim=1))
+            correct.append(accuracy(logits_t, y_part, dim=1))
+        return torch.cat(static), torch.cat(correct)
 
     def backward_shallow(self, xa_t, d_logits_t, h, weights, w_out_t, grads) -> None:
         """Weight gradients of a one-hidden-layer network from one product over the samples.
@@ -317,10 +370,361 @@ class FusedGradient:
         logits_t = logits[0] if len(logits) == 1 else torch.cat(logits)
         if self.static_kind == self.kind:
             per = per_sample[0] if len(per_sample) == 1 else torch.cat(per_sample)
-        elif self.static_kind == "ce":
-            per = torch.logsumexp(logits_t, dim=1) - torch.gather(
-                logits_t, 1, y.expand(logits_t.shape[0], -1).unsqueeze(1)
-            ).squeeze(1)
         else:
-            per = (logits_t - self.one_hot_t(y, logits_t)).square().sum(dim=1)
+            per = self.static_per_sample(logits_t, y)
         return per.mean(dim=1), accuracy(logits_t, y, dim=1)
+
+    def static_per_sample(self, logits_t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The static loss of each sample ``(R, P)`` from the logits ``(R, C, P)``."""
+        if self.static_kind == "ce":
+            labels = y.expand(logits_t.shape[0], -1).unsqueeze(1)
+            return torch.logsumexp(logits_t, dim=1) - logits_t.gather(1, labels).squeeze(1)
+        return (logits_t - self.one_hot_t(y, logits_t)).square().sum(dim=1)
+
+
+# --- the compiled kernel ------------------------------------------------------------------------
+
+KERNEL_SOURCE = r"""
+/* F and dF/dθ of a one-hidden-layer ReLU MLP, full batch, for every row of θ (dlf.fastpath).
+ * Compiled once per dtype: -DREAL=float -DMASK=int32_t -DSUFFIX=f32, or double/int64_t/f64.
+ * Threads are plain pthreads, so nothing spins between calls beside torch's own pool.
+ * Per row: the forward pass vectorised over samples, the loss and its gradient d vectorised over
+ * samples (libmvec exp/log), the backward pass vectorised over hidden units with the
+ * pre-activations recomputed, so nothing of size samples × width is ever stored. */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#pragma omp declare simd notinbranch
+extern float expf(float);
+#pragma omp declare simd notinbranch
+extern double exp(double);
+#pragma omp declare simd notinbranch
+extern float logf(float);
+#pragma omp declare simd notinbranch
+extern double log(double);
+
+#define LANES (64 / (int)sizeof(REAL))
+#define EXP(v) (sizeof(REAL) == 4 ? expf(v) : exp(v))
+#define LOG(v) (sizeof(REAL) == 4 ? logf(v) : log(v))
+#define CAT2(a, b) a##_##b
+#define CAT(a, b) CAT2(a, b)
+typedef REAL vec __attribute__((vector_size(64)));
+typedef MASK mvec __attribute__((vector_size(64)));
+#define IF_POSITIVE(z, v) ((vec)((mvec)(v) & ((z) > 0))) /* v where z > 0, else 0 */
+
+enum { CE = 0, SE = 1, ST = 2 }; /* Γ_y·CE, Γ_y·Σ(f−onehot)², Σ(f−Γ·onehot)² */
+
+/* Shapes: P samples (padded to pp), ni1 = inputs + 1, nc classes, h hidden units (padded to hp).
+ * xt: columns of [x, 1] (ni1 × pp). Scratch: w1, g1 (ni1 × hp), w2t, g2t (nc × hp), f (nc × pp).
+ * out: F, static loss, accuracy. */
+static inline __attribute__((always_inline)) void row(
+    int P, int pp, int ni1, int nc, int h, int hp, int kind, int static_kind, int active,
+    const vec *xt, const REAL *x, const int64_t *y, const REAL *theta, const REAL *gamma,
+    REAL *grad, REAL *out, vec *w1, vec *w2t, vec *g1, vec *g2t, REAL *f, REAL *s) {
+    const REAL *w2 = theta + ni1 * h, *b2 = w2 + h * nc;
+    int nq = pp / LANES, nv = hp / LANES;
+    /* forward, vectorised over samples, two vectors at a time (independent sums):
+     * f[c] = b2[c] + Σ_k relu(Σ_i x_i W1[i,k]) W2[k,c] */
+    for (int q = 0; q < nq; q += 2) {
+        vec acc[2][nc];
+        for (int c = 0; c < nc; c++) acc[0][c] = acc[1][c] = (vec){0} + b2[c];
+        for (int k = 0; k < h; k++) {
+            vec z0 = xt[q] * theta[k], z1 = xt[q + 1] * theta[k];
+            for (int i = 1; i < ni1; i++) {
+                z0 += xt[i * nq + q] * theta[i * h + k];
+                z1 += xt[i * nq + q + 1] * theta[i * h + k];
+            }
+            z0 = IF_POSITIVE(z0, z0), z1 = IF_POSITIVE(z1, z1);
+            for (int c = 0; c < nc; c++) {
+                acc[0][c] += z0 * w2[k * nc + c];
+                acc[1][c] += z1 * w2[k * nc + c];
+            }
+        }
+        for (int c = 0; c < nc; c++) {
+            ((vec *)f)[c * nq + q] = acc[0][c];
+            ((vec *)f)[c * nq + q + 1] = acc[1][c];
+        }
+    }
+    /* loss, static loss, accuracy, and f becomes d = ∂F/∂f: loops over samples, vectorised.
+     * s: scratch (7 × pp): top logit, its class, f_y, Γ_y, Σ(f−onehot)², Σexp, −log p_y */
+    REAL *top = s, *best = s + pp, *fy = s + 2 * pp, *w = s + 3 * pp, *sq = s + 4 * pp;
+    REAL *tot = s + 5 * pp, *nll = s + 6 * pp;
+#pragma omp simd
+    for (int p = 0; p < P; p++) top[p] = fy[p] = f[p], best[p] = 0, w[p] = gamma[y[p]];
+    for (int c = 1; c < nc; c++)
+#pragma omp simd
+        for (int p = 0; p < P; p++) {
+            REAL v = f[c * pp + p];
+            best[p] = v > top[p] ? c : best[p];
+            top[p] = v > top[p] ? v : top[p];
+            fy[p] = y[p] == c ? v : fy[p];
+        }
+#pragma omp simd
+    for (int p = 0; p < P; p++) sq[p] = tot[p] = nll[p] = 0;
+    for (int c = 0; c < nc; c++)
+#pragma omp simd
+        for (int p = 0; p < P; p++) {
+            REAL r = f[c * pp + p] - (y[p] == c);
+            sq[p] += r * r;
+        }
+    if (kind == CE || static_kind == CE) {
+        for (int c = 0; c < nc; c++)
+#pragma omp simd
+            for (int p = 0; p < P; p++) tot[p] += EXP(f[c * pp + p] - top[p]);
+#pragma omp simd
+        for (int p = 0; p < P; p++) nll[p] = LOG(tot[p]) - (fy[p] - top[p]);
+    }
+    REAL loss = 0, stat = 0, correct = 0;
+#pragma omp simd reduction(+ : loss, stat, correct)
+    for (int p = 0; p < P; p++) {
+        loss += kind == CE ? w[p] * nll[p] : kind == SE ? w[p] * sq[p] : 0;
+        stat += static_kind == CE ? nll[p] : sq[p];
+        correct += best[p] == y[p];
+    }
+    for (int c = 0; c < nc; c++) {
+        REAL *fc = f + c * pp, g = gamma[c];
+#pragma omp simd reduction(+ : loss)
+        for (int p = 0; p < P; p++) {
+            REAL t = y[p] == c, r = fc[p] - t * g;
+            loss += kind == ST ? r * r : 0;
+            fc[p] = (kind == CE   ? w[p] * (EXP(fc[p] - top[p]) / tot[p] - t)
+                     : kind == SE ? 2 * w[p] * (fc[p] - t)
+                                  : 2 * r) / P;
+        }
+    }
+    out[0] = loss / P, out[1] = stat / P, out[2] = correct / P;
+    if (!active) {
+        memset(grad, 0, sizeof(REAL) * (ni1 * h + h * nc + nc));
+        return;
+    }
+    /* backward, vectorised over hidden units, z recomputed: ∂F/∂W2[k,c] = Σ_p relu(z_pk) d_pc,
+     * ∂F/∂[W1; b1][i,k] = Σ_p x_pi 1[z_pk > 0] Σ_c W2[k,c] d_pc */
+    memset(w1, 0, sizeof(REAL) * ni1 * hp);
+    memset(w2t, 0, sizeof(REAL) * nc * hp);
+    for (int i = 0; i < ni1; i++) memcpy((REAL *)w1 + i * hp, theta + i * h, sizeof(REAL) * h);
+    for (int k = 0; k < h; k++)
+        for (int c = 0; c < nc; c++) ((REAL *)w2t)[c * hp + k] = w2[k * nc + c];
+    for (int v = 0; v < nv; v++) {
+        vec a1[ni1], a2[nc];
+        for (int i = 0; i < ni1; i++) a1[i] = (vec){0};
+        for (int c = 0; c < nc; c++) a2[c] = (vec){0};
+        for (int p = 0; p < P; p++) {
+            const REAL *xp = x + p * ni1;
+            vec z = xp[0] * w1[v], dh = f[p] * w2t[v];
+            for (int i = 1; i < ni1; i++) z += xp[i] * w1[i * nv + v];
+            for (int c = 1; c < nc; c++) dh += f[c * pp + p] * w2t[c * nv + v];
+            vec hv = IF_POSITIVE(z, z), dz = IF_POSITIVE(z, dh);
+            for (int c = 0; c < nc; c++) a2[c] += f[c * pp + p] * hv;
+            for (int i = 0; i < ni1; i++) a1[i] += xp[i] * dz;
+        }
+        for (int i = 0; i < ni1; i++) g1[i * nv + v] = a1[i];
+        for (int c = 0; c < nc; c++) g2t[c * nv + v] = a2[c];
+    }
+    for (int i = 0; i < ni1; i++) memcpy(grad + i * h, (REAL *)g1 + i * hp, sizeof(REAL) * h);
+    for (int k = 0; k < h; k++)
+        for (int c = 0; c < nc; c++) grad[ni1 * h + k * nc + c] = ((REAL *)g2t)[c * hp + k];
+    for (int c = 0; c < nc; c++) {
+        REAL s = 0;
+        for (int p = 0; p < P; p++) s += f[c * pp + p];
+        grad[ni1 * h + h * nc + c] = s;
+    }
+}
+
+/* The rows of one call, taken one at a time by each thread. */
+struct job {
+    int rows, P, pp, ni1, nc, h, hp, kind, static_kind, n, failed;
+    const vec *xt;
+    const REAL *x, *theta, *gamma;
+    const int64_t *y;
+    const uint8_t *active;
+    REAL *grad, *out;
+    int next; /* the next row to take (atomic) */
+};
+
+static void *worker(void *arg) {
+    struct job *j = arg;
+    int ni1 = j->ni1, nc = j->nc, hp = j->hp, pp = j->pp;
+    vec *buf = aligned_alloc(64, sizeof(REAL) * (2 * (ni1 + nc) * hp + (nc + 7) * pp));
+    if (!buf) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return NULL;
+    }
+    vec *w1 = buf, *g1 = w1 + ni1 * hp / LANES, *w2t = g1 + ni1 * hp / LANES;
+    vec *g2t = w2t + nc * hp / LANES;
+    REAL *f = (REAL *)(g2t + nc * hp / LANES), *s = f + nc * pp;
+    for (int m; (m = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED)) < j->rows;) {
+        const REAL *th = j->theta + (int64_t)m * j->n, *gm = j->gamma + m * nc;
+        REAL *g = j->grad + (int64_t)m * j->n, *o = j->out + 3 * m;
+        if (ni1 == 3 && nc == 3) /* the spiral: constant sizes, loops unrolled */
+            row(j->P, pp, 3, 3, j->h, hp, j->kind, j->static_kind, j->active[m], j->xt, j->x,
+                j->y, th, gm, g, o, w1, w2t, g1, g2t, f, s);
+        else
+            row(j->P, pp, ni1, nc, j->h, hp, j->kind, j->static_kind, j->active[m], j->xt, j->x,
+                j->y, th, gm, g, o, w1, w2t, g1, g2t, f, s);
+    }
+    free(buf);
+    return NULL;
+}
+
+/* All rows, on up to `threads` threads. x: [x, 1] (P × ni1); theta, grad: rows × (ni1·h + h·nc
+ * + nc); gamma: rows × nc; active: rows; out: rows × 3. Returns 0, or -1 if memory ran out. */
+int CAT(mlp_step, SUFFIX)(int rows, int P, int ni1, int nc, int h, int kind, int static_kind,
+                          const REAL *x, const int64_t *y, const REAL *theta, const REAL *gamma,
+                          const uint8_t *active, REAL *grad, REAL *out, int threads) {
+    int pp = (P + 2 * LANES - 1) / (2 * LANES) * 2 * LANES; /* whole pairs of vectors */
+    struct job j = {rows, P, pp, ni1, nc, h, (h + LANES - 1) / LANES * LANES, kind, static_kind,
+                    ni1 * h + h * nc + nc, 0, NULL, x, theta, gamma, y, active, grad, out, 0};
+    vec *xt = aligned_alloc(64, sizeof(REAL) * ni1 * pp);
+    if (!xt) return -1;
+    memset(xt, 0, sizeof(REAL) * ni1 * pp);
+    for (int p = 0; p < P; p++)
+        for (int i = 0; i < ni1; i++) ((REAL *)xt)[i * pp + p] = x[p * ni1 + i];
+    j.xt = xt;
+    pthread_t ids[threads];
+    int started = 0;
+    for (; started < threads - 1 && started < rows - 1; started++)
+        if (pthread_create(&ids[started], NULL, worker, &j)) break;
+    worker(&j);
+    for (int t = 0; t < started; t++) pthread_join(ids[t], NULL);
+    free(xt);
+    return j.failed ? -1 : 0;
+}
+"""
+KERNEL_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-fPIC", "-shared")
+KERNEL_LIBS = ("-pthread", "-lmvec", "-lm")  # libmvec: glibc's vectorised exp and log
+KERNEL_TYPES = {
+    torch.float32: ("float", "int32_t", "f32"),
+    torch.float64: ("double", "int64_t", "f64"),
+}
+KIND_CODES = {"ce": 0, "se": 1, "st": 2}  # the kernel's enum
+
+
+def kernel_cache() -> Path:
+    """Where compiled kernels are kept: ``$XDG_CACHE_HOME/dlf-study`` (``~/.cache/dlf-study``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dlf-study"
+
+
+def _machine() -> str:
+    """The CPU's model and feature flags: a kernel built with -march=native runs only there."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return os.uname().machine
+    return "".join(sorted({line for line in lines if line.startswith(("model name", "flags"))}))
+
+
+@functools.cache
+def kernel_function(dtype: torch.dtype) -> Callable[..., int] | None:
+    """The C kernel's entry point for ``dtype``, compiled on first use; None where it cannot be
+    built (no C compiler ``$CC``/``cc``, no glibc libmvec, another dtype)."""
+    if dtype not in KERNEL_TYPES:
+        return None
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        log.info("no C compiler found: training uses the torch fused pass")
+        return None
+    real, mask, suffix = KERNEL_TYPES[dtype]
+    defines = (f"-DREAL={real}", f"-DMASK={mask}", f"-DSUFFIX={suffix}")
+    command = [compiler, *KERNEL_FLAGS, *defines]
+    key = hashlib.sha256("\n".join([KERNEL_SOURCE, *command, _machine()]).encode()).hexdigest()
+    path = kernel_cache() / f"mlp_step_{suffix}_{key[:16]}.so"
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+                source, built = Path(tmp) / "mlp_step.c", Path(tmp) / "mlp_step.so"
+                source.write_text(KERNEL_SOURCE)
+                subprocess.run(
+                    [*command, str(source), "-o", str(built), *KERNEL_LIBS],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                os.replace(built, path)  # atomic: concurrent builders never see half a file
+        function = getattr(ctypes.CDLL(str(path)), f"mlp_step_{suffix}")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        log.info("C kernel not built (%s): training uses the torch fused pass", detail)
+        return None
+    function.argtypes = [ctypes.c_int] * 7 + [ctypes.c_void_p] * 7 + [ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+class KernelGradient:
+    """The compiled kernel for one hidden ReLU layer on a CPU, full batch.
+
+    Per-member inputs (minibatches) go to :class:`FusedGradient` instead.
+    """
+
+    def __init__(self, objective: Objective, function: Callable[..., int]) -> None:
+        self.objective = objective
+        self.function = function
+        self.kinds = (KIND_CODES[KINDS[objective.loss.fn]], KIND_CODES[KINDS[objective.static.fn]])
+        self.minibatches = FusedGradient(objective)
+        self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._last: torch.Tensor | None = None  # (R, 3): F, static loss, accuracy
+
+    @staticmethod
+    def supports(objective: Objective) -> bool:
+        return (
+            FusedGradient.supports(objective)
+            and len(objective.model.hidden) == 1
+            and objective.model.activation == "relu"
+            and objective.x.device.type == "cpu"
+            and objective.x.dtype in KERNEL_TYPES
+        )
+
+    def augmented(self, x: torch.Tensor) -> torch.Tensor:
+        """``[x, 1]`` ``(P, in + 1)``, contiguous; cached for the training inputs."""
+        if self._inputs is not None and self._inputs[0] is x:
+            return self._inputs[1]
+        xa = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1).contiguous()
+        if x is self.objective.x:
+            self._inputs = (x, xa)
+        return xa
+
+    def run(self, theta, gamma, active, x, y, grad) -> torch.Tensor:
+        """Call the kernel; returns ``(R, 3)``: F, static loss, accuracy; fills ``grad``."""
+        theta, gamma, y = theta.contiguous(), gamma.contiguous(), y.contiguous()
+        active = active.contiguous().view(torch.uint8)
+        xa = self.augmented(x)
+        rows, (samples, inputs), width = theta.shape[0], xa.shape, self.objective.model.width
+        out = torch.empty(rows, 3, dtype=theta.dtype)
+        tensors = (xa, y, theta, gamma, active, grad, out)
+        status = self.function(
+            rows,
+            samples,
+            inputs,
+            gamma.shape[1],
+            width,
+            *self.kinds,
+            *(t.data_ptr() for t in tensors),
+            torch.get_num_threads(),
+        )
+        if status != 0:
+            raise MemoryError("the C kernel could not allocate its scratch memory")
+        return out
+
+    def __call__(self, theta, gamma, active, x, y):
+        if x.dim() == 3:
+            self._last = None
+            return self.minibatches(theta, gamma, active, x, y)
+        grad = torch.empty_like(theta)
+        self._last = self.run(theta, gamma, active, x, y, grad)
+        return self._last[:, 0], grad
+
+    def metrics(self):
+        if self._last is None:
+            return self.minibatches.metrics()
+        return self._last[:, 1], self._last[:, 2]
+
+    def evaluate(self, theta, x, y):
+        rows, classes = theta.shape[0], self.objective.n_classes
+        ones = torch.ones(rows, classes, dtype=theta.dtype)
+        idle = torch.zeros(rows, dtype=torch.bool)  # inactive rows: no backward pass
+        out = self.run(theta, ones, idle, x, y, torch.empty_like(theta))
+        return out[:, 1], out[:, 2]

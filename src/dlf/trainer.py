@@ -17,7 +17,7 @@ from tqdm import tqdm
 from dlf.analyzer import Analyzer
 from dlf.curvature import Curvature
 from dlf.errors import PluginError
-from dlf.fastpath import accuracy, gradient_for
+from dlf.fastpath import gradient_for
 from dlf.plugin_manager import Plugins, blame
 from dlf.schedules import Schedule
 from dlf.state import EvalState, RunContext, StepState
@@ -80,6 +80,7 @@ class Trainer:
         self.contribute = contribute
         self.progress = progress
         self.curvature = Curvature(run.objective)
+        self.gradient = gradient_for(run.objective)
         self._callers: dict[tuple[str, ...], object] = {}
 
     # --- per-block precomputation
@@ -132,18 +133,15 @@ class Trainer:
     # --- the loop
 
     def evaluate(self, step: int, theta: torch.Tensor) -> None:
-        run = self.run
-        obj = run.objective
-        with torch.no_grad():
-            ones = torch.ones(run.n_members, obj.n_classes, dtype=run.dtype, device=run.device)
-            val_logits = obj.logits(theta, run.x_val)
-            train_logits = obj.logits(theta)
-            values = {
-                "val_loss": obj.static(val_logits, run.y_val, ones),
-                "val_accuracy": accuracy(val_logits, run.y_val),
-                "eval_train_loss": obj.static(train_logits, obj.y, ones),
-                "eval_train_accuracy": accuracy(train_logits, obj.y),
-            }
+        run, obj = self.run, self.run.objective
+        val_loss, val_accuracy = self.gradient.evaluate(theta, run.x_val, run.y_val)
+        train_loss, train_accuracy = self.gradient.evaluate(theta, obj.x, obj.y)
+        values = {
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "eval_train_loss": train_loss,
+            "eval_train_accuracy": train_accuracy,
+        }
         self.recorder.record_eval(step, values)
         state = EvalState(
             step,
@@ -166,7 +164,7 @@ class Trainer:
             if cfg.optimizer == "sgd" and cfg.batch_size
             else None
         )
-        gradient = gradient_for(obj)
+        gradient = self.gradient
         limit = cfg.diverge_above  # NaN compares False, so `loss <= limit` also catches NaN
         active = torch.ones(run.n_members, dtype=torch.bool, device=run.device)
         diverged_at = torch.full((run.n_members,), -1, dtype=torch.long, device=run.device)

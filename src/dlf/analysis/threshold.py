@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy import stats
 
@@ -298,6 +299,12 @@ def figure(result: xr.Dataset) -> Figure:
     ax.plot(grid, 2 / grid, "k--", lw=1, label="2/η")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.set_xticks(result["eta"].values)
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("learning rate η")
     ax.set_ylabel(f"Hessian λ$_{{max}}$ at onset ({result.attrs['onset']})")
     ratio, sem, n = (result[k].item() for k in ("ratio_mean", "ratio_sem", "n_fitted"))

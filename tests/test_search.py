@@ -139,37 +139,66 @@ def test_pending_trials_take_room_and_pruned_trials_never_reach():
 # --- the target pruner ----------------------------------------------------------------------------
 
 
-def curve_study(curves: list[tuple[dict[int, float], float]]) -> optuna.Study:
+def curve_study(curves: list[tuple[dict[int, float], float]], period: float = 100.0):
     """A study holding full-length trials with the given learning curves and final values."""
     study = optuna.create_study(direction="maximize")
     for intermediate, final in curves:
         study.add_trial(
             create_trial(
-                value=final, intermediate_values=intermediate, user_attrs={FULL_LENGTH: True}
+                value=final,
+                intermediate_values=intermediate,
+                params={"period": period},
+                distributions={"period": FloatDistribution(1, 1000)},
+                user_attrs={FULL_LENGTH: True},
             )
         )
     return study
 
 
-def test_target_pruner_uses_the_largest_later_gain_and_drop():
-    study = curve_study([({0: 0.3, 50: 0.5}, 0.9), ({0: 0.4, 50: 0.85}, 0.8)])
-    pruner = TargetPruner(target=0.8, startup_trials=2, margin=0.02)
-    # after step 50 the curves moved by +0.4 and -0.05
-    swings, succeeded = pruner.swings(study)
-    assert succeeded and swings.keys() == {0, 50}
-    assert swings[0] == pytest.approx((0.6, 0.0)) and swings[50] == pytest.approx((0.4, 0.05))
-    assert pruner.hopeless(study, 50, 0.37)  # 0.37 + 0.4 + 0.02 < 0.8
-    assert not pruner.hopeless(study, 50, 0.39)
-    assert pruner.reached(study, 50, 0.88)  # 0.88 - 0.05 - 0.02 >= 0.8
-    assert not pruner.reached(study, 50, 0.86)
+def switch_at(params) -> float:
+    """Γ stops oscillating at step 1000 - T (a 1000-step run with a static last period)."""
+    return 1000 - params.get("period", 0)
+
+
+OSCILLATING = {"period": 100}  # switches at step 900
+
+
+def test_target_pruner_compares_best_so_far_with_the_references_largest_moves():
+    # after step 100: best-so-far → final gains +0.3 and -0.06; drops from step 100: -0.4, +0.06
+    study = curve_study([({0: 0.3, 50: 0.6, 100: 0.5}, 0.9), ({0: 0.4, 50: 0.85, 100: 0.86}, 0.8)])
+    pruner = TargetPruner(target=0.8, startup_trials=2, margin=0.02, static_from=switch_at)
+
+    def verdict(curve):
+        return pruner.verdict(study, curve, OSCILLATING)
+
+    assert verdict({0: 0.2, 50: 0.47, 100: 0.3}) == "hopeless"  # 0.47 + 0.3 + 0.02 < 0.8
+    assert verdict({0: 0.2, 50: 0.49, 100: 0.3}) is None
+    assert verdict({0: 0.2, 50: 0.6, 100: 0.3}) is None  # a dip below its best is no evidence
+    assert verdict({0: 0.2, 50: 0.5, 100: 0.89}) == "reached"  # 0.89 - 0.06 - 0.02 >= 0.8
+    assert verdict({0: 0.2, 50: 0.5, 100: 0.87}) is None
+
+
+def test_target_pruner_judges_only_while_oscillating_against_references_still_oscillating():
+    curves = [({0: 0.3, 100: 0.5}, 0.9), ({0: 0.4, 100: 0.6}, 0.8)]
+    pruner = TargetPruner(target=0.8, startup_trials=2, margin=0.0, static_from=switch_at)
+    hopeless = {0: 0.1, 100: 0.1}
+    assert pruner.verdict(curve_study(curves), hopeless, OSCILLATING) == "hopeless"
+    assert pruner.verdict(curve_study(curves), hopeless, {"period": 950}) is None  # switched at 50
+    # references that switched before step 100 had their jump already: they do not count
+    assert pruner.verdict(curve_study(curves, period=950), hopeless, OSCILLATING) is None
 
 
 def test_target_pruner_waits_for_startup_trials_and_for_a_success():
-    pruner = TargetPruner(target=0.8, startup_trials=2, margin=0.0)
-    assert not pruner.hopeless(curve_study([({0: 0.3}, 0.9)]), 0, 0.0)  # one trial only
+    pruner = TargetPruner(target=0.8, startup_trials=2, margin=0.0, static_from=switch_at)
+    low = {0: 0.0}
+    assert pruner.verdict(curve_study([({0: 0.3}, 0.9)]), low, OSCILLATING) is None  # one only
     failures = curve_study([({0: 0.3}, 0.5), ({0: 0.3}, 0.4)])
-    assert not pruner.hopeless(failures, 0, 0.0)  # nobody reached the target yet
-    assert pruner.reached(curve_study([({0: 0.9}, 0.9), ({0: 0.3}, 0.4)]), 0, 0.95)
+    assert pruner.verdict(failures, low, OSCILLATING) is None  # nobody reached the target yet
+    mixed = curve_study([({0: 0.9}, 0.9), ({0: 0.3}, 0.4)])
+    assert pruner.verdict(mixed, {0: 0.95}, OSCILLATING) == "reached"
+    assert pruner.prune(
+        mixed, create_trial(value=None, state=TrialState.RUNNING, intermediate_values={0: 0.0})
+    )
 
 
 # --- one batch = one ensemble run ---------------------------------------------------------------
@@ -178,7 +207,7 @@ def test_target_pruner_waits_for_startup_trials_and_for_a_success():
 def batch_fixture(tmp_path, curves, target, n_trials=2, **train):
     config = study_config(tmp_path, target=target)
     study = curve_study(curves)
-    study.pruner = TargetPruner(target, startup_trials=1, margin=0.0)
+    study.pruner = TargetPruner(target, startup_trials=1, margin=0.0, static_from=switch_at)
     run = config.run.model_copy(
         update={
             "model": config.run.model.model_copy(update={"width": 4}),
@@ -420,8 +449,9 @@ def test_a_killed_study_resumes_keeping_finished_trials_and_retrying_running_one
         tmp_path,
         static_baseline=False,
         batch=1,
-        trials=3,
-        grace_seconds=600,
+        trials=4,
+        trials_per_width=3,
+        grace_seconds=20,
         target=0.99,
         width={"low": 2, "high": 4, "per_octave": 1},
         pruner={"name": "none"},
@@ -452,6 +482,8 @@ def test_a_killed_study_resumes_keeping_finished_trials_and_retrying_running_one
     finished = {t.number: t for t in before if t.state == TrialState.COMPLETE}
     lost = [t for t in before if t.state == TrialState.RUNNING]
     assert finished and lost
+    claimed = [t for t in lost if WORKER_ATTR in t.system_attrs]
+    assert all(is_stale(t, grace_seconds=3600) for t in claimed)  # its process is gone
 
     run_study(config)
 
@@ -463,8 +495,11 @@ def test_a_killed_study_resumes_keeping_finished_trials_and_retrying_running_one
     for trial in lost:  # failed, and retried exactly once with the same parameters
         assert after[trial.number].state == TrialState.FAIL
         retries = [t for t in after.values() if t.user_attrs.get("retry_of") == trial.number]
-        assert len(retries) == 1 and retries[0].params == trial.params
-        assert retries[0].state == TrialState.COMPLETE
+        if not trial.params:  # killed before its parameters were drawn: nothing to repeat
+            assert not retries
+            continue
+        assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+        assert trial.params.items() <= retries[0].params.items()  # killed mid-draw: rest is new
     counted = [t for t in after.values() if t.state == TrialState.COMPLETE]
     assert len(counted) <= config.search.trials  # nothing counted twice
     assert not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in after.values())

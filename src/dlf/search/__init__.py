@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlf.config import apply_overrides, load_raw
 from dlf.search.config import SearchConfig, StudyConfig, load_study_config
 from dlf.search.results import Finding, findings, open_study, study_dataset, write_study
 from dlf.search.storage import open_storage, open_studies, storage_label, study_dir
@@ -28,7 +27,6 @@ __all__ = [
     "StudyConfig",
     "StudyResult",
     "cli_run",
-    "is_study_config",
     "load_study_config",
     "open_study",
     "run_study",
@@ -69,11 +67,6 @@ def run_study(config: StudyConfig, out_dir: Path | None = None, workers: int = 1
     open_studies(config, open_storage(config))  # refuses a stored study with another setup
     run_workers(config, workers)
     return summarise(config)
-
-
-def is_study_config(path: Path, overrides: Sequence[str] = ()) -> bool:
-    """Whether the YAML file (with ``--set`` overrides) describes a study: it has ``search``."""
-    return "search" in apply_overrides(load_raw(Path(path)), overrides)
 
 
 def cli_run(config_path: Path, overrides: Sequence[str], out: Path | None, workers: int) -> int:

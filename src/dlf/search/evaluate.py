@@ -29,11 +29,10 @@ from dlf.errors import PluginError
 from dlf.hookspecs import hookimpl
 from dlf.plugin_manager import load_plugins
 from dlf.run import execute
-from dlf.search.pruning import FULL_LENGTH, TargetPruner
+from dlf.search.pruning import FULL_LENGTH, HOPELESS, TargetPruner
 from dlf.state import EvalState
 from dlf.trace import open_trace, write_netcdf
 
-HOPELESS, REACHED = "hopeless", "reached"
 MONITOR_NAME = "dlf.search"
 
 
@@ -57,15 +56,14 @@ class BatchMonitor:
         self,
         study: optuna.Study,
         candidates: Sequence[Candidate],
-        n_seeds: int,
         metric: str,
         total_steps: int,
     ) -> None:
         self.study = study
         self.trials = [c.trial for c in candidates]
-        self.n_seeds = n_seeds
         self.metric = metric
         self.total_steps = total_steps
+        self.curves: list[dict[int, float]] = [{} for _ in candidates]
         self.verdicts: dict[int, tuple[str, int]] = {}  # trial index → (verdict, step)
 
     @hookimpl
@@ -76,14 +74,17 @@ class BatchMonitor:
         means = torch.nan_to_num(values.detach(), nan=0.0).view(len(self.trials), -1).mean(dim=1)
         pruner = self.study.pruner
         for i, trial in enumerate(self.trials):
+            value = float(means[i])
+            self.curves[i][state.step] = value
+            trial.report(value, state.step)  # decided trials too: full curves for the pruner
             if i in self.verdicts:
                 continue
-            value = float(means[i])
-            trial.report(value, state.step)
-            if trial.should_prune():
-                self.verdicts[i] = (HOPELESS, state.step)
-            elif isinstance(pruner, TargetPruner) and pruner.reached(self.study, state.step, value):
-                self.verdicts[i] = (REACHED, state.step)
+            if isinstance(pruner, TargetPruner):
+                verdict = pruner.verdict(self.study, self.curves[i], trial.params)
+            else:
+                verdict = HOPELESS if trial.should_prune() else None
+            if verdict is not None:
+                self.verdicts[i] = (verdict, state.step)
         if len(self.verdicts) == len(self.trials):
             raise StopBatch(state.step)
 
@@ -162,7 +163,7 @@ def run_batch(
     progress: bool,
 ) -> list[Outcome]:
     """Train the batch as one ensemble, stopping once every trial is decided; the outcomes."""
-    monitor = BatchMonitor(study, candidates, len(seeds), metric, run_config.train.steps)
+    monitor = BatchMonitor(study, candidates, metric, run_config.train.steps)
     plugins = load_plugins(run_config.plugins)
     plugins.manager.register(monitor, name=MONITOR_NAME)
     members = members_for(candidates, seeds, run_config.train.lr[0])

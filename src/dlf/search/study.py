@@ -35,7 +35,7 @@ from dlf.search.config import StudyConfig
 from dlf.search.evaluate import Candidate, run_batch, tell
 from dlf.search.ladder import FINISHED, PENDING, Bracket, bracket, next_width, rungs, trial_width
 from dlf.search.liveness import WIDTH, Heartbeat, claim, recover_stale, retry, worker_id
-from dlf.search.pruning import make_pruner
+from dlf.search.pruning import make_pruner, static_from
 from dlf.search.storage import open_storage, open_studies, study_dir
 
 POLL_SECONDS = 2.0  # how often an idle worker looks whether others finished
@@ -96,7 +96,7 @@ def make_tracks(config: StudyConfig, studies: dict[str, optuna.Study]) -> list[T
         run = config.run.model_copy(
             update={"loss": config.run.loss.model_copy(update={"name": name})}
         )
-        study.pruner = make_pruner(search.pruner, search.target)
+        study.pruner = make_pruner(search.pruner, search.target, static_from(run))
         per_width = search.trials_per_width if dynamical else 1
         tracks.append(
             Track(kind, study, run, dynamical, per_width, search.trials if dynamical else None)
@@ -177,9 +177,8 @@ class Worker:
 
     def do(self, track: Track, width: int, n: int) -> None:
         """Ask ``n`` trials, evaluate each width group (retries may differ) as one run, tell."""
-        candidates = self.ask(track, width, n)
-        by_width = groupby(candidates, key=lambda c: c.trial.params[WIDTH])
-        for group_width, group in by_width:
+        candidates = sorted(self.ask(track, width, n), key=lambda c: c.trial.params[WIDTH])
+        for group_width, group in groupby(candidates, key=lambda c: c.trial.params[WIDTH]):
             self.evaluate(track, int(group_width), list(group))
 
     def evaluate(self, track: Track, width: int, candidates: Sequence[Candidate]) -> None:
@@ -223,7 +222,13 @@ class Worker:
             except UpdateFinishedTrialError:
                 self.say(f"trial {candidate.trial.number} was retried elsewhere; result dropped")
         best = max(o.mean for o in outcomes)
-        self.say(f"{track.kind}: width {width} → best {search.metric} {best:.3f}")
+        pruned = sum(o.state == TrialState.PRUNED for o in outcomes)
+        stopped = outcomes[0].measured_step
+        early = "" if outcomes[0].full_length else f", run stopped at step {stopped}"
+        self.say(
+            f"{track.kind}: width {width} → best {search.metric} {best:.3f}"
+            f" ({pruned} of {len(outcomes)} pruned{early})"
+        )
 
     def release(self, track: Track, trial_ids: Sequence[int], exc: BaseException) -> None:
         """Interrupted trials are retried by the next run; trials hit by an error fail."""

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from dlf.config import RunConfig, apply_overrides, load_raw, validate
 from dlf.errors import ConfigError
+from dlf.plugin_manager import load_plugins
 
 
 class Section(BaseModel):
@@ -119,6 +120,10 @@ class SearchConfig(Section):
         description="name → dotted overrides, e.g. {paper: {train.steps: 35000}}",
     )
 
+    def trials_at_width(self, kind: str) -> int:
+        """Trials a width gets before it counts as out of reach (the static loss has one)."""
+        return self.trials_per_width if kind == "dynamical" else 1
+
     @field_validator("seeds", mode="before")
     @classmethod
     def _seeds(cls, value: Any) -> Any:
@@ -156,6 +161,12 @@ class StudyConfig:
     @property
     def name(self) -> str:
         return self.run.name
+
+    def loss_names(self) -> dict[str, str]:
+        """The loss each Optuna study trains: the dynamical loss and its static counterpart."""
+        losses = load_plugins(self.run.plugins).registries.losses
+        loss = losses.get(self.run.loss.name, "loss.name")
+        return {"static": loss.static_name, "dynamical": loss.name}
 
     def with_root(self, root: Path) -> StudyConfig:
         output = self.run.output.model_copy(update={"root": Path(root)})

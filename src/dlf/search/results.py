@@ -72,7 +72,7 @@ def sem(values: list[float]) -> float:
 
 def find(config: StudyConfig, kind: str, loss: str, trials: list[FrozenTrial]) -> Finding:
     search = config.search
-    per_width = search.trials_per_width if kind == "dynamical" else 1
+    per_width = search.trials_at_width(kind)
     b = bracket(search.width.ladder(), rungs(trials), search.target, per_width)
     best = None
     if b.w_star is not None:
@@ -93,16 +93,8 @@ def find(config: StudyConfig, kind: str, loss: str, trials: list[FrozenTrial]) -
     return Finding(kind, loss, b, best, len(trials), steps)
 
 
-def loss_names(config: StudyConfig, studies: dict[str, optuna.Study]) -> dict[str, str]:
-    """The loss each track trained, as stored with its trials' config."""
-    from dlf.plugin_manager import load_plugins
-
-    loss = load_plugins(config.run.plugins).registries.losses.get(config.run.loss.name, "loss.name")
-    return {kind: loss.name if kind == "dynamical" else loss.static_name for kind in studies}
-
-
 def findings(config: StudyConfig, studies: dict[str, optuna.Study]) -> dict[str, Finding]:
-    names = loss_names(config, studies)
+    names = config.loss_names()
     return {
         kind: find(config, kind, names[kind], study.get_trials(deepcopy=False))
         for kind, study in studies.items()

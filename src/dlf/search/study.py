@@ -86,18 +86,16 @@ class Track:
 
 def make_tracks(config: StudyConfig, studies: dict[str, optuna.Study]) -> list[Track]:
     """The static track (if any) first: it is cheap and gives the baseline early."""
-    plugins = load_plugins(config.run.plugins)
-    loss = plugins.registries.losses.get(config.run.loss.name, "loss.name")
+    names = config.loss_names()
     search = config.search
     tracks = []
     for kind, study in studies.items():
         dynamical = kind == "dynamical"
-        name = loss.name if dynamical else loss.static_name
         run = config.run.model_copy(
-            update={"loss": config.run.loss.model_copy(update={"name": name})}
+            update={"loss": config.run.loss.model_copy(update={"name": names[kind]})}
         )
         study.pruner = make_pruner(search.pruner, search.target, static_from(run))
-        per_width = search.trials_per_width if dynamical else 1
+        per_width = search.trials_at_width(kind)
         tracks.append(
             Track(kind, study, run, dynamical, per_width, search.trials if dynamical else None)
         )

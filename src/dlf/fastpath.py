@@ -418,7 +418,8 @@ typedef MASK mvec __attribute__((vector_size(64)));
 enum { CE = 0, SE = 1, ST = 2 }; /* Γ_y·CE, Γ_y·Σ(f−onehot)², Σ(f−Γ·onehot)² */
 
 /* Shapes: P samples (padded to pp), ni1 = inputs + 1, nc classes, h hidden units (padded to hp).
- * xt: columns of [x, 1] (ni1 × pp). Scratch: w1, g1 (ni1 × hp), w2t, g2t (nc × hp), f (nc × pp).
+ * xt: columns of [x, 1] (ni1 × pp). Scratch: w1, g1 (ni1 × hp), w2t, g2t (nc × hp), f (nc × pp),
+ * s (see the loss below).
  * out: F, static loss, accuracy. */
 static inline __attribute__((always_inline)) void row(
     int P, int pp, int ni1, int nc, int h, int hp, int kind, int static_kind, int active,
@@ -449,9 +450,10 @@ static inline __attribute__((always_inline)) void row(
         }
     }
     /* loss, static loss, accuracy, and f becomes d = ∂F/∂f: loops over samples, vectorised.
-     * s: scratch (7 × pp): top logit, its class, f_y, Γ_y, Σ(f−onehot)², Σexp, −log p_y */
+     * s: scratch: top logit, its class, f_y, Γ_y, Σ(f−onehot)², Σexp, −log p_y (pp each), and
+     * exp(f − top) (nc × pp) */
     REAL *top = s, *best = s + pp, *fy = s + 2 * pp, *w = s + 3 * pp, *sq = s + 4 * pp;
-    REAL *tot = s + 5 * pp, *nll = s + 6 * pp;
+    REAL *tot = s + 5 * pp, *nll = s + 6 * pp, *e = s + 7 * pp;
 #pragma omp simd
     for (int p = 0; p < P; p++) top[p] = fy[p] = f[p], best[p] = 0, w[p] = gamma[y[p]];
     for (int c = 1; c < nc; c++)
@@ -473,7 +475,7 @@ static inline __attribute__((always_inline)) void row(
     if (kind == CE || static_kind == CE) {
         for (int c = 0; c < nc; c++)
 #pragma omp simd
-            for (int p = 0; p < P; p++) tot[p] += EXP(f[c * pp + p] - top[p]);
+            for (int p = 0; p < P; p++) tot[p] += e[c * pp + p] = EXP(f[c * pp + p] - top[p]);
 #pragma omp simd
         for (int p = 0; p < P; p++) nll[p] = LOG(tot[p]) - (fy[p] - top[p]);
     }
@@ -490,7 +492,7 @@ static inline __attribute__((always_inline)) void row(
         for (int p = 0; p < P; p++) {
             REAL t = y[p] == c, r = fc[p] - t * g;
             loss += kind == ST ? r * r : 0;
-            fc[p] = (kind == CE   ? w[p] * (EXP(fc[p] - top[p]) / tot[p] - t)
+            fc[p] = (kind == CE   ? w[p] * (e[c * pp + p] / tot[p] - t)
                      : kind == SE ? 2 * w[p] * (fc[p] - t)
                                   : 2 * r) / P;
         }
@@ -547,7 +549,7 @@ struct job {
 static void *worker(void *arg) {
     struct job *j = arg;
     int ni1 = j->ni1, nc = j->nc, hp = j->hp, pp = j->pp;
-    vec *buf = aligned_alloc(64, sizeof(REAL) * (2 * (ni1 + nc) * hp + (nc + 7) * pp));
+    vec *buf = aligned_alloc(64, sizeof(REAL) * (2 * (ni1 + nc) * hp + (2 * nc + 7) * pp));
     if (!buf) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
         return NULL;

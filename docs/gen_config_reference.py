@@ -191,10 +191,10 @@ def builtin_analyzers() -> dict[str, type]:
 
 def render() -> str:
     """The whole configuration reference as markdown."""
-    from dlf.analysis.threshold import ThresholdStudySettings
     from dlf.config import RunConfig
     from dlf.data import DigitsOptions, SpiralOptions
     from dlf.search.config import SearchConfig
+    from dlf.threshold_study import ThresholdStudySettings
 
     lines = [HEADER]
     lines += ["## Run config", ""]

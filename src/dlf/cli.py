@@ -22,7 +22,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.workers != 1:
         raise ConfigError("--workers", "only a study (a config with a search section) has workers")
     if "threshold_study" in raw:
-        from dlf.analysis.threshold import run_threshold_study
+        from dlf.threshold_study import run_threshold_study
 
         run_threshold_study(raw, args.out)
         return 0

@@ -28,6 +28,7 @@ from typing import Any
 from dlf.config import RunConfig, apply_overrides, load_raw, validate
 from dlf.errors import ConfigError
 from dlf.run import TRACE_NAME, execute
+from dlf.trace import open_trace
 
 SECTIONS = ("sweep", "variants")
 LABEL = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -134,10 +135,8 @@ def plan(raw: dict[str, Any]) -> list[SweepPoint]:
     return points
 
 
-def _complete(path: Path, config: RunConfig) -> bool:
+def is_complete(path: Path, config: RunConfig) -> bool:
     """Whether ``path`` holds a complete trace of exactly ``config``."""
-    from dlf.trace import open_trace
-
     if not path.exists():
         return False
     try:
@@ -145,6 +144,21 @@ def _complete(path: Path, config: RunConfig) -> bool:
     except (OSError, ValueError):
         return False
     return attrs.get("status") == "complete" and attrs.get("config") == config.model_dump_json()
+
+
+def run_points(points: Sequence[SweepPoint], root: Path) -> list[Path]:
+    """Run every point into ``<root>/<label>/trace.nc``, skipping points whose trace is already
+    complete for their config (so a rerun resumes); the traces' paths, in order."""
+    paths = []
+    for i, point in enumerate(points, start=1):
+        path = point.trace_path(root)
+        if is_complete(path, point.config):
+            print(f"[{i}/{len(points)}] {point.label}: already complete in {path}")
+        else:
+            status = execute(point.config, trace_path=path).status
+            print(f"[{i}/{len(points)}] {point.label}: {status}, trace written to {path}")
+        paths.append(path)
+    return paths
 
 
 def is_sweep_config(path: Path, overrides: Sequence[str] = ()) -> bool:
@@ -160,13 +174,5 @@ def cli_sweep(config: Path, overrides: Sequence[str], out: Path | None) -> int:
     if out is not None:
         raw = merged(raw, {"output": {"root": str(out)}})
     points = plan(raw)
-    name = str(raw.get("name", "sweep"))
-    for i, point in enumerate(points, start=1):
-        root = point.config.output.root / name
-        path = point.trace_path(root)
-        if _complete(path, point.config):
-            print(f"[{i}/{len(points)}] {point.label}: already complete in {path}")
-            continue
-        result = execute(point.config, trace_path=path)
-        print(f"[{i}/{len(points)}] {point.label}: {result.status}, trace written to {path}")
+    run_points(points, points[0].config.output.root / str(raw.get("name", "sweep")))
     return 0

@@ -2,7 +2,8 @@
 
 * :mod:`dlf.analysis.bifurcation`: period-doubling (edge-of-stability) events in loss series and
   the Hessian eigenvalues at their onsets.
-* :mod:`dlf.analysis.threshold`: the curvature threshold of those onsets versus the learning rate.
+* :mod:`dlf.analysis.threshold`: the curvature threshold of those onsets versus the learning rate
+  (fit and per-member onsets; :mod:`dlf.threshold_study` runs the study).
 """
 
 from dlf.analysis.bifurcation import (

@@ -2,8 +2,9 @@
 
 2021 Fig. 5 (series by width) and 2024 Fig. 4 (series by loss): per learning rate, the mean over
 members of each member's mean λmax at onset (the bifurcation detector's summary), with the error
-of the mean, against the edge-of-stability prediction 2/η. The legend gives the fitted exponent.
-Also draws the result of a threshold study (``threshold.nc`` of ``configs/threshold_vs_lr.yaml``).
+of the mean, the members themselves and the fit λ = c·η^b, against the edge-of-stability
+prediction 2/η. Also draws the result of a threshold study (``threshold.nc`` of
+``configs/threshold_vs_lr.yaml``; the study saves this figure as ``threshold.png``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from dlf.analysis.threshold import fit_threshold
 from dlf.errors import DlfError
 from dlf.plots.style import mean_sem, new_figure, styled
 from dlf.plots.tables import label, member_table, varying
@@ -26,7 +28,7 @@ SERIES = ("loss", "width")
 
 
 def study_table(result: xr.Dataset) -> pd.DataFrame:
-    """The members of a threshold study's ``threshold.nc`` (``dlf.analysis.threshold``)."""
+    """The members of a threshold study's ``threshold.nc`` (``dlf.threshold_study``)."""
     return pd.DataFrame(
         {
             "eta": result["member_eta"].values,
@@ -58,44 +60,42 @@ def onset_table(datasets: Sequence[xr.Dataset]) -> pd.DataFrame:
     return table
 
 
-def fitted_exponent(eta: np.ndarray, lam: np.ndarray) -> float:
-    """Slope of log λ against log η (least squares over members)."""
-    return float(np.polyfit(np.log(eta), np.log(lam), 1)[0])
-
-
 @styled
 def threshold(datasets: Sequence[xr.Dataset]) -> Figure:
-    """λmax at onset versus η on log-log axes, mean ± error of the mean, with the 2/η line."""
+    """λmax at onset versus η on log-log axes: members, mean ± error of the mean per η and the
+    fit λ = c·η^b (exponent ± its error in the legend) per series, with the 2/η line."""
     table = onset_table(datasets)
     fig, axes = new_figure(size=(4.8, 3.8))
     ax = axes[0, 0]
     differ = varying(table, SERIES)
-    for key, group in table.groupby(list(SERIES)):
-        stats = [mean_sem(g["lambda_onset"].values) for _, g in group.groupby("eta")]
-        etas = np.array(sorted(group["eta"].unique()))
-        mean, sem = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
-        slope = fitted_exponent(group["eta"].values, group["lambda_onset"].values)
-        name = label(dict(zip(SERIES, key, strict=True)), SERIES, differ)
-        ax.errorbar(
-            etas,
-            mean,
-            yerr=sem,
-            fmt="o-",
-            ms=4,
-            capsize=3,
-            label=f"{name + ': ' if name else ''}fit η$^{{{slope:.2f}}}$",
-        )
     grid = np.geomspace(table["eta"].min() / 1.3, table["eta"].max() * 1.3, 50)
+    for i, (key, group) in enumerate(table.groupby(list(SERIES))):
+        color = f"C{i}"
+        eta, lam = group["eta"].values, group["lambda_onset"].values
+        stats = [mean_sem(g["lambda_onset"].values) for _, g in group.groupby("eta")]
+        mean, sem = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
+        name = label(dict(zip(SERIES, key, strict=True)), SERIES, differ)
+        ax.scatter(eta, lam, s=10, alpha=0.35, color=color)
+        if group["eta"].nunique() > 1:
+            fit = fit_threshold(eta, lam)
+            ax.plot(grid, fit.prefactor * grid**fit.exponent, "-", color=color, lw=1)
+            exponent = f"{fit.exponent:.2f} ± {fit.exponent_se:.2f}"
+            name = f"{name + ': ' if name else ''}fit η$^{{{exponent}}}$"
+        etas = np.array(sorted(group["eta"].unique()))
+        ax.errorbar(etas, mean, yerr=sem, fmt="o", ms=4, capsize=3, color=color, label=name)
     ax.plot(grid, 2 / grid, "k--", lw=1, label="2/η")
     ax.set_xscale("log")
     ax.set_yscale("log")
     plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.set_xticks(np.unique(table["eta"]))
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_formatter(plain)
-        axis.set_minor_formatter(plain)
+        axis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("learning rate η")
     ax.set_ylabel("Hessian λ$_{max}$ at onset")
     ax.legend(fontsize="small")
-    ratio = (table["lambda_onset"] * table["eta"] / 2).mean()
-    ax.set_title(f"mean λ·η/2 = {ratio:.2f} over {len(table)} members")
+    overall = fit_threshold(table["eta"].values, table["lambda_onset"].values)
+    ratio, sem_ratio = overall.ratio_mean, overall.ratio_sem
+    ax.set_title(f"mean λ·η/2 = {ratio:.2f} ± {sem_ratio:.2f} ({overall.n} members)")
     return fig

@@ -208,8 +208,9 @@ def write_report(
         "",
         f"Cost: {cost}. A trial's value is the seed mean at its last evaluation (`measured at "
         f"step` < {run.train.steps} when its run stopped early because every trial in it was "
-        "decided); PRUNED trials show no value. Traces: `runs/` (each trial's user attribute "
-        '`trace`). Data: `dlf.open_study("study.nc")`.',
+        "decided; PRUNED trials were hopeless there). `verdict` is the pruner's call in training, "
+        "also kept when the run went on because another of its trials was undecided. Traces: "
+        '`runs/` (each trial\'s user attribute `trace`). Data: `dlf.open_study("study.nc")`.',
         "",
         *_table(frame),
         "",

@@ -185,7 +185,7 @@ class Trainer:
                 finite = torch.isfinite(loss) if limit is None else loss <= limit
                 diverged_at = torch.where(active & ~finite, t, diverged_at)
                 active = active & finite
-                due = [a for a in analyzers if a.due(t)] if analyzers else analyzers
+                due = [a for a in analyzers if a.due(t)]
                 if due or rec.wants(t):
                     static, acc = gradient.metrics()
                     if rec.wants(t):

@@ -128,18 +128,22 @@ def test_kernel_equals_autograd(loss):
     assert float(grad[2].abs().max()) == 0  # the inactive row gets no gradient
 
 
-def test_kernel_on_other_shapes():
-    """Not the spiral's 2 inputs and 3 classes (the kernel's generic path), odd sizes."""
+@pytest.mark.parametrize("name", ["dce", "dmse2"])
+def test_other_shapes(name):
+    """Not the spiral's 2 inputs and 3 classes: the kernel's generic path, and the fused pass
+    back-propagating (too many inputs × classes for its one-product backward), odd sizes."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(23, 5, generator=gen, dtype=torch.float64)
     y = torch.randint(0, 4, (23,), generator=gen)
     model = MLP(5, (19,), 4)
-    for name in ("dce", "dmse2"):
-        obj = Objective(model, LOSSES[name], LOSSES[LOSSES[name].static_name], x, y)
-        theta = torch.randn(3, model.n_params, generator=gen, dtype=torch.float64)
-        gamma = 0.5 + torch.rand(3, 4, generator=gen, dtype=torch.float64)
-        active = torch.ones(3, dtype=torch.bool)
-        assert_same_step(kernel(obj), AutogradGradient(obj), obj, theta, gamma, active)
+    obj = Objective(model, LOSSES[name], LOSSES[LOSSES[name].static_name], x, y)
+    theta = torch.randn(3, model.n_params, generator=gen, dtype=torch.float64)
+    gamma = 0.5 + torch.rand(3, 4, generator=gen, dtype=torch.float64)
+    active = torch.ones(3, dtype=torch.bool)
+    fused = FusedGradient(obj)
+    assert not fused.shallow
+    assert_same_step(fused, AutogradGradient(obj), obj, theta, gamma, active)
+    assert_same_step(kernel(obj), AutogradGradient(obj), obj, theta, gamma, active)
 
 
 def test_kernel_threads_do_not_change_a_bit():

@@ -392,12 +392,10 @@ class FusedGradient:
 KERNEL_SOURCE = r"""
 /* F and dF/dθ of a one-hidden-layer ReLU MLP, full batch, for every row of θ (dlf.fastpath).
  * Compiled once per dtype: -DREAL=float -DMASK=int32_t -DSUFFIX=f32, or double/int64_t/f64.
- * Threads are plain pthreads, so nothing spins between calls beside torch's own pool.
  * Per row: the forward pass vectorised over samples, the loss and its gradient d vectorised over
  * samples (libmvec exp/log), the backward pass vectorised over hidden units with the
  * pre-activations recomputed, so nothing of size samples × width is ever stored. */
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -540,68 +538,46 @@ static inline __attribute__((always_inline)) void row(
     }
 }
 
-/* The rows of one call, taken one at a time by each thread. */
-struct job {
-    int rows, P, pp, ni1, nc, h, hp, kind, static_kind, n, failed;
-    const vec *xt;
-    const REAL *x, *theta, *gamma;
-    const int64_t *y;
-    const uint8_t *active;
-    REAL *grad, *out;
-    int next; /* the next row to take (atomic) */
-};
-
-static void *worker(void *arg) {
-    struct job *j = arg;
-    int ni1 = j->ni1, nc = j->nc, hp = j->hp, pp = j->pp;
-    vec *buf = aligned_alloc(64, sizeof(REAL) * (2 * (ni1 + nc) * hp + (2 * nc + 7) * pp));
-    if (!buf) {
-        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
-        return NULL;
-    }
-    vec *w1 = buf, *g1 = w1 + ni1 * hp / LANES, *w2t = g1 + ni1 * hp / LANES;
-    vec *g2t = w2t + nc * hp / LANES;
-    REAL *f = (REAL *)(g2t + nc * hp / LANES), *s = f + nc * pp;
-    for (int m; (m = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED)) < j->rows;) {
-        const REAL *th = j->theta + (int64_t)m * j->n, *gm = j->gamma + m * nc;
-        REAL *g = j->grad + (int64_t)m * j->n, *o = j->out + 3 * m;
-        if (ni1 == 3 && nc == 3) /* the spiral: constant sizes, loops unrolled */
-            row(j->P, pp, 3, 3, j->h, hp, j->kind, j->static_kind, j->active[m], j->xt, j->x,
-                j->y, th, gm, g, o, w1, w2t, g1, g2t, f, s);
-        else
-            row(j->P, pp, ni1, nc, j->h, hp, j->kind, j->static_kind, j->active[m], j->xt, j->x,
-                j->y, th, gm, g, o, w1, w2t, g1, g2t, f, s);
-    }
-    free(buf);
-    return NULL;
-}
-
-/* All rows, on up to `threads` threads. x: [x, 1] (P × ni1); theta, grad: rows × (ni1·h + h·nc
- * + nc); gamma: rows × nc; active: rows; out: rows × 3. Returns 0, or -1 if memory ran out. */
+/* All rows, on up to `threads` OpenMP threads (torch's own pool where torch's libgomp is the one
+ * loaded). x: [x, 1] (P × ni1); theta, grad: rows × (ni1·h + h·nc + nc); gamma: rows × nc;
+ * active: rows; out: rows × 3. Returns 0, or -1 if memory ran out. */
 int CAT(mlp_step, SUFFIX)(int rows, int P, int ni1, int nc, int h, int kind, int static_kind,
                           const REAL *x, const int64_t *y, const REAL *theta, const REAL *gamma,
                           const uint8_t *active, REAL *grad, REAL *out, int threads) {
-    int pp = (P + 2 * LANES - 1) / (2 * LANES) * 2 * LANES; /* whole pairs of vectors */
-    struct job j = {rows, P, pp, ni1, nc, h, (h + LANES - 1) / LANES * LANES, kind, static_kind,
-                    ni1 * h + h * nc + nc, 0, NULL, x, theta, gamma, y, active, grad, out, 0};
+    int n = ni1 * h + h * nc + nc, hp = (h + LANES - 1) / LANES * LANES;
+    int pp = (P + 2 * LANES - 1) / (2 * LANES) * 2 * LANES, failed = 0; /* pairs of vectors */
     vec *xt = aligned_alloc(64, sizeof(REAL) * ni1 * pp);
     if (!xt) return -1;
     memset(xt, 0, sizeof(REAL) * ni1 * pp);
     for (int p = 0; p < P; p++)
         for (int i = 0; i < ni1; i++) ((REAL *)xt)[i * pp + p] = x[p * ni1 + i];
-    j.xt = xt;
-    pthread_t ids[threads];
-    int started = 0;
-    for (; started < threads - 1 && started < rows - 1; started++)
-        if (pthread_create(&ids[started], NULL, worker, &j)) break;
-    worker(&j);
-    for (int t = 0; t < started; t++) pthread_join(ids[t], NULL);
+#pragma omp parallel num_threads(threads < rows ? threads : rows) reduction(| : failed)
+    {
+        vec *buf = aligned_alloc(64, sizeof(REAL) * (2 * (ni1 + nc) * hp + (2 * nc + 7) * pp));
+        vec *w1 = buf, *g1 = w1 + ni1 * hp / LANES, *w2t = g1 + ni1 * hp / LANES;
+        vec *g2t = w2t + nc * hp / LANES;
+        REAL *f = (REAL *)(g2t + nc * hp / LANES), *s = f + nc * pp;
+        failed = !buf;
+#pragma omp for schedule(dynamic, 1)
+        for (int m = 0; m < rows; m++) {
+            if (!buf) continue;
+            const REAL *th = theta + (int64_t)m * n, *gm = gamma + m * nc;
+            REAL *g = grad + (int64_t)m * n, *o = out + 3 * m;
+            if (ni1 == 3 && nc == 3) /* the spiral: constant sizes, loops unrolled */
+                row(P, pp, 3, 3, h, hp, kind, static_kind, active[m], xt, x, y, th, gm, g, o, w1,
+                    w2t, g1, g2t, f, s);
+            else
+                row(P, pp, ni1, nc, h, hp, kind, static_kind, active[m], xt, x, y, th, gm, g, o,
+                    w1, w2t, g1, g2t, f, s);
+        }
+        free(buf);
+    }
     free(xt);
-    return j.failed ? -1 : 0;
+    return failed ? -1 : 0;
 }
 """
-KERNEL_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-fPIC", "-shared")
-KERNEL_LIBS = ("-pthread", "-lmvec", "-lm")  # libmvec: glibc's vectorised exp and log
+KERNEL_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
+KERNEL_LIBS = ("-lmvec", "-lm")  # libmvec: glibc's vectorised exp and log
 KERNEL_TYPES = {
     torch.float32: ("float", "int32_t", "f32"),
     torch.float64: ("double", "int64_t", "f64"),

@@ -4,10 +4,11 @@ The trainer needs, at every step, the loss F_m(θ_m; Γ_m) and its gradient for 
 recorded steps the static loss and the training accuracy at the same point. :func:`gradient_for`
 returns the fastest object that computes them for the run's model, loss and device:
 
-- :class:`KernelGradient`, on a CPU for the papers' network (one hidden ReLU layer, built-in
-  losses, full batch): a small C kernel compiled for this machine on first use (cached on disk)
-  that keeps each member's forward and backward pass in registers, never storing the samples ×
-  width activations; members are spread over ``torch.get_num_threads()`` threads.
+- :class:`KernelGradient`, on a CPU for the papers' network (one hidden ReLU layer, a few inputs,
+  built-in losses, full batch): a small C kernel compiled for this machine on first use (cached
+  on disk) that runs each member's forward and backward pass in vector registers, never storing
+  the samples × width activations; members are spread over ``torch.get_num_threads()`` OpenMP
+  threads (torch's own pool where torch's libgomp is the one loaded).
 - :class:`FusedGradient`, for the toolkit's MLP and built-in losses otherwise (GPU, tanh, deeper
   nets, minibatches, or no C compiler): the forward and backward passes written out by hand as
   batched matrix products (members are the batch), so no autograd graph is built, the ReLU mask
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 
 CACHE_BYTES = 8 * 2**20  # CPU: rows per pass chosen so that one activation buffer is about this big
 
-# The built-in loss functions the fused pass knows how to differentiate, by kind.
+# The built-in loss functions the fast paths know how to differentiate, by kind.
 KINDS: dict[Callable[..., torch.Tensor], str] = {
     weighted_cross_entropy: "ce",  # (1/P) Σ_j Γ_{y_j} CE_j
     weighted_squared_error: "se",  # (1/P) Σ_j Γ_{y_j} Σ_i (f_i − δ_{i,y_j})²
@@ -204,7 +205,7 @@ class FusedGradient:
 
     def buffers(self, rows: int, samples: int) -> list[torch.Tensor]:
         """``(rows, P, width)`` per hidden layer, reused across steps: the activations, then
-        (deeper networks only) the gradients with respect to them."""
+        (when back-propagating layer by layer) the gradients with respect to them."""
         key = (rows, samples)
         if key not in self._buffers:
             copies = 1 if self.shallow else 2
@@ -674,13 +675,13 @@ class KernelGradient:
             self._inputs = (x, xa)
         return xa
 
-    def run(self, theta, gamma, active, x, y, grad) -> torch.Tensor:
-        """Call the kernel; returns ``(R, 3)``: F, static loss, accuracy; fills ``grad``."""
+    def run(self, theta, gamma, active, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+        """Call the kernel; returns ``(R, 3)`` (F, static loss, accuracy) and ∂F/∂θ."""
         theta, gamma, y = theta.contiguous(), gamma.contiguous(), y.contiguous()
         active = active.contiguous().view(torch.uint8)
         xa = self.augmented(x)
         rows, (samples, inputs), width = theta.shape[0], xa.shape, self.objective.model.width
-        out = torch.empty(rows, 3, dtype=theta.dtype)
+        out, grad = torch.empty(rows, 3, dtype=theta.dtype), torch.empty_like(theta)
         tensors = (xa, y, theta, gamma, active, grad, out)
         status = self.function(
             rows,
@@ -694,14 +695,13 @@ class KernelGradient:
         )
         if status != 0:
             raise MemoryError("the C kernel could not allocate its scratch memory")
-        return out
+        return out, grad
 
     def __call__(self, theta, gamma, active, x, y):
         if x.dim() == 3:
             self._last = None
             return self.minibatches(theta, gamma, active, x, y)
-        grad = torch.empty_like(theta)
-        self._last = self.run(theta, gamma, active, x, y, grad)
+        self._last, grad = self.run(theta, gamma, active, x, y)
         return self._last[:, 0], grad
 
     def metrics(self):
@@ -713,5 +713,5 @@ class KernelGradient:
         rows, classes = theta.shape[0], self.objective.n_classes
         ones = torch.ones(rows, classes, dtype=theta.dtype)
         idle = torch.zeros(rows, dtype=torch.bool)  # inactive rows: no backward pass
-        out = self.run(theta, ones, idle, x, y, torch.empty_like(theta))
+        out, _ = self.run(theta, ones, idle, x, y)
         return out[:, 1], out[:, 2]

@@ -171,9 +171,8 @@ class Trainer:
         self._call("dlf_run_start", None, run=run)
         bar = tqdm(total=run.total_steps, disable=not self.progress, unit="step", leave=False)
         for start, gamma_block, lr_block in self.blocks():
-            for i in range(len(gamma_block)):
-                t = start + i
-                gamma, lr = gamma_block[i], lr_block[i]
+            steps = zip(gamma_block.unbind(), lr_block.unbind(), strict=True)
+            for t, (gamma, lr) in enumerate(steps, start=start):
                 if batches is None:
                     x, y = obj.x, obj.y
                 else:
@@ -183,7 +182,7 @@ class Trainer:
                     self.evaluate(t, theta)
                 loss, grad = gradient(theta, gamma, active, x, y)
                 finite = torch.isfinite(loss) if limit is None else loss <= limit
-                diverged_at = torch.where(active & ~finite, t, diverged_at)
+                diverged_at.masked_fill_(active > finite, t)  # active now, not finite
                 active = active & finite
                 due = [a for a in analyzers if a.due(t)]
                 if due or rec.wants(t):

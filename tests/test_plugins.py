@@ -19,6 +19,8 @@ import dlf
 
 class GradNormOptions(dlf.AnalyzerOptions):
     fail_at: int = -1
+    stop_at: int = -1
+    stop_at_eval: int = -1
 
 
 class GradNorm(dlf.Analyzer):
@@ -34,8 +36,15 @@ class GradNorm(dlf.Analyzer):
     def dlf_step_end(self, state):
         if state.step == self.options.fail_at:
             raise RuntimeError("planted failure")
+        if state.step == self.options.stop_at:
+            state.run.request_stop("planted stop")
         self.steps.append(state.step)
         self.norms.append(state.grad.norm(dim=1).tolist())
+
+    @dlf.hookimpl
+    def dlf_evaluate(self, state):
+        if state.step == self.options.stop_at_eval:
+            state.run.request_stop("planted stop at evaluation")
 
     @dlf.hookimpl
     def dlf_trace_contribute(self, run):
@@ -113,6 +122,23 @@ def test_failing_plugin_named_with_step_and_trace_kept(installed_plugin, make_co
     assert ds.attrs["status"] == "failed" and ds.attrs["steps_completed"] == 23
     assert ds.sizes["step"] == 23
     assert list(ds.gradnorm_step.values) == list(range(23))
+
+
+@pytest.mark.parametrize(
+    ("option", "completed", "last_eval"), [("stop_at", 24, 20), ("stop_at_eval", 20, 20)]
+)
+def test_a_hook_can_stop_the_run(
+    installed_plugin, make_config, tmp_path, option, completed, last_eval
+):
+    config = make_config(
+        analyzers={"gradnorm": {"every": 1, option: 23 if option == "stop_at" else 20}}
+    )
+    result = execute(config, trace_path=tmp_path / "t.nc")
+    ds = open_trace(result.path)
+    assert result.status == "stopped" and ds.attrs["status"] == "stopped"
+    assert ds.attrs["stop_reason"].startswith("planted stop")
+    assert ds.attrs["steps_completed"] == completed and ds.sizes["step"] == completed
+    assert int(ds.eval_step[-1]) == last_eval
 
 
 def test_config_naming_an_installed_plugin_is_harmless(installed_plugin, make_config, tmp_path):

@@ -32,6 +32,17 @@ class RunContext:
     static_from: torch.Tensor  # (member,) first step with Γ ≡ 1
     total_steps: int
     analyzers: dict[str, Analyzer] = field(default_factory=dict)
+    stop_reason: str | None = None
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the trainer to end the run early (from any hook implementation).
+
+        From ``dlf_evaluate`` at step t the run ends at θ_t; from ``dlf_step_end`` after step t's
+        update. The trace gets ``status = "stopped"`` and ``stop_reason``; the last evaluation
+        before the stop is the run's final measurement.
+        """
+        if self.stop_reason is None:
+            self.stop_reason = reason
 
     @property
     def n_members(self) -> int:

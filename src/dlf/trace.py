@@ -78,6 +78,7 @@ class Recorder:
         self._n_evals = 0
         self.steps_completed = 0
         self.status = "running"
+        self.stop_reason: str | None = None
 
     # --- collecting
 
@@ -188,6 +189,8 @@ class Recorder:
                 "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
         )
+        if self.stop_reason is not None:
+            ds.attrs["stop_reason"] = self.stop_reason
         return ds
 
     def write(self, contributions: Mapping[str, Any] | None = None) -> Path:

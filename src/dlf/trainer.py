@@ -154,7 +154,27 @@ class Trainer:
         self._call("dlf_evaluate", step, state=state)
 
     def train(self, theta: torch.Tensor) -> torch.Tensor:
-        """Run all steps from ``theta (member, n)``; returns the final parameters."""
+        """Run all steps from ``theta (member, n)``; returns the final parameters.
+
+        The run ends early when every member diverged (status ``diverged``) or when a hook asked
+        for it through ``run.request_stop`` (status ``stopped``).
+        """
+        run, rec = self.run, self.recorder
+        self._call("dlf_run_start", None, run=run)
+        with tqdm(
+            total=run.total_steps, disable=not self.progress, unit="step", leave=False
+        ) as bar:
+            theta = self._steps(theta, bar)
+        if run.stop_reason is not None:
+            rec.status, rec.stop_reason = "stopped", run.stop_reason
+        elif rec.status != "diverged":
+            self.evaluate(run.total_steps, theta)
+            rec.status = "complete"
+        self._call("dlf_run_end", None, run=run)
+        return theta
+
+    def _steps(self, theta: torch.Tensor, bar: tqdm) -> torch.Tensor:
+        """The step loop; returns θ after the last step taken."""
         run, rec, obj = self.run, self.recorder, self.run.objective
         cfg = run.config.train
         analyzers = list(run.analyzers.values())
@@ -168,8 +188,6 @@ class Trainer:
         limit = cfg.diverge_above  # NaN compares False, so `loss <= limit` also catches NaN
         active = torch.ones(run.n_members, dtype=torch.bool, device=run.device)
         diverged_at = torch.full((run.n_members,), -1, dtype=torch.long, device=run.device)
-        self._call("dlf_run_start", None, run=run)
-        bar = tqdm(total=run.total_steps, disable=not self.progress, unit="step", leave=False)
         for start, gamma_block, lr_block in self.blocks():
             steps = zip(gamma_block.unbind(), lr_block.unbind(), strict=True)
             for t, (gamma, lr) in enumerate(steps, start=start):
@@ -180,6 +198,8 @@ class Trainer:
                     x, y = obj.x[idx], obj.y[idx]
                 if t % cfg.eval_every == 0:
                     self.evaluate(t, theta)
+                    if run.stop_reason is not None:
+                        break
                 loss, grad = gradient(theta, gamma, active, x, y)
                 finite = torch.isfinite(loss) if limit is None else loss <= limit
                 diverged_at.masked_fill_(active > finite, t)  # active now, not finite
@@ -207,17 +227,15 @@ class Trainer:
                 step = lr[:, None] * opt.direction(grad)
                 theta = torch.where(active[:, None], theta - step, theta)
                 rec.steps_completed = t + 1
-            bar.update(len(gamma_block))
+                if run.stop_reason is not None:
+                    break
+            bar.update(rec.steps_completed - start)
             rec.diverged_step = diverged_at.cpu().numpy()
+            if run.stop_reason is not None:
+                break
             if not bool(active.any()):
                 rec.status = "diverged"
                 break
             if rec.checkpoint_due():
                 rec.write(self.contribute())
-        bar.close()
-        if rec.status != "diverged":
-            self.evaluate(run.total_steps, theta)
-            rec.status = "complete"
-        rec.diverged_step = diverged_at.cpu().numpy()
-        self._call("dlf_run_end", None, run=run)
         return theta

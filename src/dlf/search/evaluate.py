@@ -25,19 +25,14 @@ import torch
 from optuna.trial import TrialState
 
 from dlf.config import Member, RunConfig
-from dlf.errors import PluginError
 from dlf.hookspecs import hookimpl
 from dlf.plugin_manager import load_plugins
 from dlf.run import execute
 from dlf.search.pruning import FULL_LENGTH, HOPELESS, TargetPruner
 from dlf.state import EvalState
-from dlf.trace import open_trace, write_netcdf
+from dlf.trace import open_trace
 
 MONITOR_NAME = "dlf.search"
-
-
-class StopBatch(Exception):
-    """Every trial of the batch is decided, so its run may stop."""
 
 
 @dataclass
@@ -86,7 +81,7 @@ class BatchMonitor:
             if verdict is not None:
                 self.verdicts[i] = (verdict, state.step)
         if len(self.verdicts) == len(self.trials):
-            raise StopBatch(state.step)
+            state.run.request_stop(f"dlf.search: every trial decided at step {state.step}")
 
 
 @dataclass
@@ -167,24 +162,11 @@ def run_batch(
     plugins = load_plugins(run_config.plugins)
     plugins.manager.register(monitor, name=MONITOR_NAME)
     members = members_for(candidates, seeds, run_config.train.lr[0])
-    try:
-        execute(run_config, members=members, trace_path=trace, plugins=plugins, progress=progress)
-    except PluginError as exc:
-        if not isinstance(exc.__cause__, StopBatch):
-            raise
-        _mark_stopped(trace, exc.step)
+    execute(run_config, members=members, trace_path=trace, plugins=plugins, progress=progress)
     outcomes = measure(trace, len(candidates), len(seeds), metric)
     for i, outcome in enumerate(outcomes):
         outcome.verdict = monitor.verdicts.get(i)
     return outcomes
-
-
-def _mark_stopped(trace: Path, step: int | None) -> None:
-    """The core records a run stopped from a hook as failed; say what really happened."""
-    ds = open_trace(trace)
-    ds.attrs["status"] = "stopped"
-    ds.attrs["stopped_by"] = f"dlf.search: every trial decided at step {step}"
-    write_netcdf(ds, trace)
 
 
 def tell(

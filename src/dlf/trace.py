@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections.abc import Hashable, Mapping
 from datetime import datetime, timezone
 from importlib import metadata
@@ -79,6 +80,8 @@ class Recorder:
         self.steps_completed = 0
         self.status = "running"
         self.stop_reason: str | None = None
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)  # left by an earlier run of this trace that was killed
 
     # --- collecting
 
@@ -203,7 +206,7 @@ class Recorder:
 def write_netcdf(ds: xr.Dataset, path: Path) -> None:
     """Write ``ds`` to ``path`` with compression, atomically: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     encoding: dict[Hashable, dict[str, Any]] = {
         name: {"zlib": True, "complevel": 4}
         for name, var in ds.variables.items()

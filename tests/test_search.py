@@ -249,6 +249,7 @@ def test_a_batch_stops_once_every_trial_is_hopeless(tmp_path):
     assert all(o.state == TrialState.PRUNED and o.measured_step == 0 for o in outcomes)
     trace = open_trace(tmp_path / "b.nc")
     assert trace.attrs["status"] == "stopped" and trace.attrs["steps_completed"] == 0
+    assert trace.attrs["stop_reason"] == "dlf.search: every trial decided at step 0"
 
 
 def test_a_batch_stops_once_every_trial_surely_reached_the_target(tmp_path):
@@ -518,3 +519,19 @@ def test_two_worker_processes_share_the_study_without_duplicates(tmp_path):
     points = [(t.params["width"], t.params["amplitude"], t.params["period"]) for t in dynamical]
     assert len(set(points)) == len(points)
     assert result.study_file.exists()
+
+
+def test_top_level_open_study_and_trace_status_match_the_measured_step(finished):
+    import dlf
+
+    _, result = finished
+    ds = dlf.open_study(result.directory)
+    xr.testing.assert_identical(ds, open_study(result.directory / "study.nc"))
+    for row in ds["trial"].values:
+        trial = ds.sel(trial=row)
+        trace = open_trace(result.directory / str(trial["trace"].values))
+        if int(trial["measured_step"]) < trace.attrs["total_steps"]:
+            assert trace.attrs["status"] == "stopped"
+            assert trace.attrs["stop_reason"].startswith("dlf.search: every trial decided")
+        else:
+            assert trace.attrs["status"] == "complete"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from dlf.config import apply_overrides, load_raw
 from dlf.errors import ConfigError
-from dlf.sweeps import cli_sweep, is_sweep_config, plan
+from dlf.sweeps import cli_sweep, is_sweep, plan
 from dlf.trace import open_trace
 from tests.conftest import tiny_config
 
@@ -70,21 +71,22 @@ def test_plan_errors_name_the_field(tmp_path, extra, message):
 
 def test_sweep_runs_each_point_and_resumes(tmp_path, capsys):
     path = sweep_file(tmp_path, sweep={"model": {"width": [3, 5]}})
-    assert is_sweep_config(path)
+    assert is_sweep(load_raw(path))
     plain = tmp_path / "plain.yaml"
     plain.write_text(yaml.safe_dump(tiny_config(tmp_path)))
-    assert not is_sweep_config(plain)
-    assert is_sweep_config(plain, ["variants.a.train.steps=5"])
-    assert cli_sweep(path, [], None) == 0
+    assert not is_sweep(load_raw(plain))
+    assert is_sweep(apply_overrides(load_raw(plain), ["variants.a.train.steps=5"]))
+    assert cli_sweep(load_raw(path), None) == 0
     traces = [tmp_path / "out" / "sw" / f"width-{w}" / "trace.nc" for w in (3, 5)]
     assert [int(open_trace(t)["width"]) for t in traces] == [3, 5]
     assert open_trace(traces[0]).attrs["config"].count('"name":"sw-width-3"') == 1
     first = capsys.readouterr().out
     assert "[1/2] width-3: complete, trace written to" in first
     stamps = [t.stat().st_mtime_ns for t in traces]
-    assert cli_sweep(path, [], None) == 0
+    assert cli_sweep(load_raw(path), None) == 0
     assert "[2/2] width-5: already complete" in capsys.readouterr().out
     assert [t.stat().st_mtime_ns for t in traces] == stamps
-    assert cli_sweep(path, ["train.steps=10", "sweep.model.width=[5]"], tmp_path / "alt") == 0
+    overrides = ["train.steps=10", "sweep.model.width=[5]"]
+    assert cli_sweep(apply_overrides(load_raw(path), overrides), tmp_path / "alt") == 0
     rerun = open_trace(tmp_path / "alt" / "sw" / "width-5" / "trace.nc")
     assert rerun.attrs["steps_completed"] == 10

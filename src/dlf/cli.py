@@ -26,10 +26,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         run_threshold_study(raw, args.out)
         return 0
-    if "sweep" in raw or "variants" in raw:
-        from dlf.sweeps import cli_sweep
+    from dlf.sweeps import cli_sweep, is_sweep
 
-        return cli_sweep(args.config, args.set, args.out)
+    if is_sweep(raw):
+        return cli_sweep(raw, args.out)
     from dlf.run import execute
 
     if args.out is not None:

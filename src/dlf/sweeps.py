@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dlf.config import RunConfig, apply_overrides, load_raw, validate
+from dlf.config import RunConfig, validate
 from dlf.errors import ConfigError
 from dlf.run import TRACE_NAME, execute
 from dlf.trace import open_trace
@@ -161,16 +161,14 @@ def run_points(points: Sequence[SweepPoint], root: Path) -> list[Path]:
     return paths
 
 
-def is_sweep_config(path: Path, overrides: Sequence[str] = ()) -> bool:
-    """Whether the YAML file (with ``--set`` overrides) is a sweep: it has a sweep section."""
-    raw = apply_overrides(load_raw(Path(path)), overrides)
+def is_sweep(raw: dict[str, Any]) -> bool:
+    """Whether a raw config mapping is a sweep: it has a ``sweep`` or ``variants`` section."""
     return any(key in raw for key in SECTIONS)
 
 
-def cli_sweep(config: Path, overrides: Sequence[str], out: Path | None) -> int:
-    """``dlf-study run`` for a sweep file: run every point (``--set`` overrides apply to the
-    file, ``out`` replaces ``output.root``), skipping points already complete."""
-    raw = apply_overrides(load_raw(config), overrides)
+def cli_sweep(raw: dict[str, Any], out: Path | None) -> int:
+    """``dlf-study run`` for a sweep (``raw``: the file with ``--set`` applied): run every point,
+    ``out`` replacing ``output.root``, skipping points already complete."""
     if out is not None:
         raw = merged(raw, {"output": {"root": str(out)}})
     points = plan(raw)

@@ -84,16 +84,6 @@ def test_fused_gradient_on_per_member_minibatches(loss):
     torch.testing.assert_close(f_grad, r_grad, rtol=1e-12, atol=1e-12)
 
 
-def test_fused_gradient_in_float32_is_close():
-    obj64 = objective("dce")
-    obj = Objective(obj64.model, obj64.loss, obj64.static, obj64.x.float(), obj64.y)
-    theta, gamma = point(obj64)
-    active = torch.ones(4, dtype=torch.bool)
-    _, grad32 = FusedGradient(obj)(theta.float(), gamma.float(), active, obj.x, obj.y)
-    _, grad64 = AutogradGradient(obj64)(theta, gamma, active, obj64.x, obj64.y)
-    torch.testing.assert_close(grad32.double(), grad64, rtol=1e-5, atol=1e-6)
-
-
 def kernel(obj: Objective) -> KernelGradient:
     function = kernel_function(obj.x.dtype)
     if function is None:
@@ -162,12 +152,13 @@ def test_kernel_threads_do_not_change_a_bit():
         assert torch.equal(a, b)
 
 
-def test_kernel_in_float32_is_close():
+@pytest.mark.parametrize("make", [FusedGradient, kernel], ids=["fused", "kernel"])
+def test_float32_is_close_to_float64_autograd(make):
     obj64 = objective("dce")
     obj = Objective(obj64.model, obj64.loss, obj64.static, obj64.x.float(), obj64.y)
     theta, gamma = point(obj64)
     active = torch.ones(4, dtype=torch.bool)
-    loss32, grad32 = kernel(obj)(theta.float(), gamma.float(), active, obj.x, obj.y)
+    loss32, grad32 = make(obj)(theta.float(), gamma.float(), active, obj.x, obj.y)
     loss64, grad64 = AutogradGradient(obj64)(theta, gamma, active, obj64.x, obj64.y)
     torch.testing.assert_close(grad32.double(), grad64, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(loss32.double(), loss64, rtol=1e-5, atol=1e-6)

@@ -205,9 +205,10 @@ class Trainer:
                 diverged_at.masked_fill_(active > finite, t)  # active now, not finite
                 active = active & finite
                 due = [a for a in analyzers if a.due(t)]
-                if due or rec.wants(t):
+                recorded = rec.wants(t)
+                if due or recorded:
                     static, acc = gradient.metrics()
-                    if rec.wants(t):
+                    if recorded:
                         rec.record(loss, static, acc, lr, gamma)
                     if due:
                         state = StepState(

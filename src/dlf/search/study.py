@@ -15,6 +15,7 @@ import os
 import sys
 import time
 import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import groupby
@@ -128,6 +129,10 @@ class Worker:
         self.tracks = make_tracks(config, open_studies(config, self.storage))
         self.id = worker_id()
         self.dir = study_dir(config)
+        # Sampler seeds differ between the workers of one command by their index; against a
+        # shared storage URL (the same command started on several machines, all with index 0)
+        # they also differ by this process's id, or two workers would propose the same (A, T).
+        self.stream = 0 if config.search.storage is None else zlib.crc32(self.id.encode())
 
     def say(self, message: str) -> None:
         prefix = f"[worker {self.index}] " if self.index else ""
@@ -153,7 +158,9 @@ class Worker:
 
     def ask(self, track: Track, width: int, n: int) -> list[Candidate]:
         search = self.config.search
-        seed = search.sampler.seed + 10_007 * len(track.trials()) + self.index
+        seed = (search.sampler.seed + 10_007 * len(track.trials()) + self.index + self.stream) % (
+            2**32
+        )
         track.study.sampler = make_sampler(self.config, width, seed)
         ladder = search.width.ladder()
         candidates = []

@@ -26,11 +26,11 @@ from dlf.config import Member
 from dlf.errors import ConfigError
 from dlf.run import execute
 from dlf.search import cli_run, load_study_config, open_study, run_study
-from dlf.search.config import WidthLadder, study_config_from_raw
+from dlf.search.config import PrunerConfig, WidthLadder, study_config_from_raw
 from dlf.search.evaluate import Candidate, run_batch
 from dlf.search.ladder import bracket, next_width, rungs
 from dlf.search.liveness import HEARTBEAT_ATTR, HOST, WORKER_ATTR, is_stale
-from dlf.search.pruning import FULL_LENGTH, TargetPruner
+from dlf.search.pruning import FULL_LENGTH, TargetPruner, make_pruner
 from dlf.search.storage import JOURNAL_NAME, open_storage, open_studies
 from dlf.trace import open_trace
 from tests.conftest import tiny_config
@@ -157,48 +157,80 @@ def curve_study(curves: list[tuple[dict[int, float], float]], period: float = 10
 
 def switch_at(params) -> float:
     """Γ stops oscillating at step 1000 - T (a 1000-step run with a static last period)."""
-    return 1000 - params.get("period", 0)
+    return 1000 - params.get("period", 1000)
 
 
-OSCILLATING = {"period": 100}  # switches at step 900
+def pruner(target=0.8, startup_trials=2, margin=0.0, settle=0) -> TargetPruner:
+    return TargetPruner(target, startup_trials, margin, settle, switch_at)
 
 
-def test_target_pruner_compares_best_so_far_with_the_references_largest_moves():
-    # after step 100: best-so-far → final gains +0.3 and -0.06; drops from step 100: -0.4, +0.06
-    study = curve_study([({0: 0.3, 50: 0.6, 100: 0.5}, 0.9), ({0: 0.4, 50: 0.85, 100: 0.86}, 0.8)])
-    pruner = TargetPruner(target=0.8, startup_trials=2, margin=0.02, static_from=switch_at)
-
-    def verdict(curve):
-        return pruner.verdict(study, curve, OSCILLATING)
-
-    assert verdict({0: 0.2, 50: 0.47, 100: 0.3}) == "hopeless"  # 0.47 + 0.3 + 0.02 < 0.8
-    assert verdict({0: 0.2, 50: 0.49, 100: 0.3}) is None
-    assert verdict({0: 0.2, 50: 0.6, 100: 0.3}) is None  # a dip below its best is no evidence
-    assert verdict({0: 0.2, 50: 0.5, 100: 0.89}) == "reached"  # 0.89 - 0.06 - 0.02 >= 0.8
-    assert verdict({0: 0.2, 50: 0.5, 100: 0.87}) is None
+def verdicts(p: TargetPruner, study, curve: dict[int, float], params) -> list[str | None]:
+    """The verdict after each evaluation of ``curve``, as the batch monitor asks it."""
+    refs = p.references(study)
+    steps = sorted(curve)
+    return [
+        p.verdict(refs, {s: curve[s] for s in steps[: i + 1]}, params) for i in range(len(steps))
+    ]
 
 
-def test_target_pruner_judges_only_while_oscillating_against_references_still_oscillating():
-    curves = [({0: 0.3, 100: 0.5}, 0.9), ({0: 0.4, 100: 0.6}, 0.8)]
-    pruner = TargetPruner(target=0.8, startup_trials=2, margin=0.0, static_from=switch_at)
-    hopeless = {0: 0.1, 100: 0.1}
-    assert pruner.verdict(curve_study(curves), hopeless, OSCILLATING) == "hopeless"
-    assert pruner.verdict(curve_study(curves), hopeless, {"period": 950}) is None  # switched at 50
-    # references that switched before step 100 had their jump already: they do not count
-    assert pruner.verdict(curve_study(curves, period=950), hopeless, OSCILLATING) is None
+STATIC_AT_600 = {"period": 400}  # Γ static from step 600
+
+
+def test_target_pruner_aligns_references_by_the_steps_since_their_gamma_became_static():
+    # references switched at 900 (T = 100); 100 steps into the static phase (step 1000 - 0)
+    # they gained +0.3 and -0.06 from their best-so-far; their drops from there: -0.4, +0.06
+    refs = [
+        ({0: 0.1, 900: 0.3, 950: 0.6, 1000: 0.5}, 0.9),
+        ({0: 0.1, 900: 0.4, 950: 0.85, 1000: 0.86}, 0.8),
+    ]
+    study = curve_study(refs, period=100)
+    p = pruner(margin=0.02)
+    # the trial switched at 600: at step 650 it is 50 steps into its static phase, like the
+    # references at 950, where their gains to the end were 0.9 - 0.6 and 0.8 - 0.85
+    assert p.verdict(p.references(study), {0: 0.0, 600: 0.2, 650: 0.47}, STATIC_AT_600) is None
+    # references' static phase (100 steps) is shorter than the 400 the trial has left: unusable
+    long_refs = curve_study(
+        [
+            ({0: 0.1, 600: 0.3, 650: 0.6, 1000: 0.6}, 0.9),
+            ({0: 0.1, 600: 0.4, 650: 0.85, 1000: 0.82}, 0.8),
+        ],
+        period=400,
+    )
+    refs = p.references(long_refs)
+    assert p.verdict(refs, {0: 0.0, 600: 0.2, 650: 0.47}, STATIC_AT_600) == "hopeless"  # +0.3
+    assert p.verdict(refs, {0: 0.0, 600: 0.2, 650: 0.49}, STATIC_AT_600) is None
+    assert p.verdict(refs, {0: 0.0, 600: 0.9, 650: 0.89}, STATIC_AT_600) == "reached"  # -0.05
+    assert p.verdict(refs, {0: 0.0, 600: 0.9, 650: 0.84}, STATIC_AT_600) is None
+
+
+def test_a_late_jumping_curve_is_never_judged_while_gamma_oscillates():
+    """The failure the papers' DCE runs provoked: low while Γ oscillates, a jump once static.
+    References that plateaued at the target would have called it hopeless mid-run, and at the
+    switch itself, before static training had time to act."""
+    plateau = {s: 0.86 for s in range(0, 1001, 100)}
+    study = curve_study([(plateau, 0.86), (plateau, 0.87), (plateau, 0.9)], period=400)
+    late_jump = {s: 0.35 for s in range(0, 700, 100)} | {700: 0.6, 800: 0.9, 900: 0.92}
+    found = verdicts(pruner(settle=200), study, late_jump, STATIC_AT_600)
+    assert "hopeless" not in found
+    assert found[:8] == [None] * 8  # nothing before step 600 + settle_steps (200)
+    assert found[8] == "reached"  # 0.9 - the references' largest drop (0) >= 0.8
 
 
 def test_target_pruner_waits_for_startup_trials_and_for_a_success():
-    pruner = TargetPruner(target=0.8, startup_trials=2, margin=0.0, static_from=switch_at)
+    p = pruner()
+    static = {}  # no period: the static loss, static from step 0 (as its references)
+
+    def refs(curves):
+        return p.references(curve_study(curves, period=1000))
+
     low = {0: 0.0}
-    assert pruner.verdict(curve_study([({0: 0.3}, 0.9)]), low, OSCILLATING) is None  # one only
-    failures = curve_study([({0: 0.3}, 0.5), ({0: 0.3}, 0.4)])
-    assert pruner.verdict(failures, low, OSCILLATING) is None  # nobody reached the target yet
-    mixed = curve_study([({0: 0.9}, 0.9), ({0: 0.3}, 0.4)])
-    assert pruner.verdict(mixed, {0: 0.95}, OSCILLATING) == "reached"
-    assert pruner.prune(
-        mixed, create_trial(value=None, state=TrialState.RUNNING, intermediate_values={0: 0.0})
-    )
+    assert p.verdict(refs([({0: 0.3}, 0.9)]), low, static) is None  # one reference only
+    assert p.verdict(refs([({0: 0.3}, 0.5), ({0: 0.3}, 0.4)]), low, static) is None  # no success
+    mixed = [({0: 0.9}, 0.9), ({0: 0.3}, 0.4)]
+    assert p.verdict(refs(mixed), low, static) == "hopeless"
+    assert p.verdict(refs(mixed), {0: 0.95}, static) == "reached"
+    running = create_trial(value=None, state=TrialState.RUNNING, intermediate_values={0: 0.0})
+    assert p.prune(curve_study(mixed, period=1000), running)  # Optuna's interface agrees
 
 
 # --- one batch = one ensemble run ---------------------------------------------------------------
@@ -207,13 +239,13 @@ def test_target_pruner_waits_for_startup_trials_and_for_a_success():
 def batch_fixture(tmp_path, curves, target, n_trials=2, **train):
     config = study_config(tmp_path, target=target)
     study = curve_study(curves)
-    study.pruner = TargetPruner(target, startup_trials=1, margin=0.0, static_from=switch_at)
     run = config.run.model_copy(
         update={
             "model": config.run.model.model_copy(update={"width": 4}),
             "train": config.run.train.model_copy(update=train),
         }
     )
+    study.pruner = make_pruner(PrunerConfig(startup_trials=1, margin=0.0), target, run)
     candidates = []
     for i in range(n_trials):
         trial = study.ask()
@@ -242,7 +274,7 @@ def test_batched_trials_measure_what_solo_runs_of_their_members_measure(tmp_path
 
 def test_a_batch_stops_once_every_trial_is_hopeless(tmp_path):
     """A success whose curve barely moved makes any trial starting at chance level hopeless."""
-    curves = [({0: 0.94, 20: 0.95, 40: 0.95, 60: 0.95}, 0.95)]
+    curves = [({0: 0.94, 20: 0.95, 40: 0.95, 60: 0.95, 80: 0.95}, 0.95)]
     study, run, candidates = batch_fixture(tmp_path, curves, target=0.95)
     outcomes = run_batch(study, run, candidates, [0, 1], "val_accuracy", tmp_path / "b.nc", False)
     assert [o.verdict for o in outcomes] == [("hopeless", 0)] * 2
@@ -253,7 +285,7 @@ def test_a_batch_stops_once_every_trial_is_hopeless(tmp_path):
 
 
 def test_a_batch_stops_once_every_trial_surely_reached_the_target(tmp_path):
-    curves = [({0: 0.3, 20: 0.5, 40: 0.6, 60: 0.7}, 0.9)]  # never dropped after any step
+    curves = [({0: 0.3, 20: 0.5, 40: 0.6, 60: 0.7, 80: 0.9}, 0.9)]  # never dropped
     study, run, candidates = batch_fixture(tmp_path, curves, target=0.1)
     outcomes = run_batch(study, run, candidates, [0, 1], "val_accuracy", tmp_path / "b.nc", False)
     assert all(o.verdict == ("reached", 0) and o.state == TrialState.COMPLETE for o in outcomes)

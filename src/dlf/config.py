@@ -78,6 +78,13 @@ class ScheduleConfig(Section):
     def _listify(cls, value: Any) -> list[Any]:
         return _as_list(value)
 
+    def first_static_step(self, period: float, steps: int) -> float:
+        """The step from which Γ ≡ 1 for a member of period ``period`` in a run of ``steps``
+        (``steps``: never static). The trainer and the search's pruner both ask this."""
+        if self.static_from is not None:
+            return float(min(self.static_from, steps))
+        return max(steps - period, 0.0) if self.static_last_period else float(steps)
+
     @field_validator("amplitude")
     @classmethod
     def _amplitude(cls, value: list[float]) -> list[float]:

@@ -63,13 +63,7 @@ def build_context(config: RunConfig, plugins: Plugins, members: Sequence[Member]
 
     steps = config.train.steps
     periods = [m.period for m in members]
-    static_from: list[float]
-    if config.schedule.static_from is not None:
-        static_from = [float(config.schedule.static_from)] * len(members)
-    elif config.schedule.static_last_period:
-        static_from = [max(steps - p, 0.0) for p in periods]
-    else:
-        static_from = [float(steps)] * len(members)
+    static_from = [config.schedule.first_static_step(p, steps) for p in periods]
     objective = Objective(
         model, loss, static, tensor(data.x_train), tensor(data.y_train, torch.long)
     )

@@ -75,11 +75,25 @@ class WidthLadder(Section):
 
 
 class SamplerConfig(Section):
-    """How (A, T) are proposed: TPE (default), uniform random, or a scrambled Sobol sequence."""
+    """How (A, T) are proposed after ``search.points``.
 
-    name: Literal["tpe", "random", "qmc"] = "tpe"
-    seed: int = Field(0, description="base seed; each batch derives its own from it")
+    ``sobol`` (default): the same scrambled Sobol sequence at every width, so trial k of a width
+    tries the same (A, T) whatever the number of workers or the order trials finish in, and
+    the answer does not depend on ``--workers``. ``tpe`` and ``random`` ask Optuna's samplers,
+    which learn from (or draw independently of) the trials finished so far: adaptive, but the
+    proposals then depend on completion order.
+    """
+
+    name: Literal["sobol", "tpe", "random"] = "sobol"
+    seed: int = Field(0, description="seed of the Sobol scrambling or of Optuna's sampler")
     startup_trials: int = Field(8, ge=0, description="TPE: random trials before modelling")
+
+
+class Point(Section):
+    """One (A, T) tried at every width before the sampler's proposals."""
+
+    amplitude: float = Field(ge=1)
+    period: float = Field(gt=0)
 
 
 class PrunerConfig(Section):
@@ -92,6 +106,9 @@ class PrunerConfig(Section):
         4, ge=1, description="full-length trials before anything is decided"
     )
     margin: float = Field(0.05, ge=0, le=1, description="safety margin on the accuracy")
+    settle_steps: int = Field(
+        200, ge=0, description="steps of static Γ before an evaluation of a dynamical trial counts"
+    )
 
 
 class SearchConfig(Section):
@@ -103,6 +120,11 @@ class SearchConfig(Section):
     width: WidthLadder = Field(default_factory=WidthLadder)
     amplitude: AmplitudeRange = Field(default_factory=AmplitudeRange)
     period: PeriodRange = Field(default_factory=PeriodRange)
+    points: list[Point] | None = Field(
+        None,
+        description="(A, T) tried first at every width; default: the papers' A = 10, T = 100 "
+        "where it lies in the searched box",
+    )
     static_baseline: bool = Field(True, description="also find the static loss's minimal width")
     trials_per_width: int = Field(8, ge=1, description="(A, T) trials before a width is given up")
     batch: int = Field(4, ge=1, description="trials evaluated together in one ensemble run")
@@ -139,6 +161,21 @@ class SearchConfig(Section):
         if not value or len(set(value)) != len(value):
             raise ValueError("seeds must be a non-empty list of distinct integers")
         return value
+
+    @model_validator(mode="after")
+    def _points_in_box(self) -> SearchConfig:
+        if self.points is None:
+            papers = Point(amplitude=10.0, period=100.0)
+            inside = self.amplitude.low <= 10 <= self.amplitude.high
+            inside = inside and self.period.low <= 100 <= self.period.high
+            self.points = [papers] if inside else []
+        for i, point in enumerate(self.points):
+            a, t = point.amplitude, point.period
+            if not (self.amplitude.low <= a <= self.amplitude.high):
+                raise ValueError(f"points[{i}].amplitude {a:g} lies outside search.amplitude")
+            if not (self.period.low <= t <= self.period.high):
+                raise ValueError(f"points[{i}].period {t:g} lies outside search.period")
+        return self
 
     @model_validator(mode="after")
     def _batch_fits(self) -> SearchConfig:

@@ -68,6 +68,7 @@ class BatchMonitor:
         values = state.val_accuracy if self.metric == "val_accuracy" else state.train_accuracy
         means = torch.nan_to_num(values.detach(), nan=0.0).view(len(self.trials), -1).mean(dim=1)
         pruner = self.study.pruner
+        references = None  # read from the storage at most once per evaluation round
         for i, trial in enumerate(self.trials):
             value = float(means[i])
             self.curves[i][state.step] = value
@@ -75,7 +76,11 @@ class BatchMonitor:
             if i in self.verdicts:
                 continue
             if isinstance(pruner, TargetPruner):
-                verdict = pruner.verdict(self.study, self.curves[i], trial.params)
+                if state.step < pruner.judged_from(trial.params):
+                    continue  # Γ oscillates or just stopped: not judged (no storage read)
+                if references is None:
+                    references = pruner.references(self.study)
+                verdict = pruner.verdict(references, self.curves[i], trial.params)
             else:
                 verdict = HOPELESS if trial.should_prune() else None
             if verdict is not None:

@@ -27,6 +27,7 @@ WORKER_ATTR = "dlf:worker"
 HEARTBEAT_ATTR = "dlf:heartbeat"
 RETRY_OF = "retry_of"
 WIDTH = "width"
+SLOT = "slot"  # user attribute: the trial is the slot-th (A, T) proposal at its width
 
 HOST = socket.gethostname()
 
@@ -34,6 +35,12 @@ HOST = socket.gethostname()
 def worker_id() -> str:
     """``host:pid:token`` for this process; the token tells apart processes that reuse a pid."""
     return f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def trial_id(storage: BaseStorage, study: optuna.Study, number: int) -> int:
+    """The storage's id of trial ``number`` of ``study``, through the public storage API."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
 
 
 def claim(storage: BaseStorage, trial_id: int, worker: str) -> None:
@@ -79,16 +86,20 @@ def _process_gone(pid: int) -> bool:
     return False
 
 
+def holder_gone(worker: str) -> bool:
+    """Whether the process ``worker`` (a :func:`worker_id`) ran on this host and has exited."""
+    host, pid, _ = worker.rsplit(":", 2)
+    return host == HOST and int(pid) != os.getpid() and _process_gone(int(pid))
+
+
 def is_stale(trial: FrozenTrial, grace_seconds: float, now: float | None = None) -> bool:
     """Whether a RUNNING trial's worker is known dead or silent for longer than the grace."""
     if trial.state != TrialState.RUNNING:
         return False
     now = time.time() if now is None else now
     worker = trial.system_attrs.get(WORKER_ATTR)
-    if isinstance(worker, str):
-        host, pid, _ = worker.rsplit(":", 2)
-        if host == HOST and int(pid) != os.getpid() and _process_gone(int(pid)):
-            return True
+    if isinstance(worker, str) and holder_gone(worker):
+        return True
     beat = trial.system_attrs.get(HEARTBEAT_ATTR)
     if beat is None:  # died between ask and claim: judge by the start time
         start = trial.datetime_start or datetime.now()
@@ -99,15 +110,17 @@ def is_stale(trial: FrozenTrial, grace_seconds: float, now: float | None = None)
 def retry(study: optuna.Study, storage: BaseStorage, trial: FrozenTrial, reason: str) -> bool:
     """Fail ``trial`` and enqueue a fresh trial with its parameters; False if another process
     finished or retried it first. ``storage`` is the one ``study`` was opened on."""
+    tid = trial_id(storage, study, trial.number)
     try:
-        storage.set_trial_system_attr(trial._trial_id, "dlf:failed", reason)
-        if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+        storage.set_trial_system_attr(tid, "dlf:failed", reason)
+        if not storage.set_trial_state_values(tid, TrialState.FAIL):
             return False
     except UpdateFinishedTrialError:
         return False
     if trial.params:
         width = trial.params.get(WIDTH, trial.user_attrs.get(WIDTH))
-        study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number, WIDTH: width})
+        attrs = {RETRY_OF: trial.number, WIDTH: width, SLOT: trial.user_attrs.get(SLOT)}
+        study.enqueue_trial(trial.params, user_attrs=attrs)
     return True
 
 

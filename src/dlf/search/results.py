@@ -18,7 +18,7 @@ import xarray as xr
 from optuna.trial import FrozenTrial, TrialState
 
 from dlf.search.config import StudyConfig
-from dlf.search.ladder import Bracket, bracket, rungs, trial_width
+from dlf.search.ladder import FINISHED, Bracket, bracket, rungs, trial_width
 from dlf.search.liveness import RETRY_OF
 from dlf.trace import ENGINE, write_netcdf
 
@@ -27,23 +27,34 @@ STUDY_FILE = "study.nc"
 
 @dataclass(frozen=True)
 class Best:
-    """The best trial at a width: its schedule and seed-mean metric with its standard error."""
+    """The best trial at a width: its schedule, seed-mean metric with its standard error, and
+    how many trials that width had (the best of many is an optimistic pick)."""
 
+    width: int
     number: int
     amplitude: float
     period: float
     value: float
     sem: float
+    trials: int
+
+    def describe(self, dynamical: bool) -> str:
+        text = f"{self.value:.3f} ± {self.sem:.3f}"
+        if dynamical:
+            text += f" at A = {self.amplitude:.3g}, T = {self.period:.3g}"
+        trials = "1 trial" if self.trials == 1 else f"best of {self.trials} trials"
+        return f"{text}, {trials}"
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One track's answer: the bracket on w* and the best trial at w* (if any)."""
+    """One track's answer: the bracket on w*, the best trial at w* and at the rung below it."""
 
     kind: str
     loss: str
     bracket: Bracket
-    best: Best | None
+    best: Best | None  # at w*
+    below: Best | None  # at the rung just below w* (or the widest rung, if none reaches)
     trials: int
     member_steps: int
 
@@ -52,45 +63,59 @@ class Finding:
         return self.bracket.w_star
 
     def sentence(self, target: float, metric: str) -> str:
+        dynamical = self.kind == "dynamical"
+        below = (
+            ""
+            if self.below is None
+            else (f"; at width {self.below.width}: {self.below.describe(dynamical)}")
+        )
         if self.bracket.converged and self.w_star is None:
             widest = self.bracket.ladder[-1]
-            return f"{self.loss} does not reach {metric} {target:g} up to width {widest}"
+            return f"{self.loss} does not reach {metric} {target:g} up to width {widest}{below}"
         if not self.bracket.converged:
             return f"{self.loss}: not converged yet, {self.bracket.describe()}"
         text = f"{self.loss} reaches {metric} ≥ {target:g} at width w* = {self.w_star}"
         if self.best is not None:
-            text += f" ({self.best.value:.3f} ± {self.best.sem:.3f}"
-            if self.kind == "dynamical":
-                text += f" at A = {self.best.amplitude:.3g}, T = {self.best.period:.3g}"
-            text += ")"
-        return text
+            text += f" ({self.best.describe(dynamical)})"
+        return text + below
 
 
 def sem(values: list[float]) -> float:
     return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
+def best_at(trials: list[FrozenTrial], width: int) -> Best | None:
+    """The completed trial with the highest value at ``width`` (None: none completed there)."""
+    at = [
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE and trial_width(t) == width and t.value is not None
+    ]
+    if not at:
+        return None
+    top = max(at, key=lambda t: float(t.value))  # type: ignore[arg-type]
+    finished = sum(t.state in FINISHED and trial_width(t) == width for t in trials)
+    return Best(
+        width,
+        top.number,
+        float(top.params.get("amplitude", 1.0)),
+        float(top.params.get("period", np.nan)),
+        float(top.value),  # type: ignore[arg-type]
+        sem(top.user_attrs.get("seed_values", [])),
+        finished,
+    )
+
+
 def find(config: StudyConfig, kind: str, loss: str, trials: list[FrozenTrial]) -> Finding:
     search = config.search
     per_width = search.trials_at_width(kind)
-    b = bracket(search.width.ladder(), rungs(trials), search.target, per_width)
-    best = None
-    if b.w_star is not None:
-        at = [
-            t
-            for t in trials
-            if t.state == TrialState.COMPLETE and trial_width(t) == b.w_star and t.value is not None
-        ]
-        top = max(at, key=lambda t: t.value)  # type: ignore[arg-type, return-value]
-        best = Best(
-            top.number,
-            float(top.params.get("amplitude", 1.0)),
-            float(top.params.get("period", np.nan)),
-            float(top.value),  # type: ignore[arg-type]
-            sem(top.user_attrs.get("seed_values", [])),
-        )
+    ladder = search.width.ladder()
+    b = bracket(ladder, rungs(trials), search.target, per_width)
+    best = None if b.w_star is None else best_at(trials, b.w_star)
+    below_index = b.hi - 1 if b.converged else b.lo
+    below = best_at(trials, ladder[below_index]) if below_index >= 0 else None
     steps = sum(int(t.user_attrs.get("member_steps", 0)) for t in trials)
-    return Finding(kind, loss, b, best, len(trials), steps)
+    return Finding(kind, loss, b, best, below, len(trials), steps)
 
 
 def findings(config: StudyConfig, studies: dict[str, optuna.Study]) -> dict[str, Finding]:
@@ -202,9 +227,10 @@ def study_dataset(
         ds.attrs[f"{kind}_converged"] = int(f.bracket.converged)
         ds.attrs[f"{kind}_w_star"] = -1 if f.w_star is None else f.w_star
         ds.attrs[f"{kind}_member_steps"] = f.member_steps
-        if f.best is not None:
-            for key in ("number", "amplitude", "period", "value", "sem"):
-                ds.attrs[f"{kind}_best_{key}"] = getattr(f.best, key)
+        for name, best in (("best", f.best), ("below", f.below)):
+            if best is not None:
+                for key in ("width", "number", "amplitude", "period", "value", "sem", "trials"):
+                    ds.attrs[f"{kind}_{name}_{key}"] = getattr(best, key)
     return ds
 
 

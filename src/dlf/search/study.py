@@ -10,21 +10,22 @@ processes against the same storage; several machines can do the same against Pos
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
+import signal
 import sys
 import time
-import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
 
 import optuna
 import torch
-from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
-from optuna.samplers import BaseSampler, PartialFixedSampler, QMCSampler, RandomSampler, TPESampler
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
@@ -35,8 +36,19 @@ from dlf.run import build_context
 from dlf.search.config import StudyConfig
 from dlf.search.evaluate import Candidate, run_batch, tell
 from dlf.search.ladder import FINISHED, PENDING, Bracket, bracket, next_width, rungs, trial_width
-from dlf.search.liveness import WIDTH, Heartbeat, claim, recover_stale, retry, worker_id
-from dlf.search.pruning import make_pruner, static_from
+from dlf.search.liveness import (
+    SLOT,
+    WIDTH,
+    Heartbeat,
+    claim,
+    recover_stale,
+    retry,
+    trial_id,
+    worker_id,
+)
+from dlf.search.lock import StudyLock
+from dlf.search.proposals import fixed_proposal, make_sampler
+from dlf.search.pruning import make_pruner
 from dlf.search.storage import open_storage, open_studies, study_dir
 
 POLL_SECONDS = 2.0  # how often an idle worker looks whether others finished
@@ -61,15 +73,16 @@ class Track:
         table = rungs(self.trials())
         return bracket(search.width.ladder(), table, search.target, self.trials_per_width)
 
-    def next_job(self, config: StudyConfig) -> tuple[int, int] | None:
-        """(width, number of trials) to start now, or None: retries first, then the bisection."""
+    def next_job(self, config: StudyConfig) -> tuple[int, int, bool] | None:
+        """(width, number of trials, retries?) to start now, or None: retries first, then the
+        bisection. Only meaningful under the study lock, where nobody else asks meanwhile."""
         trials = self.trials()
         waiting = [t for t in trials if t.state == TrialState.WAITING]
         if waiting:  # retries of lost trials carry their width
             width = trial_width(waiting[0])
             same = [t for t in waiting if trial_width(t) == width]
             if width is not None:
-                return width, min(len(same), config.search.batch)
+                return width, min(len(same), config.search.batch), True
         ladder = config.search.width.ladder()
         job = next_width(ladder, rungs(trials), config.search.target, self.trials_per_width)
         if job is None:
@@ -79,7 +92,12 @@ class Track:
         if self.budget is not None:
             used = sum(t.state in (*FINISHED, *PENDING) for t in trials)
             room = min(room, self.budget - used)
-        return (width, room) if room > 0 else None
+        return (width, room, False) if room > 0 else None
+
+    def used_slots(self, width: int) -> int:
+        """Trials at ``width`` finished or under way: the next fresh trial takes this slot."""
+        states = (*FINISHED, *PENDING)
+        return sum(trial_width(t) == width and t.state in states for t in self.trials())
 
     def busy(self) -> bool:
         return any(t.state in PENDING for t in self.trials())
@@ -95,7 +113,7 @@ def make_tracks(config: StudyConfig, studies: dict[str, optuna.Study]) -> list[T
         run = config.run.model_copy(
             update={"loss": config.run.loss.model_copy(update={"name": names[kind]})}
         )
-        study.pruner = make_pruner(search.pruner, search.target, static_from(run))
+        study.pruner = make_pruner(search.pruner, search.target, run)
         per_width = search.trials_at_width(kind)
         tracks.append(
             Track(kind, study, run, dynamical, per_width, search.trials if dynamical else None)
@@ -103,36 +121,31 @@ def make_tracks(config: StudyConfig, studies: dict[str, optuna.Study]) -> list[T
     return tracks
 
 
-def make_sampler(config: StudyConfig, width: int, seed: int) -> BaseSampler:
-    """The configured sampler for A and T, with the width fixed to the job's."""
-    cfg = config.search.sampler
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        base: BaseSampler
-        if cfg.name == "tpe":
-            base = TPESampler(seed=seed, n_startup_trials=cfg.startup_trials, constant_liar=True)
-        elif cfg.name == "random":
-            base = RandomSampler(seed=seed)
-        else:  # the Sobol sequence continues across batches only with one seed
-            base = QMCSampler(seed=cfg.seed, scramble=True, warn_asynchronous_seeding=False)
-        return PartialFixedSampler({WIDTH: width}, base)
-
-
 class Worker:
     """One process's share of the study: the job loop against the shared storage."""
 
-    def __init__(self, config: StudyConfig, index: int = 0, progress: bool = False) -> None:
+    def __init__(
+        self,
+        config: StudyConfig,
+        index: int = 0,
+        progress: bool = False,
+        keep_going: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.config = config
         self.index = index
         self.progress = progress
+        self.keep_going = keep_going  # False once this worker should stop between batches
         self.storage: BaseStorage = open_storage(config)
         self.tracks = make_tracks(config, open_studies(config, self.storage))
         self.id = worker_id()
         self.dir = study_dir(config)
-        # Sampler seeds differ between the workers of one command by their index; against a
-        # shared storage URL (the same command started on several machines, all with index 0)
-        # they also differ by this process's id, or two workers would propose the same (A, T).
+        self.lock = StudyLock(self.storage, config.name, self.id, config.search.grace_seconds)
+        # Optuna's samplers (tpe, random) get seeds that differ between the workers of one
+        # command by their index, and against a shared storage URL (the same command started
+        # on several machines, all with index 0) also by this process's id.
         self.stream = 0 if config.search.storage is None else zlib.crc32(self.id.encode())
+        self.started = time.monotonic()
+        self.batch_seconds: list[float] = []
 
     def say(self, message: str) -> None:
         prefix = f"[worker {self.index}] " if self.index else ""
@@ -140,53 +153,60 @@ class Worker:
 
     def run(self) -> None:
         """Take jobs until every track is converged or out of budget and nothing is pending."""
-        grace = self.config.search.grace_seconds
-        while True:
-            job = None
+        while self.keep_going():
             for track in self.tracks:
-                retried = recover_stale(track.study, self.storage, grace)
-                if retried:
-                    self.say(f"{track.kind}: retrying trials {retried} whose worker is gone")
-                job = track.next_job(self.config)
-                if job is not None:
-                    self.do(track, *job)
+                candidates = self.take(track)
+                if candidates:
+                    self.evaluate(track, candidates)
                     break
-            if job is None:
+            else:
                 if not any(track.busy() for track in self.tracks):
                     return
                 time.sleep(POLL_SECONDS)
 
-    def ask(self, track: Track, width: int, n: int) -> list[Candidate]:
+    def take(self, track: Track) -> list[Candidate]:
+        """Atomically (under the study lock): retry lost trials, choose the next job, ask its
+        trials and claim them, so that no two workers take the same slot or overshoot."""
+        with self.lock:
+            retried = recover_stale(track.study, self.storage, self.config.search.grace_seconds)
+            if retried:
+                self.say(f"{track.kind}: retrying trials {retried} whose worker is gone")
+            job = track.next_job(self.config)
+            if job is None:
+                return []
+            width, n, retries = job
+            first_slot = track.used_slots(width)
+            return [self.ask(track, width, None if retries else first_slot + i) for i in range(n)]
+
+    def ask(self, track: Track, width: int, slot: int | None) -> Candidate:
+        """One trial at ``width``: slot ``slot`` of its proposals, or (None) a waiting retry."""
         search = self.config.search
-        seed = (search.sampler.seed + 10_007 * len(track.trials()) + self.index + self.stream) % (
-            2**32
-        )
-        track.study.sampler = make_sampler(self.config, width, seed)
+        fixed: dict[str, float] = {WIDTH: width}
+        if track.dynamical and slot is not None:
+            fixed.update(fixed_proposal(search, slot) or {})
+        seed = search.sampler.seed + 10_007 * len(track.trials()) + self.index + self.stream
+        track.study.sampler = make_sampler(search, fixed, seed % 2**32)
+        trial = track.study.ask()
+        claim(self.storage, trial_id(self.storage, track.study, trial.number), self.id)
         ladder = search.width.ladder()
-        candidates = []
-        for _ in range(n):
-            trial = track.study.ask()
-            claim(self.storage, trial._trial_id, self.id)
-            trial.suggest_int(WIDTH, ladder[0], ladder[-1], log=True)
-            if track.dynamical:
-                amplitude = trial.suggest_float(
-                    "amplitude", search.amplitude.low, search.amplitude.high, log=True
-                )
-                period = trial.suggest_float(
-                    "period", search.period.low, search.period.high, log=True
-                )
-            else:
-                amplitude, period = 1.0, float(track.run.train.steps)
-            candidates.append(Candidate(trial, amplitude, period))
-        return candidates
+        trial.suggest_int(WIDTH, ladder[0], ladder[-1], log=True)
+        if slot is not None:
+            trial.set_user_attr(SLOT, slot)
+        if not track.dynamical:
+            return Candidate(trial, 1.0, float(track.run.train.steps))
+        amplitude = trial.suggest_float(
+            "amplitude", search.amplitude.low, search.amplitude.high, log=True
+        )
+        period = trial.suggest_float("period", search.period.low, search.period.high, log=True)
+        return Candidate(trial, amplitude, period)
 
-    def do(self, track: Track, width: int, n: int) -> None:
-        """Ask ``n`` trials, evaluate each width group (retries may differ) as one run, tell."""
-        candidates = sorted(self.ask(track, width, n), key=lambda c: c.trial.params[WIDTH])
-        for group_width, group in groupby(candidates, key=lambda c: c.trial.params[WIDTH]):
-            self.evaluate(track, int(group_width), list(group))
+    def evaluate(self, track: Track, candidates: Sequence[Candidate]) -> None:
+        """Evaluate each width group (retries may differ) as one run."""
+        ordered = sorted(candidates, key=lambda c: c.trial.params[WIDTH])
+        for width, group in groupby(ordered, key=lambda c: c.trial.params[WIDTH]):
+            self.evaluate_width(track, int(width), list(group))
 
-    def evaluate(self, track: Track, width: int, candidates: Sequence[Candidate]) -> None:
+    def evaluate_width(self, track: Track, width: int, candidates: Sequence[Candidate]) -> None:
         search = self.config.search
         numbers = [c.trial.number for c in candidates]
         trace = Path("runs") / f"{track.kind}-w{width:04d}-t{numbers[0]:04d}.nc"
@@ -197,7 +217,8 @@ class Worker:
         run = track.run.model_copy(
             update={"model": track.run.model.model_copy(update={"width": width})}
         )
-        ids = [c.trial._trial_id for c in candidates]
+        ids = [trial_id(self.storage, track.study, n) for n in numbers]
+        start = time.monotonic()
         try:
             with Heartbeat(self.storage, ids, search.heartbeat_seconds):
                 outcomes = run_batch(
@@ -212,6 +233,7 @@ class Worker:
         except BaseException as exc:
             self.release(track, ids, exc)
             raise
+        self.batch_seconds.append(time.monotonic() - start)
         n_seeds = len(search.seeds)
         for i, (candidate, outcome) in enumerate(zip(candidates, outcomes, strict=True)):
             members = list(range(i * n_seeds, (i + 1) * n_seeds))
@@ -234,22 +256,61 @@ class Worker:
             f"{track.kind}: width {width} → best {search.metric} {best:.3f}"
             f" ({pruned} of {len(outcomes)} pruned{early})"
         )
+        self.say(self.overview())
+
+    def overview(self) -> str:
+        """The study's state after a batch: each track's bracket, time spent and a rough ETA
+        (bisection steps left × the mean batch time so far)."""
+        parts, probes_left = [], 0
+        for track in self.tracks:
+            b = track.bracket(self.config)
+            parts.append(f"{track.kind} {b.describe()}")
+            if not b.converged:
+                probes_left += math.ceil(math.log2(b.hi - b.lo))
+        elapsed = time.monotonic() - self.started
+        mean = sum(self.batch_seconds) / len(self.batch_seconds)
+        eta = "done" if probes_left == 0 else f"≈ {probes_left} widths to go, ETA ≳ "
+        eta += "" if probes_left == 0 else _minutes(probes_left * mean)
+        return f"study: {'; '.join(parts)} — {_minutes(elapsed)} so far, {eta}"
 
     def release(self, track: Track, trial_ids: Sequence[int], exc: BaseException) -> None:
         """Interrupted trials are retried by the next run; trials hit by an error fail."""
-        for trial_id in trial_ids:
-            trial = self.storage.get_trial(trial_id)
+        for tid in trial_ids:
+            trial = self.storage.get_trial(tid)
             if isinstance(exc, KeyboardInterrupt):
                 retry(track.study, self.storage, trial, "interrupted")
             elif not trial.state.is_finished():
-                self.storage.set_trial_system_attr(trial_id, "dlf:failed", repr(exc)[:500])
-                self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+                self.storage.set_trial_system_attr(tid, "dlf:failed", repr(exc)[:500])
+                self.storage.set_trial_state_values(tid, TrialState.FAIL)
 
 
-def _work(config: StudyConfig, index: int, threads: int) -> None:
-    """Entry point of a worker process."""
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a batch system's stop, ``kill``) is handled like Ctrl-C: lost trials are
+    released for a retry and the study's results are written."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _work(config: StudyConfig, index: int, threads: int, parent: int) -> None:
+    """Entry point of a worker process: stops between batches once its parent is gone."""
     torch.set_num_threads(threads)
-    Worker(config, index).run()
+    with terminate_as_interrupt():
+        try:
+            Worker(config, index, keep_going=lambda: os.getppid() == parent).run()
+        except KeyboardInterrupt:
+            sys.exit(130)
 
 
 def check_study(config: StudyConfig) -> None:
@@ -277,22 +338,36 @@ def progress_wanted(config: StudyConfig) -> bool:
 
 
 def run_workers(config: StudyConfig, workers: int) -> None:
-    """Run the job loop here (one worker) or in ``workers`` processes sharing the storage."""
+    """Run the job loop here (one worker) or in ``workers`` processes sharing the storage.
+
+    Interrupting the parent (Ctrl-C, SIGTERM) interrupts its workers, which release their
+    trials for a retry; a parent killed outright leaves workers that stop after their batch."""
     if workers < 1:
         raise ConfigError("--workers", f"must be >= 1 (got {workers})")
-    if workers == 1:
-        Worker(config, 0, progress_wanted(config)).run()
-        return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_work, args=(config, i + 1, threads), name=f"dlf-worker-{i + 1}")
-        for i in range(workers)
-    ]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join()
+    with terminate_as_interrupt():
+        if workers == 1:
+            Worker(config, 0, progress_wanted(config)).run()
+            return
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")
+        processes = [
+            context.Process(
+                target=_work, args=(config, i + 1, threads, os.getpid()), name=f"dlf-worker-{i + 1}"
+            )
+            for i in range(workers)
+        ]
+        try:
+            for process in processes:
+                process.start()
+            for process in processes:
+                process.join()
+        except KeyboardInterrupt:
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()  # SIGTERM: the worker releases its trials
+            for process in processes:
+                process.join()
+            raise
     failed = [p.name for p in processes if p.exitcode != 0]
     if failed:
         raise DlfError(f"worker processes failed: {', '.join(failed)} (see their messages above)")

@@ -62,6 +62,11 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    from dlf.search.results import is_study, study_summary
+
+    if is_study(args.trace):
+        print(study_summary(args.trace))
+        return 0
     from dlf.summary import summarise
 
     print(summarise(args.trace))
@@ -111,8 +116,8 @@ def parser() -> argparse.ArgumentParser:
         help="dynamics: add a column zoomed on these steps, or on the first instability",
     )
     plot.set_defaults(func=_cmd_plot)
-    show = sub.add_parser("show", help="print a readable summary of a trace")
-    show.add_argument("trace", type=Path)
+    show = sub.add_parser("show", help="print a readable summary of a trace or a study")
+    show.add_argument("trace", type=Path, help="a trace, a study's study.nc or its folder")
     show.set_defaults(func=_cmd_show)
     return top
 

@@ -64,8 +64,23 @@ def run_study(config: StudyConfig, out_dir: Path | None = None, workers: int = 1
     if out_dir is not None:
         config = config.with_root(out_dir)
     check_study(config)
-    open_studies(config, open_storage(config))  # refuses a stored study with another setup
-    run_workers(config, workers)
+    studies = open_studies(config, open_storage(config))  # refuses another setup's study
+    kept = sum(
+        t.state.is_finished()
+        for study in studies.values()
+        for t in study.get_trials(deepcopy=False)
+    )
+    if kept:
+        print(
+            f"resuming study {config.name!r} in {study_dir(config)}: {kept} finished trials kept "
+            "(delete that folder to start afresh)",
+            file=sys.stderr,
+        )
+    try:
+        run_workers(config, workers)
+    except KeyboardInterrupt:
+        summarise(config)  # what finished so far, then the interrupt goes on to the CLI
+        raise
     return summarise(config)
 
 

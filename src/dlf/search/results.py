@@ -17,6 +17,7 @@ import optuna
 import xarray as xr
 from optuna.trial import FrozenTrial, TrialState
 
+from dlf.errors import DlfError
 from dlf.search.config import StudyConfig
 from dlf.search.ladder import FINISHED, Bracket, bracket, rungs, trial_width
 from dlf.search.liveness import RETRY_OF
@@ -247,3 +248,45 @@ def open_study(path: str | Path) -> xr.Dataset:
         path = path / STUDY_FILE
     with xr.open_dataset(path, engine=ENGINE) as ds:
         return ds.load()
+
+
+def is_study(path: Path) -> bool:
+    """Whether ``path`` is a study's ``study.nc`` or a folder holding one."""
+    path = Path(path)
+    return (path / STUDY_FILE).is_file() if path.is_dir() else path.name == STUDY_FILE
+
+
+def study_summary(path: Path) -> str:
+    """``dlf-study show`` for a study: the answer per track, as ``study.nc`` records it."""
+    try:
+        ds = open_study(path)
+    except (OSError, ValueError) as exc:
+        raise DlfError(f"cannot open study {path}: {exc}") from None
+    target, metric = ds.attrs.get("target"), ds.attrs.get("metric")
+    lines = [f"study {path}", f"  {ds.attrs.get('title', '')}: target {metric} >= {target}"]
+    for kind in ("dynamical", "static"):
+        if f"{kind}_loss" not in ds.attrs:
+            continue
+        rows = ds["kind"].values == kind
+        states = ds["state"].values[rows]
+        w_star = int(ds.attrs[f"{kind}_w_star"])
+        answer = (
+            "not converged"
+            if not ds.attrs[f"{kind}_converged"]
+            else ("beyond the ladder" if w_star < 0 else f"w* = {w_star}")
+        )
+        lines.append(
+            f"  {kind} ({ds.attrs[f'{kind}_loss']}): {answer}; {rows.sum()} trials "
+            f"({(states == 'COMPLETE').sum()} complete, {(states == 'PRUNED').sum()} pruned), "
+            f"{int(ds.attrs[f'{kind}_member_steps']):,} member-steps"
+        )
+        for name, label in (("best", "at w*"), ("below", "rung below")):
+            if f"{kind}_{name}_value" in ds.attrs:
+                a = {k: ds.attrs[f"{kind}_{name}_{k}"] for k in ("width", "value", "sem", "trials")}
+                at = f"A = {ds.attrs[f'{kind}_{name}_amplitude']:.3g}, "
+                at += f"T = {ds.attrs[f'{kind}_{name}_period']:.3g}, "
+                lines.append(
+                    f"    {label}: width {a['width']}, {a['value']:.3f} ± {a['sem']:.3f} "
+                    f"({at if kind == 'dynamical' else ''}best of {a['trials']})"
+                )
+    return "\n".join(lines)

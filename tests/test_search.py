@@ -27,11 +27,13 @@ from dlf.errors import ConfigError
 from dlf.run import execute
 from dlf.search import cli_run, load_study_config, open_study, run_study
 from dlf.search.config import PrunerConfig, WidthLadder, study_config_from_raw
-from dlf.search.evaluate import Candidate, run_batch
+from dlf.search.evaluate import Candidate, run_batch, tell
 from dlf.search.ladder import bracket, next_width, rungs
 from dlf.search.liveness import HEARTBEAT_ATTR, HOST, WORKER_ATTR, is_stale
+from dlf.search.lock import StudyLock
+from dlf.search.proposals import fixed_proposal
 from dlf.search.pruning import FULL_LENGTH, TargetPruner, make_pruner
-from dlf.search.storage import JOURNAL_NAME, open_storage, open_studies
+from dlf.search.storage import JOURNAL_NAME, open_storage, open_studies, study_dir
 from dlf.trace import open_trace
 from tests.conftest import tiny_config
 
@@ -304,6 +306,47 @@ def test_diverged_seeds_count_zero_and_are_recorded(tmp_path):
     assert outcome.state == TrialState.COMPLETE
 
 
+def test_a_real_dce_trial_that_ends_above_the_target_is_not_pruned(tmp_path):
+    """Real references of the same study (a near-static one that reached the target, one that
+    did not) and a real DCE trial that is far below the target while Γ oscillates and jumps
+    once Γ is static: it must come out COMPLETE at the target, judged only after the switch."""
+    config = study_config(tmp_path, target=0.8)
+    run = config.run.model_copy(
+        update={
+            "data": config.run.data.model_copy(update={"turns": 1.0}),
+            "model": config.run.model.model_copy(update={"width": 16}),
+            "train": config.run.train.model_copy(update={"steps": 800, "eval_every": 50}),
+        }
+    )
+    study = optuna.create_study(direction="maximize")
+    study.pruner = make_pruner(PrunerConfig(startup_trials=2, margin=0.0, settle_steps=0), 0.8, run)
+
+    def candidates(points):
+        out = []
+        for a, t in points:
+            study.enqueue_trial({"amplitude": a, "period": t})
+            trial = study.ask()
+            trial.suggest_float("amplitude", 1, 20)
+            trial.suggest_float("period", 10, 800)
+            out.append(Candidate(trial, a, t))
+        return out
+
+    refs = candidates([(1.0, 800.0), (10.0, 100.0)])
+    for c, o in zip(
+        refs,
+        run_batch(study, run, refs, [0, 1], "val_accuracy", tmp_path / "r.nc", False),
+        strict=True,
+    ):
+        tell(study, c, o, 0.8)
+    assert max(t.value for t in study.trials) >= 0.8  # a reference reached: pruning is armed
+    (late,) = candidates([(10.0, 400.0)])
+    (outcome,) = run_batch(study, run, [late], [0, 1], "val_accuracy", tmp_path / "l.nc", False)
+    curve = open_trace(tmp_path / "l.nc")["val_accuracy"].mean("member").to_series()
+    assert curve[curve.index < 400].max() < 0.8 - 0.1  # well below the target while oscillating
+    assert outcome.state == TrialState.COMPLETE and outcome.mean >= 0.8
+    assert outcome.verdict is None or outcome.verdict[1] >= 400
+
+
 # --- a whole study ------------------------------------------------------------------------------
 
 
@@ -541,16 +584,99 @@ def test_a_killed_study_resumes_keeping_finished_trials_and_retrying_running_one
     assert (ds["state"] == "FAIL").sum() == len(lost)
 
 
-def test_two_worker_processes_share_the_study_without_duplicates(tmp_path):
-    config = study_config(tmp_path, trials=4)
-    result = run_study(config, workers=2)
-    trials = trials_of(config) + trials_of(config, "static")
-    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-    dynamical = [t for t in trials_of(config)]
-    assert len({t.number for t in dynamical}) == len(dynamical)
-    points = [(t.params["width"], t.params["amplitude"], t.params["period"]) for t in dynamical]
-    assert len(set(points)) == len(points)
-    assert result.study_file.exists()
+def assert_no_duplicates_and_within_budget(config) -> None:
+    search = config.search
+    for kind in ("dynamical", "static"):
+        trials = trials_of(config, kind)
+        assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        slots = [(t.params["width"], t.user_attrs.get("slot")) for t in trials]
+        assert len(set(slots)) == len(slots)  # no (width, slot) asked twice
+        per_width = search.trials_at_width(kind)
+        assert all(slots.count((w, None)) == 0 for w, _ in slots) or kind == "static"
+        for width in {w for w, _ in slots}:
+            assert sum(w == width for w, _ in slots) <= per_width
+    assert len(trials_of(config)) <= search.trials
+
+
+def test_the_answer_does_not_depend_on_the_number_of_workers(tmp_path, finished):
+    """Two worker processes: no trial duplicated, no budget overshot, and the same w* (and
+    the same (A, T) at every slot) as one worker on the same seeds."""
+    one_config, one = finished
+    config = study_config(tmp_path)
+    two = run_study(config, workers=2)
+    assert_no_duplicates_and_within_budget(config)
+    assert_no_duplicates_and_within_budget(one_config)
+    for kind in ("dynamical", "static"):
+        assert two.findings[kind].w_star == one.findings[kind].w_star
+        assert two.findings[kind].bracket.converged == one.findings[kind].bracket.converged
+
+    def proposals(cfg):
+        return {
+            (t.params["width"], t.user_attrs["slot"]): (t.params["amplitude"], t.params["period"])
+            for t in trials_of(cfg)
+        }
+
+    same = proposals(one_config).keys() & proposals(config).keys()
+    assert same and all(proposals(one_config)[k] == proposals(config)[k] for k in same)
+    assert two.study_file.exists()
+
+
+def test_sobol_slots_are_the_configured_points_then_one_sequence_in_the_box(tmp_path):
+    search = study_config(tmp_path, points=[{"amplitude": 3, "period": 20}]).search
+    first = fixed_proposal(search, 0)
+    assert first == {"amplitude": 3.0, "period": 20.0}
+    rest = [fixed_proposal(search, k) for k in range(1, 9)]
+    assert rest == [fixed_proposal(search, k) for k in range(1, 9)]  # deterministic
+    assert len({(p["amplitude"], p["period"]) for p in rest}) == 8
+    assert all(2 <= p["amplitude"] <= 10 and 10 <= p["period"] <= 40 for p in rest)
+    # the papers' point is the default first slot where it lies in the box
+    outside = study_config(
+        tmp_path, amplitude={"low": 2, "high": 50}, period={"low": 10, "high": 70}
+    )
+    assert outside.search.points == []  # T = 100 lies outside [10, 70]
+    raw = study_raw(tmp_path, period={"low": 10, "high": 200})
+    raw["train"]["steps"] = 400
+    papers = study_config_from_raw(raw)
+    assert fixed_proposal(papers.search, 0) == {"amplitude": 10.0, "period": 100.0}
+    tpe = study_config(tmp_path, sampler={"name": "tpe"}).search
+    assert fixed_proposal(tpe, 0) is None  # Optuna's sampler proposes
+
+
+def test_the_study_lock_admits_one_holder_at_a_time_and_takes_over_a_dead_ones(tmp_path):
+    import threading
+
+    config = study_config(tmp_path)
+    study_dir(config).mkdir(parents=True)
+    storages = [open_storage(config) for _ in range(3)]
+    held, overlaps = [0], []
+
+    def hold(storage, i):
+        for _ in range(5):
+            with StudyLock(storage, "s", f"{HOST}:{os.getpid()}:t{i}", grace_seconds=60):
+                held[0] += 1
+                overlaps.append(held[0])
+                time.sleep(0.01)
+                held[0] -= 1
+
+    threads = [threading.Thread(target=hold, args=(st, i)) for i, st in enumerate(storages)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == [1] * 15
+    # a holder killed inside the lock: its process is gone, the next worker takes over
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    storage = storages[0]
+    stuck = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], study_name="s.lock")
+    storage.set_study_system_attr(stuck, "dlf:holder", f"{HOST}:{dead.stdout.strip()}:x")
+    storage.set_study_system_attr(stuck, "dlf:stamp", time.time())
+    with StudyLock(storage, "s", "me:1:y", grace_seconds=60) as lock:
+        assert lock.study_id != stuck
 
 
 def test_top_level_open_study_and_trace_status_match_the_measured_step(finished):

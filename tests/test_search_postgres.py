@@ -22,10 +22,16 @@ from optuna.trial import TrialState
 
 from dlf.search import load_study_config, open_study, run_study
 from dlf.search.config import study_config_from_raw
-from dlf.search.liveness import HEARTBEAT_ATTR, WORKER_ATTR
+from dlf.search.liveness import HEARTBEAT_ATTR, WORKER_ATTR, trial_id
 from dlf.search.storage import open_storage
 from dlf.trace import open_trace
-from tests.test_search import REPO, one_thread, study_raw, trials_of  # noqa: F401
+from tests.test_search import (  # noqa: F401
+    REPO,
+    assert_no_duplicates_and_within_budget,
+    one_thread,
+    study_raw,
+    trials_of,
+)
 
 URL = os.environ.get("DLF_TEST_POSTGRES_URL")
 pytestmark = [
@@ -85,20 +91,29 @@ RUN = textwrap.dedent(
 )
 
 
-def test_two_independent_commands_share_a_postgres_study(tmp_path):
-    """What two machines do: the same command started twice against one database."""
+def test_three_independent_commands_share_a_postgres_study_and_agree_with_one_worker(tmp_path):
+    """What three machines do: the same command started three times against one database
+    (creating its schema at once). No trial lost, duplicated or over budget, and the same
+    answer as one worker with the embedded journal on the same seeds."""
     raw = fresh_raw(tmp_path, trials=6)
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(raw))
     commands = [
         subprocess.Popen([sys.executable, "-c", RUN, str(path)], cwd=REPO, stderr=subprocess.PIPE)
-        for _ in range(2)
+        for _ in range(3)
     ]
     for command in commands:
         _, err = command.communicate(timeout=300)
         assert command.returncode == 0, err.decode()[-2000:]
     config = load_study_config(path)
     assert_nothing_lost_or_duplicated(config, tmp_path / config.name)
+    assert_no_duplicates_and_within_budget(config)
+    alone = study_config_from_raw({**raw, "search": {**raw["search"], "storage": None}})
+    alone = alone.with_root(tmp_path / "alone")
+    one = run_study(alone)
+    shared = run_study(config)  # nothing left to do: summarises the shared study
+    for kind in ("dynamical", "static"):
+        assert shared.findings[kind].w_star == one.findings[kind].w_star
 
 
 def test_a_silent_worker_elsewhere_has_its_trial_retried(tmp_path):
@@ -112,8 +127,9 @@ def test_a_silent_worker_elsewhere_has_its_trial_retried(tmp_path):
     trial.suggest_int("width", 2, 8, log=True)
     trial.suggest_float("amplitude", 2, 10, log=True)
     trial.suggest_float("period", 10, 40, log=True)
-    storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, "elsewhere:4242:gone")
-    storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, time.time() - 10)
+    tid = trial_id(storage, study, trial.number)
+    storage.set_trial_system_attr(tid, WORKER_ATTR, "elsewhere:4242:gone")
+    storage.set_trial_system_attr(tid, HEARTBEAT_ATTR, time.time() - 10)
 
     run_study(config)
 

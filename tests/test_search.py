@@ -392,11 +392,35 @@ def test_each_trial_value_is_its_members_final_accuracy_in_its_trace(finished):
         assert float(trial["value"]) == pytest.approx(float(at.mean()))
 
 
-def test_rerunning_a_finished_study_adds_no_trials(finished):
+def test_rerunning_a_finished_study_adds_no_trials_and_says_what_it_kept(finished, capsys):
     config, _ = finished
     before = {(t.number, t.state, t.value) for t in trials_of(config)}
     run_study(config)
     assert {(t.number, t.state, t.value) for t in trials_of(config)} == before
+    kept = len(before) + len(trials_of(config, "static"))
+    assert f"{kept} finished trials kept" in capsys.readouterr().err
+
+
+def test_show_prints_the_answer_with_its_uncertainty_for_a_study_folder_or_file(finished, capsys):
+    from dlf.cli import main
+
+    _, result = finished
+    dyn = result.findings["dynamical"]
+    for path in (result.directory, result.study_file):
+        assert main(["show", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert "dynamical (dce)" in out and "static (ce)" in out
+        if dyn.w_star is not None:
+            assert f"w* = {dyn.w_star}" in out
+            assert f"{dyn.best.value:.3f} ± {dyn.best.sem:.3f}" in out
+        if dyn.below is not None:
+            assert f"rung below: width {dyn.below.width}, {dyn.below.value:.3f}" in out
+    ds = open_study(result.directory)
+    if dyn.below is not None:
+        assert ds.attrs["dynamical_below_trials"] == dyn.below.trials
+        below = ds.where((ds["kind"] == "dynamical") & (ds["width"] == dyn.below.width), drop=True)
+        assert dyn.below.trials == below.sizes["trial"]
+        assert dyn.below.value == pytest.approx(float(below["value"].max()))
 
 
 # --- bad input -----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from dlf.analyzer import Analyzer, AnalyzerOptions
 from dlf.config import Member, RunConfig, load_config
 from dlf.curvature import Curvature
 from dlf.data import Dataset
+from dlf.dynamical_loss import DynamicalLoss
 from dlf.errors import ConfigError, DlfError, PluginError
 from dlf.hookspecs import hookimpl, hookspec
 from dlf.objective import Objective
@@ -36,6 +37,7 @@ __all__ = [
     "Curvature",
     "Dataset",
     "DlfError",
+    "DynamicalLoss",
     "EvalState",
     "Member",
     "Objective",

@@ -58,6 +58,21 @@ def sine(
     return _emphasis(steps, period, n_classes, raw)
 
 
+def weights(
+    schedule: Schedule,
+    steps: torch.Tensor,
+    amplitude: torch.Tensor,
+    period: torch.Tensor,
+    n_classes: int,
+    static_from: torch.Tensor,
+) -> torch.Tensor:
+    """Γ ``(S, M, C)`` as training uses it: the schedule, and 1 from each member's
+    ``static_from`` on. The trainer and :class:`dlf.DynamicalLoss` both compute Γ here."""
+    gamma = schedule(steps, amplitude, period, n_classes)
+    static = steps[:, None] >= static_from[None, :]
+    return torch.where(static[..., None], torch.ones_like(gamma), gamma)
+
+
 @hookimpl
 def dlf_register(registries: Registries) -> None:
     registries.schedules.add("triangle", triangle)

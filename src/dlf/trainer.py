@@ -19,7 +19,7 @@ from dlf.curvature import Curvature
 from dlf.errors import PluginError
 from dlf.fastpath import gradient_for
 from dlf.plugin_manager import Plugins, blame
-from dlf.schedules import Schedule
+from dlf.schedules import Schedule, weights
 from dlf.state import EvalState, RunContext, StepState
 from dlf.trace import Recorder
 
@@ -91,9 +91,8 @@ class Trainer:
         shape = (len(steps), run.n_members, run.objective.n_classes)
         if not run.objective.loss.dynamical:
             return torch.ones(shape, dtype=run.dtype, device=run.device)
-        gamma = self.schedule(steps, run.amplitude, run.period, run.objective.n_classes)
-        static = steps[:, None] >= run.static_from[None, :]
-        return torch.where(static[..., None], torch.ones_like(gamma), gamma)
+        n_classes = run.objective.n_classes
+        return weights(self.schedule, steps, run.amplitude, run.period, n_classes, run.static_from)
 
     def learning_rates(self, steps: torch.Tensor) -> torch.Tensor:
         """η_t for a block of steps, ``(S, member)``: base η × warm-up × decay factor."""

@@ -8,6 +8,7 @@ Sections whose options depend on a plugin (``data`` beyond ``name``, each entry 
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +20,13 @@ from dlf.errors import ConfigError
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # NaN and ±∞ are refused for every float field: a NaN learning rate or period would train
+    # (NaN compares False to every bound) and an infinite range breaks the search afterwards
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+
+
+MAX_NAME = 100  # characters of a run name: one directory component, well below NAME_MAX
+MAX_SEEDS = 1_000_000
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -136,11 +143,20 @@ class TrainConfig(Section):
     @field_validator("seeds", mode="before")
     @classmethod
     def _seeds(cls, value: Any) -> list[Any]:
-        if isinstance(value, int):
+        if isinstance(value, int) and not isinstance(value, bool):
             if value < 1:
                 raise ValueError("an integer number of seeds must be >= 1")
+            if value > MAX_SEEDS:
+                raise ValueError(f"at most {MAX_SEEDS:,} seeds fit in one run")
             return list(range(value))
         return _as_list(value)
+
+    @field_validator("seeds")
+    @classmethod
+    def _some_seeds(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("give at least one seed (an integer n means seeds 0..n-1)")
+        return value
 
     @model_validator(mode="after")
     def _sgd_needs_batch(self) -> TrainConfig:
@@ -162,7 +178,7 @@ class OutputConfig(Section):
 class RunConfig(Section):
     """A whole run (or, with ``search``, a study): the YAML file's top level."""
 
-    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="names studies/<name>/")
+    name: str = Field("run", description="names studies/<name>/: one safe path component")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -174,12 +190,32 @@ class RunConfig(Section):
     plugins: list[str] = Field(default_factory=list, description="extra plugin modules to load")
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return safe_component(value)
+
     @field_validator("analyzers", mode="before")
     @classmethod
     def _analyzers(cls, value: Any) -> Any:
         if isinstance(value, dict):
             return {k: ({} if v is None else v) for k, v in value.items()}
         return value
+
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def safe_component(value: str) -> str:
+    """``value`` if it is one safe path component (a directory name): letters, digits, '_',
+    '.', '-', not starting with '.' or '-' (so never '.' or '..'), at most MAX_NAME long."""
+    if not NAME_PATTERN.match(value):
+        raise ValueError(
+            "must be one folder name: letters, digits, '_', '.', '-', not starting with '.' or '-'"
+        )
+    if len(value) > MAX_NAME:
+        raise ValueError(f"must be at most {MAX_NAME} characters (got {len(value)})")
+    return value
 
 
 class Member(BaseModel):
@@ -235,37 +271,106 @@ def validate(model: type[BaseModel], raw: Any, prefix: str = "") -> Any:
         raise ConfigError(field, err.message) from None
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file (or one --set value) larger than 1 MiB is refused
+MAX_CONFIG_NODES = 100_000  # YAML nodes after expanding aliases: bounds an alias bomb
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Parse YAML with the safe loader, refusing documents that are too large or that expand
+    (through aliases) to more than MAX_CONFIG_NODES nodes, before anything is constructed."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(where, f"is {len(text):,} characters; at most {MAX_CONFIG_BYTES:,}")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is None:
+            return None
+        expanded = _expanded_size(node)
+        if expanded > MAX_CONFIG_NODES:
+            raise ConfigError(
+                where,
+                f"expands to {expanded:,} YAML nodes through aliases (at most "
+                f"{MAX_CONFIG_NODES:,}); write the values out instead of nesting aliases",
+            )
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(where, f"not valid YAML: {first}") from None
+    except RecursionError:
+        raise ConfigError(where, "nested too deeply") from None
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Nodes of the document with every alias expanded, counted without expanding: a node
+    reached through k aliases counts k times (memoised, so linear in the composed graph)."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            sizes[key] = 1
+            continue
+        if children_done:
+            total = 1 + sum(sizes.get(id(c), 1) for c in children)
+            sizes[key] = min(total, MAX_CONFIG_NODES + 1)
+        else:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` strings (values parsed as YAML) to a raw config mapping."""
     for item in overrides:
         key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError("--set", f"expected key=value, got {item!r}")
-        node = raw
         parts = key.split(".")
+        if not sep or not key or not all(parts):
+            raise ConfigError(
+                "--set", f"expected key=value (key dotted: train.steps=500), got {item!r}"
+            )
+        node = raw
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 raise ConfigError(key, f"{part!r} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(text)
+        node[parts[-1]] = parse_yaml(text, f"--set {key}")
     return raw
 
 
 def load_raw(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping with the safe loader."""
+    """Read a YAML mapping with the safe loader (bounded in size and alias expansion)."""
+    path = Path(path)
     try:
-        text = Path(path).read_text()
+        if path.is_dir():
+            raise ConfigError("", f"{path} is a folder, not a config file")
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError("", f"cannot read config {path}: {exc.strerror}") from None
+        raise ConfigError("", f"cannot read config {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError("", f"{path} is larger than {MAX_CONFIG_BYTES:,} bytes; not a config")
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError("", f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            "", f"{path} is not UTF-8 text (byte {exc.start}); is it a config file?"
+        ) from None
+    if "\x00" in text:
+        raise ConfigError("", f"{path} holds NUL bytes; is it a config file?")
+    raw = parse_yaml(text, str(path))
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError("", f"{path} must hold a mapping of sections")
+    if not all(isinstance(k, str) for k in raw):
+        raise ConfigError("", f"{path}: section names must be strings")
     return raw
 
 

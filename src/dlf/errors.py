@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class DlfError(Exception):
     """Base of the errors a user can cause and fix; the CLI prints them on one line."""
@@ -28,3 +30,16 @@ class PluginError(DlfError):
         self.step = step
         where = f" at step {step}" if step is not None else ""
         super().__init__(f"plugin {plugin!r} failed{where}: {type(cause).__name__}: {cause}")
+
+
+class OutputError(DlfError):
+    """A file could not be written (disk full, read-only folder); the previous file is kept."""
+
+    def __init__(self, path: object, cause: BaseException) -> None:
+        self.path = path
+        code = getattr(cause, "errno", None)
+        if code == errno.ENOSPC or code == errno.EDQUOT:
+            why = "disk full"
+        else:
+            why = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+        super().__init__(f"cannot write {path}: {why}; the previous version of it is kept")

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import xarray as xr
 
 from dlf.analyzer import Analyzer
+from dlf.budget import check_budget, n_members
 from dlf.config import Member, RunConfig, members_of, validate
 from dlf.errors import ConfigError, PluginError
 from dlf.models import MLP
 from dlf.objective import Objective
 from dlf.plugin_manager import Plugins, load_plugins
 from dlf.state import RunContext
-from dlf.trace import Recorder
+from dlf.trace import ContributionError, Recorder, TraceLock
 from dlf.trainer import Trainer
 
 TRACE_NAME = "trace.nc"
@@ -92,6 +94,36 @@ def build_analyzers(config: RunConfig, plugins: Plugins, run: RunContext) -> dic
     return analyzers
 
 
+def prepare(
+    config: RunConfig,
+    *,
+    members: Sequence[Member] | None = None,
+    plugins: Plugins | None = None,
+) -> tuple[Plugins, list[Member], RunContext]:
+    """Everything :func:`execute` checks before it writes: plugins, registry names, data and
+    analyzer options, and the memory the run would need. Raises ConfigError; writes nothing.
+    Sweeps call this for every point before running the first."""
+    plugins = plugins or load_plugins(config.plugins)
+    if members is None:
+        check_budget(config, n_members(config))
+        members = members_of(config)
+    else:
+        members = list(members)
+        check_budget(config, len(members))
+    run = build_context(config, plugins, members)
+    data = run.data
+    check_budget(
+        config,
+        len(members),
+        n_features=data.n_features,
+        n_classes=data.n_classes,
+        n_train=len(data.y_train),
+        n_val=len(data.y_val),
+    )
+    run.analyzers = build_analyzers(config, plugins, run)
+    return plugins, members, run
+
+
 def execute(
     config: RunConfig,
     *,
@@ -102,54 +134,101 @@ def execute(
 ) -> RunResult:
     """Train the config's ensemble (or ``members``) and write the trace; returns where it went.
 
-    Everything that can be wrong with the config is checked before any file is written.
+    Everything that can be wrong with the config is checked before any file is written. The
+    trace is locked for the run (a second run aimed at it is refused), written once before the
+    first step (core variables, ``status = "running"``), at checkpoints, on failure, Ctrl-C or
+    SIGTERM, and at the end.
     """
-    plugins = plugins or load_plugins(config.plugins)
-    members = list(members) if members is not None else members_of(config)
-    run = build_context(config, plugins, members)
-    run.analyzers = build_analyzers(config, plugins, run)
+    plugins, members, run = prepare(config, members=members, plugins=plugins)
     path = trace_path or config.output.root / config.name / TRACE_NAME
     if progress is None:
         mode = config.output.progress
         progress = mode == "always" or (mode == "auto" and sys.stderr.isatty())
-    recorder = Recorder(run, path, config.output.checkpoint_seconds)
     schedule = plugins.registries.schedules.get(config.schedule.name, "schedule.name")
     pm = plugins.manager
-
-    def contributions() -> dict[str, object]:
-        merged: dict[str, object] = {}
+    with TraceLock(path):
+        recorder = Recorder(run, path, config.output.checkpoint_seconds)
+        contributions = Contributions(pm, run, recorder)
+        for name, analyzer in run.analyzers.items():
+            pm.register(analyzer, name=f"analyzer:{name}")
+        theta0 = run.model.init([m.seed for m in members], config.model.init, run.dtype, run.device)
+        trainer = Trainer(run, plugins, schedule, recorder, contributions, progress)
         try:
-            results = pm.hook.dlf_trace_contribute(run=run)
-        except Exception as exc:
-            raise PluginError("trace contribution", recorder.steps_completed, exc) from exc
-        for result in results:
-            for name, value in (result or {}).items():
-                if name in merged:
-                    raise ValueError(f"trace variable {name!r} contributed twice")
-                merged[name] = value
-        return merged
-
-    for name, analyzer in run.analyzers.items():
-        pm.register(analyzer, name=f"analyzer:{name}")
-    theta0 = run.model.init([m.seed for m in members], config.model.init, run.dtype, run.device)
-    trainer = Trainer(run, plugins, schedule, recorder, contributions, progress)
-    try:
-        try:
-            theta = trainer.train(theta0)
-        except (PluginError, KeyboardInterrupt) as exc:
-            recorder.status = "failed" if isinstance(exc, PluginError) else "interrupted"
-            recorder.write(_contributions_or_none(contributions))
-            raise
-        recorder.write(contributions())
-    finally:
-        for name in run.analyzers:
-            pm.unregister(name=f"analyzer:{name}")
+            recorder.write()  # the first checkpoint: a run killed now still leaves a trace
+            try:
+                theta = trainer.train(theta0)
+            except (PluginError, KeyboardInterrupt) as exc:
+                recorder.status = "failed" if isinstance(exc, PluginError) else "interrupted"
+                contributions.write_after_failure()
+                raise
+            contributions.write_final()
+        finally:
+            for name in run.analyzers:
+                pm.unregister(name=f"analyzer:{name}")
     return RunResult(path, recorder.status, theta)
 
 
-def _contributions_or_none(contributions: Callable[[], dict[str, object]]) -> dict[str, object]:
-    """Contributions for a trace written after a failure; if a contributor fails too, none."""
-    try:
-        return contributions()
-    except Exception:
-        return {}
+class Contributions:
+    """Collects ``dlf_trace_contribute`` from each plugin in turn, so that a failure names the
+    plugin; every variable (and coordinate) a plugin adds must carry its prefix."""
+
+    def __init__(self, pm: Any, run: RunContext, recorder: Recorder) -> None:
+        self.pm, self.run, self.recorder = pm, run, recorder
+        self.owner: dict[str, str] = {}  # variable → the plugin that contributed it
+
+    def __call__(self) -> dict[str, object]:
+        merged: dict[str, object] = {}
+        self.owner = {}
+        step = self.recorder.steps_completed
+        for impl in self.pm.hook.dlf_trace_contribute.get_hookimpls():
+            plugin = impl.plugin_name
+            try:
+                result = impl.function(run=self.run)
+            except Exception as exc:
+                raise PluginError(plugin, step, exc) from exc
+            prefix = plugin_prefix(plugin)
+            for name, value in dict(result or {}).items():
+                if not str(name).startswith(prefix):
+                    why = f"trace variable {name!r} must start with {prefix!r}"
+                    raise PluginError(plugin, step, ValueError(why))
+                if name in merged:
+                    why = f"trace variable {name!r} contributed twice"
+                    raise PluginError(plugin, step, ValueError(why))
+                merged[name] = value
+                self.owner[name] = plugin
+        return merged
+
+    def write_final(self) -> None:
+        """The last write, with every contribution; if one fails (or cannot join the trace),
+        the trace of the finished steps is written without them (``status = "failed"``) and
+        the error names the plugin."""
+        recorder = self.recorder
+        try:
+            recorder.write(self())
+        except ContributionError as exc:
+            recorder.status = "failed"
+            recorder.write()
+            self.raise_for(exc)
+        except PluginError:
+            recorder.status = "failed"
+            recorder.write()
+            raise
+
+    def write_after_failure(self) -> None:
+        """The trace after a failure or an interruption: with the contributions if they work,
+        else without them."""
+        try:
+            self.recorder.write(self())
+        except (PluginError, ContributionError):
+            self.recorder.write()
+
+    def raise_for(self, exc: ContributionError) -> None:
+        """A contribution that could not join the trace, as the error of its plugin."""
+        owner = self.owner.get(exc.name, "unknown plugin")
+        raise PluginError(owner, self.recorder.steps_completed, exc) from None
+
+
+def plugin_prefix(plugin_name: str) -> str:
+    """``analyzer:lanczos`` → ``lanczos_``; a module plugin ``pkg.mod`` → ``mod_``."""
+    base = plugin_name.removeprefix("analyzer:").rsplit(".", 1)[-1]
+    return f"{base}_"

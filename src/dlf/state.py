@@ -85,7 +85,12 @@ class StepState:
 
 @dataclass
 class EvalState:
-    """Validation metrics of every member at ``step`` (θ_t, before that step's update)."""
+    """Validation metrics of every member at ``step`` (θ_t, before that step's update).
+
+    Members that diverged before ``step`` are not evaluated: their metrics are NaN and
+    ``active`` is False for them (a member diverging at exactly ``step`` is still active here;
+    the trace masks its evaluation at that step too).
+    """
 
     step: int
     theta: torch.Tensor
@@ -93,3 +98,4 @@ class EvalState:
     val_accuracy: torch.Tensor  # (member,)
     train_accuracy: torch.Tensor  # (member,)
     run: RunContext
+    active: torch.Tensor  # (member,) bool: not diverged before this step

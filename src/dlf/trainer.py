@@ -21,7 +21,7 @@ from dlf.fastpath import gradient_for
 from dlf.plugin_manager import Plugins, blame
 from dlf.schedules import Schedule, weights
 from dlf.state import EvalState, RunContext, StepState
-from dlf.trace import Recorder
+from dlf.trace import ContributionError, Recorder
 
 BLOCK = 256  # steps whose Γ and η are computed at once
 
@@ -131,15 +131,22 @@ class Trainer:
 
     # --- the loop
 
-    def evaluate(self, step: int, theta: torch.Tensor) -> None:
+    def evaluate(self, step: int, theta: torch.Tensor, active: torch.Tensor) -> None:
+        """Validation and training metrics at θ_t; NaN for members that are not ``active``
+        (a diverged member's frozen θ would otherwise score as if it classified something:
+        NaN logits argmax to class 0)."""
         run, obj = self.run, self.run.objective
         val_loss, val_accuracy = self.gradient.evaluate(theta, run.x_val, run.y_val)
         train_loss, train_accuracy = self.gradient.evaluate(theta, obj.x, obj.y)
+        nan = torch.tensor(float("nan"), dtype=val_loss.dtype, device=val_loss.device)
         values = {
-            "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
-            "eval_train_loss": train_loss,
-            "eval_train_accuracy": train_accuracy,
+            name: torch.where(active, value, nan)
+            for name, value in (
+                ("val_loss", val_loss),
+                ("val_accuracy", val_accuracy),
+                ("eval_train_loss", train_loss),
+                ("eval_train_accuracy", train_accuracy),
+            )
         }
         self.recorder.record_eval(step, values)
         state = EvalState(
@@ -149,6 +156,7 @@ class Trainer:
             values["val_accuracy"],
             values["eval_train_accuracy"],
             run,
+            active,
         )
         self._call("dlf_evaluate", step, state=state)
 
@@ -160,6 +168,7 @@ class Trainer:
         """
         run, rec = self.run, self.recorder
         self._call("dlf_run_start", None, run=run)
+        self.active = torch.ones(run.n_members, dtype=torch.bool, device=run.device)
         with tqdm(
             total=run.total_steps, disable=not self.progress, unit="step", leave=False
         ) as bar:
@@ -167,7 +176,7 @@ class Trainer:
         if run.stop_reason is not None:
             rec.status, rec.stop_reason = "stopped", run.stop_reason
         elif rec.status != "diverged":
-            self.evaluate(run.total_steps, theta)
+            self.evaluate(run.total_steps, theta, self.active)
             rec.status = "complete"
         self._call("dlf_run_end", None, run=run)
         return theta
@@ -185,8 +194,9 @@ class Trainer:
         )
         gradient = self.gradient
         limit = cfg.diverge_above  # NaN compares False, so `loss <= limit` also catches NaN
-        active = torch.ones(run.n_members, dtype=torch.bool, device=run.device)
-        diverged_at = torch.full((run.n_members,), -1, dtype=torch.long, device=run.device)
+        active = self.active
+        # the recorder reads this tensor at every write, so diverged_step is never stale
+        diverged_at = rec.track_divergence()
         for start, gamma_block, lr_block in self.blocks():
             steps = zip(gamma_block.unbind(), lr_block.unbind(), strict=True)
             for t, (gamma, lr) in enumerate(steps, start=start):
@@ -196,13 +206,13 @@ class Trainer:
                     idx = batches.indices(t)
                     x, y = obj.x[idx], obj.y[idx]
                 if t % cfg.eval_every == 0:
-                    self.evaluate(t, theta)
+                    self.evaluate(t, theta, active)
                     if run.stop_reason is not None:
                         break
                 loss, grad = gradient(theta, gamma, active, x, y)
                 finite = torch.isfinite(loss) if limit is None else loss <= limit
                 diverged_at.masked_fill_(active > finite, t)  # active now, not finite
-                active = active & finite
+                active = self.active = active & finite
                 due = [a for a in analyzers if a.due(t)]
                 recorded = rec.wants(t)
                 if due or recorded:
@@ -230,12 +240,14 @@ class Trainer:
                 if run.stop_reason is not None:
                     break
             bar.update(rec.steps_completed - start)
-            rec.diverged_step = diverged_at.cpu().numpy()
             if run.stop_reason is not None:
                 break
             if not bool(active.any()):
                 rec.status = "diverged"
                 break
             if rec.checkpoint_due():
-                rec.write(self.contribute())
+                try:
+                    rec.write(self.contribute())
+                except ContributionError as exc:
+                    self.contribute.raise_for(exc)  # type: ignore[attr-defined]
         return theta

@@ -94,11 +94,6 @@ class Track:
             room = min(room, self.budget - used)
         return (width, room, False) if room > 0 else None
 
-    def used_slots(self, width: int) -> int:
-        """Trials at ``width`` finished or under way: the next fresh trial takes this slot."""
-        states = (*FINISHED, *PENDING)
-        return sum(trial_width(t) == width and t.state in states for t in self.trials())
-
     def busy(self) -> bool:
         return any(t.state in PENDING for t in self.trials())
 
@@ -175,7 +170,8 @@ class Worker:
             if job is None:
                 return []
             width, n, retries = job
-            first_slot = track.used_slots(width)
+            rung = rungs(track.trials()).get(width)  # its trials finished or under way
+            first_slot = 0 if rung is None else rung.finished + rung.pending
             return [self.ask(track, width, None if retries else first_slot + i) for i in range(n)]
 
     def ask(self, track: Track, width: int, slot: int | None) -> Candidate:

@@ -544,7 +544,8 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
-def test_a_killed_study_resumes_keeping_finished_trials_and_retrying_running_ones(tmp_path):
+def stop_mid_study(tmp_path, sig: int):
+    """Start a study in a subprocess, and send ``sig`` once a trial finished and one runs."""
     raw = study_raw(
         tmp_path,
         static_baseline=False,
@@ -576,8 +577,24 @@ def test_a_killed_study_resumes_keeping_finished_trials_and_retrying_running_one
         else:
             pytest.fail("the study never had a finished and a running trial at once")
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+    return config
+
+
+def test_sigterm_releases_running_trials_for_a_retry_and_writes_study_nc(tmp_path):
+    config = stop_mid_study(tmp_path, signal.SIGTERM)
+    trials = trials_of(config)
+    released = [t for t in trials if t.system_attrs.get("dlf:failed") == "interrupted"]
+    assert released and all(t.state == TrialState.FAIL for t in released)
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert sorted(t.user_attrs["retry_of"] for t in waiting) == sorted(t.number for t in released)
+    ds = open_study(tmp_path / "tiny")  # written on the way out
+    assert ds.sizes["trial"] == len(trials)
+
+
+def test_a_killed_study_resumes_keeping_finished_trials_and_retrying_running_ones(tmp_path):
+    config = stop_mid_study(tmp_path, signal.SIGKILL)
     before = trials_of(config)
     finished = {t.number: t for t in before if t.state == TrialState.COMPLETE}
     lost = [t for t in before if t.state == TrialState.RUNNING]

@@ -557,7 +557,7 @@ def stop_mid_study(tmp_path, sig: int):
         width={"low": 2, "high": 4, "per_octave": 1},
         pruner={"name": "none"},
     )
-    raw["train"]["steps"] = 1500
+    raw["train"]["steps"] = 5000  # a trial lasts seconds, so the one seen running still runs
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(raw))
     config = load_study_config(path)

@@ -39,6 +39,7 @@ from dlf.search.ladder import FINISHED, PENDING, Bracket, bracket, next_width, r
 from dlf.search.liveness import (
     SLOT,
     WIDTH,
+    WORKER_ATTR,
     Heartbeat,
     claim,
     recover_stale,
@@ -147,7 +148,17 @@ class Worker:
         print(f"{prefix}{message}", file=sys.stderr, flush=True)
 
     def run(self) -> None:
-        """Take jobs until every track is converged or out of budget and nothing is pending."""
+        """Take jobs until every track is converged or out of budget and nothing is pending.
+
+        Interrupted (Ctrl-C, SIGTERM) anywhere, even between asking and training, it releases
+        every trial it holds for a retry before it stops."""
+        try:
+            self.loop()
+        except KeyboardInterrupt:
+            self.release_held()
+            raise
+
+    def loop(self) -> None:
         while self.keep_going():
             for track in self.tracks:
                 candidates = self.take(track)
@@ -226,8 +237,8 @@ class Worker:
                     self.dir / trace,
                     self.progress,
                 )
-        except BaseException as exc:
-            self.release(track, ids, exc)
+        except Exception as exc:
+            self.fail(ids, exc)
             raise
         self.batch_seconds.append(time.monotonic() - start)
         n_seeds = len(search.seeds)
@@ -269,15 +280,19 @@ class Worker:
         eta += "" if probes_left == 0 else _minutes(probes_left * mean)
         return f"study: {'; '.join(parts)} — {_minutes(elapsed)} so far, {eta}"
 
-    def release(self, track: Track, trial_ids: Sequence[int], exc: BaseException) -> None:
-        """Interrupted trials are retried by the next run; trials hit by an error fail."""
+    def fail(self, trial_ids: Sequence[int], exc: Exception) -> None:
+        """Trials whose run raised an error fail with it (they are not retried)."""
         for tid in trial_ids:
-            trial = self.storage.get_trial(tid)
-            if isinstance(exc, KeyboardInterrupt):
-                retry(track.study, self.storage, trial, "interrupted")
-            elif not trial.state.is_finished():
+            if not self.storage.get_trial(tid).state.is_finished():
                 self.storage.set_trial_system_attr(tid, "dlf:failed", repr(exc)[:500])
                 self.storage.set_trial_state_values(tid, TrialState.FAIL)
+
+    def release_held(self) -> None:
+        """Every RUNNING trial this worker claimed is failed and re-enqueued for the next run."""
+        for track in self.tracks:
+            for trial in track.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if trial.system_attrs.get(WORKER_ATTR) == self.id:
+                    retry(track.study, self.storage, trial, "interrupted")
 
 
 def _minutes(seconds: float) -> str:

@@ -29,10 +29,10 @@ import scipy.sparse.linalg as sla
 import torch
 
 import dlf
-from dlf.curvature import DEFAULT_TOL, Curvature
-from dlf.plugin_manager import load_plugins
-from dlf.run import build_context
-from dlf.schedules import triangle
+from dlf.curvature.helper import DEFAULT_TOL, Curvature
+from dlf.engine.run import build_context
+from dlf.hooks.manager import load_plugins
+from dlf.numerics.schedules import triangle
 
 MEMBERS, WIDTH, AMPLITUDE, PERIOD = 20, 100, 10.0, 100.0
 

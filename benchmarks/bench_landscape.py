@@ -15,10 +15,10 @@ import time
 import torch
 from dlf_landscape.grid import evaluate_plane, rows_per_chunk
 
-from dlf.data import SpiralOptions, spiral
-from dlf.losses import BUILTIN_LOSSES
-from dlf.models import MLP
-from dlf.objective import Objective
+from dlf.numerics.data import SpiralOptions, spiral
+from dlf.numerics.losses import BUILTIN_LOSSES
+from dlf.numerics.models import MLP
+from dlf.numerics.objective import Objective
 
 GRID = 41
 SMALL_GRID = 15  # for one point per pass, which is slow

@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 from dlf.config import Member, RunConfig
-from dlf.run import execute
-from dlf.search import run_study
-from dlf.search.config import StudyConfig, load_study_config, setup_fingerprint
-from dlf.search.evaluate import measure
+from dlf.engine.run import execute
+from dlf.studies.search import run_study
+from dlf.studies.search.config import StudyConfig, load_study_config, setup_fingerprint
+from dlf.studies.search.evaluate import measure
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "min_width.yaml"
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -14,7 +14,7 @@ A = 10, T = 100, η = 1, full-batch gradient descent.
    float32 and float64. The naive loop's final parameters are checked against the trainer's.
 2. The same throughput as a fraction of the peak FLOP/s of a large matrix product measured here,
    counting 3 × the forward pass's matrix-product FLOPs per member-step.
-   "ways": the step alone (F and ∂F/∂θ, 50 members) by each implementation in ``dlf.fastpath``:
+   "ways": the step alone (F and ∂F/∂θ, 50 members) by each implementation in ``dlf.engine.gradients``:
    autograd, the fused torch pass, the compiled C kernel (CPU).
 3. Overheads over the bare loop (the same step, divergence check and update, nothing else): the
    trainer's event system with nothing to record or call, trace recording (every step, validation
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 import dlf
 from dlf.config import members_of
-from dlf.fastpath import (
+from dlf.engine.gradients import (
     AutogradGradient,
     FusedGradient,
     Gradient,
@@ -49,9 +49,9 @@ from dlf.fastpath import (
     gradient_for,
     kernel_function,
 )
-from dlf.plugin_manager import load_plugins
-from dlf.run import build_context
-from dlf.schedules import triangle
+from dlf.engine.run import build_context
+from dlf.hooks.manager import load_plugins
+from dlf.numerics.schedules import triangle
 
 AMPLITUDE, PERIOD, SAMPLES, CLASSES = 10.0, 100.0, 300, 3
 FIG3_MEMBERS, FIG3_STEPS = 5000, 35000
@@ -134,10 +134,10 @@ def naive(width: int, dtype: torch.dtype, seeds: int, steps: int) -> tuple[float
     Starts from the same parameters as the toolkit's members; returns seconds spent training and
     the final parameters flattened as the toolkit stores them.
     """
-    data = dlf.data.spiral(dlf.data.SpiralOptions())
+    data = dlf.numerics.data.spiral(dlf.numerics.data.SpiralOptions())
     x = torch.as_tensor(data.x_train, dtype=dtype, device=DEVICE)
     y = torch.as_tensor(data.y_train, device=DEVICE)
-    model = dlf.models.MLP(2, (width,), CLASSES)
+    model = dlf.numerics.models.MLP(2, (width,), CLASSES)
     theta0 = model.init(range(seeds), "standard", dtype, DEVICE)
     period = torch.tensor([PERIOD], dtype=dtype, device=DEVICE)
     amplitude = torch.tensor([AMPLITUDE], dtype=dtype, device=DEVICE)

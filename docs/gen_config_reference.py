@@ -182,7 +182,7 @@ def table(
 
 def builtin_analyzers() -> dict[str, type]:
     """Analyzers registered by this distribution's own entry points (not third-party plugins)."""
-    from dlf.plugin_manager import load_plugins
+    from dlf.hooks.manager import load_plugins
 
     own = {ep.name for ep in metadata.distribution(DISTRIBUTION).entry_points if ep.group == "dlf"}
     registry = load_plugins().registries.analyzers
@@ -192,9 +192,9 @@ def builtin_analyzers() -> dict[str, type]:
 def render() -> str:
     """The whole configuration reference as markdown."""
     from dlf.config import RunConfig
-    from dlf.data import DigitsOptions, SpiralOptions
-    from dlf.search.config import SearchConfig
-    from dlf.threshold_study import ThresholdStudySettings
+    from dlf.numerics.data import DigitsOptions, SpiralOptions
+    from dlf.studies.search.config import SearchConfig
+    from dlf.studies.threshold import ThresholdStudySettings
 
     lines = [HEADER]
     lines += ["## Run config", ""]

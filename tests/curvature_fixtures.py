@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from dlf.data import SpiralOptions, spiral
-from dlf.losses import BUILTIN_LOSSES
-from dlf.models import MLP
-from dlf.objective import Objective
+from dlf.numerics.data import SpiralOptions, spiral
+from dlf.numerics.losses import BUILTIN_LOSSES
+from dlf.numerics.models import MLP
+from dlf.numerics.objective import Objective
 
 LOSSES = {loss.name: loss for loss in BUILTIN_LOSSES}
 
@@ -46,7 +46,7 @@ def independent_hessian(
 ) -> torch.Tensor:
     """Dense Hessians ``(M, n, n)`` by torch.func.hessian of the loss written out per member.
 
-    Independent of dlf.curvature: one member at a time, straight from model, loss and data.
+    Independent of dlf.curvature.helper: one member at a time, straight from model, loss and data.
     ``gamma=None`` means the static loss.
     """
     hessians = []

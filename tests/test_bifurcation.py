@@ -11,7 +11,7 @@ import xarray as xr
 import dlf
 from dlf.analysis import BifurcationDetector, BifurcationSettings, events_dataset, find_bifurcations
 from dlf.config import RunConfig, validate
-from dlf.plugin_manager import load_plugins
+from dlf.hooks.manager import load_plugins
 from tests.conftest import tiny_config
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dlf.curvature import Curvature
+from dlf.curvature.helper import Curvature
 from tests.curvature_fixtures import independent_hessian, tiny_gamma, tiny_objective
 
 MEMBERS = 3

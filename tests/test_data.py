@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from dlf.data import DigitsOptions, SpiralOptions, digits, spiral, spiral_points
+from dlf.numerics.data import DigitsOptions, SpiralOptions, digits, spiral, spiral_points
 
 
 def test_spiral_matches_the_authors_generator():

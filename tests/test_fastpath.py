@@ -3,18 +3,18 @@
 import pytest
 import torch
 
-from dlf import fastpath
-from dlf.data import SpiralOptions, spiral
-from dlf.fastpath import (
+from dlf.engine import gradients as fastpath
+from dlf.engine.gradients import (
     AutogradGradient,
     FusedGradient,
     KernelGradient,
     gradient_for,
     kernel_function,
 )
-from dlf.losses import BUILTIN_LOSSES, Loss
-from dlf.models import MLP
-from dlf.objective import Objective
+from dlf.numerics.data import SpiralOptions, spiral
+from dlf.numerics.losses import BUILTIN_LOSSES, Loss
+from dlf.numerics.models import MLP
+from dlf.numerics.objective import Objective
 
 LOSSES = {loss.name: loss for loss in BUILTIN_LOSSES}
 

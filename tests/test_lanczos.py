@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dlf.lanczos import (
+from dlf.curvature.lanczos import (
     cold_min_iter,
     random_vectors,
     spectral_density,

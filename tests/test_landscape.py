@@ -18,14 +18,14 @@ from dlf_landscape.directions import filter_normalized_pair, principal_plane
 from dlf_landscape.grid import evaluate_plane
 
 import dlf
-import dlf.run
+import dlf.engine.run
 from dlf.config import validate
-from dlf.data import spiral_points
-from dlf.losses import Loss, weighted_cross_entropy
-from dlf.models import MLP
-from dlf.objective import Objective
-from dlf.plugin_manager import Plugins, load_plugins
-from dlf.schedules import triangle
+from dlf.hooks.manager import Plugins, load_plugins
+from dlf.numerics.data import spiral_points
+from dlf.numerics.losses import Loss, weighted_cross_entropy
+from dlf.numerics.models import MLP
+from dlf.numerics.objective import Objective
+from dlf.numerics.schedules import triangle
 
 N_PER_CLASS = 10
 OUTPUT_WEIGHTS = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)  # separates the Hessian blocks
@@ -55,7 +55,7 @@ def linear_model(monkeypatch):
     def linear(n_in: int, hidden: tuple[int, ...], n_out: int, activation: str) -> MLP:
         return MLP(n_in, (), n_out, activation)
 
-    monkeypatch.setattr(dlf.run, "MLP", linear)
+    monkeypatch.setattr(dlf.engine.run, "MLP", linear)
 
 
 class Quadratic:

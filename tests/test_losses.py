@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dlf.losses import BUILTIN_LOSSES
+from dlf.numerics.losses import BUILTIN_LOSSES
 
 LOSSES = {loss.name: loss for loss in BUILTIN_LOSSES}
 

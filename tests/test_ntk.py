@@ -8,9 +8,9 @@ import torch
 import xarray as xr
 
 import dlf
-from dlf.curvature import Curvature
-from dlf.ntk import choose_method, ntk_eigenvalues
-from dlf.schedules import triangle
+from dlf.curvature.helper import Curvature
+from dlf.curvature.ntk import choose_method, ntk_eigenvalues
+from dlf.numerics.schedules import triangle
 from tests.curvature_fixtures import independent_hessian, tiny_gamma, tiny_objective
 
 

@@ -10,8 +10,8 @@ from matplotlib.collections import QuadMesh
 
 import dlf.plots as plots
 from dlf.config import RunConfig
+from dlf.engine.run import execute
 from dlf.errors import ConfigError, DlfError
-from dlf.run import execute
 from tests.conftest import tiny_config
 
 STEPS = 200

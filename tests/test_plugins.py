@@ -7,9 +7,9 @@ import textwrap
 
 import pytest
 
+from dlf.engine.run import execute
+from dlf.engine.trace import open_trace
 from dlf.errors import PluginError
-from dlf.run import execute
-from dlf.trace import open_trace
 
 PLUGIN = '''
 import torch

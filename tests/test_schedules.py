@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dlf.schedules import sine, triangle
+from dlf.numerics.schedules import sine, triangle
 
 
 def gamma(schedule, steps, amplitude, period, classes=3):

@@ -23,18 +23,18 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from dlf.config import Member
+from dlf.engine.run import execute
+from dlf.engine.trace import open_trace
 from dlf.errors import ConfigError
-from dlf.run import execute
-from dlf.search import cli_run, load_study_config, open_study, run_study
-from dlf.search.config import PrunerConfig, WidthLadder, study_config_from_raw
-from dlf.search.evaluate import Candidate, run_batch, tell
-from dlf.search.ladder import bracket, next_width, rungs
-from dlf.search.liveness import HEARTBEAT_ATTR, HOST, WORKER_ATTR, is_stale
-from dlf.search.lock import StudyLock
-from dlf.search.proposals import fixed_proposal
-from dlf.search.pruning import FULL_LENGTH, TargetPruner, make_pruner
-from dlf.search.storage import JOURNAL_NAME, open_storage, open_studies, study_dir
-from dlf.trace import open_trace
+from dlf.studies.search import cli_run, load_study_config, open_study, run_study
+from dlf.studies.search.config import PrunerConfig, WidthLadder, study_config_from_raw
+from dlf.studies.search.evaluate import Candidate, run_batch, tell
+from dlf.studies.search.ladder import bracket, next_width, rungs
+from dlf.studies.search.liveness import HEARTBEAT_ATTR, HOST, WORKER_ATTR, is_stale
+from dlf.studies.search.lock import StudyLock
+from dlf.studies.search.proposals import fixed_proposal
+from dlf.studies.search.pruning import FULL_LENGTH, TargetPruner, make_pruner
+from dlf.studies.search.storage import JOURNAL_NAME, open_storage, open_studies, study_dir
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -283,7 +283,7 @@ def test_a_batch_stops_once_every_trial_is_hopeless(tmp_path):
     assert all(o.state == TrialState.PRUNED and o.measured_step == 0 for o in outcomes)
     trace = open_trace(tmp_path / "b.nc")
     assert trace.attrs["status"] == "stopped" and trace.attrs["steps_completed"] == 0
-    assert trace.attrs["stop_reason"] == "dlf.search: every trial decided at step 0"
+    assert trace.attrs["stop_reason"] == "dlf.studies.search: every trial decided at step 0"
 
 
 def test_a_batch_stops_once_every_trial_surely_reached_the_target(tmp_path):
@@ -538,7 +538,7 @@ def test_a_running_trial_is_stale_when_its_worker_process_is_gone_or_silent():
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys
-    from dlf.search import load_study_config, run_study
+    from dlf.studies.search import load_study_config, run_study
     run_study(load_study_config(sys.argv[1]))
     """
 )
@@ -732,6 +732,6 @@ def test_top_level_open_study_and_trace_status_match_the_measured_step(finished)
         trace = open_trace(result.directory / str(trial["trace"].values))
         if int(trial["measured_step"]) < trace.attrs["total_steps"]:
             assert trace.attrs["status"] == "stopped"
-            assert trace.attrs["stop_reason"].startswith("dlf.search: every trial decided")
+            assert trace.attrs["stop_reason"].startswith("dlf.studies.search: every trial decided")
         else:
             assert trace.attrs["status"] == "complete"

@@ -20,11 +20,11 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from dlf.search import load_study_config, open_study, run_study
-from dlf.search.config import study_config_from_raw
-from dlf.search.liveness import HEARTBEAT_ATTR, WORKER_ATTR, trial_id
-from dlf.search.storage import open_storage
-from dlf.trace import open_trace
+from dlf.engine.trace import open_trace
+from dlf.studies.search import load_study_config, open_study, run_study
+from dlf.studies.search.config import study_config_from_raw
+from dlf.studies.search.liveness import HEARTBEAT_ATTR, WORKER_ATTR, trial_id
+from dlf.studies.search.storage import open_storage
 from tests.test_search import (  # noqa: F401
     REPO,
     assert_no_duplicates_and_within_budget,
@@ -84,7 +84,7 @@ def test_two_worker_processes_share_a_postgres_study(tmp_path):
 RUN = textwrap.dedent(
     """
     import sys, torch
-    from dlf.search import load_study_config, run_study
+    from dlf.studies.search import load_study_config, run_study
     torch.set_num_threads(1)
     run_study(load_study_config(sys.argv[1]))
     """

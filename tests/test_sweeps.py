@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from dlf.config import apply_overrides, load_raw
+from dlf.engine.trace import open_trace
 from dlf.errors import ConfigError
-from dlf.sweeps import cli_sweep, is_sweep, plan
-from dlf.trace import open_trace
+from dlf.studies.sweeps import cli_sweep, is_sweep, plan
 from tests.conftest import tiny_config
 
 

@@ -9,7 +9,7 @@ import xarray as xr
 
 import dlf
 from dlf.analysis.threshold import fit_threshold, member_onsets
-from dlf.threshold_study import run_threshold_study, study_points
+from dlf.studies.threshold import run_threshold_study, study_points
 from tests.conftest import tiny_config
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import xarray as xr
 import yaml
 
-from dlf.run import execute
-from dlf.trace import open_trace
+from dlf.engine.run import execute
+from dlf.engine.trace import open_trace
 from tests.conftest import tiny_config
 
 

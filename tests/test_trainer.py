@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from dlf.config import Member, members_of
-from dlf.run import execute
-from dlf.trace import open_trace
+from dlf.engine.run import execute
+from dlf.engine.trace import open_trace
 
 
 def test_member_equals_same_seed_trained_alone(make_config, tmp_path):
@@ -47,8 +47,8 @@ def test_gradient_descent_step_by_hand(make_config, tmp_path):
     """Two GD steps recomputed with torch.autograd on an nn-free formula of the same network."""
     config = make_config(train={"steps": 2, "seeds": 1, "lr": 0.7}, schedule={"amplitude": 1})
     result = execute(config, trace_path=tmp_path / "t.nc")
-    from dlf.data import SpiralOptions, spiral
-    from dlf.models import MLP
+    from dlf.numerics.data import SpiralOptions, spiral
+    from dlf.numerics.models import MLP
 
     data = spiral(SpiralOptions(points_per_class=20))
     x = torch.tensor(data.x_train)

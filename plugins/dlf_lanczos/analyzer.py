@@ -16,7 +16,7 @@ import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
 
 import dlf
-from dlf.curvature import DEFAULT_MAX_ITER, DEFAULT_TOL
+from dlf.curvature.helper import DEFAULT_MAX_ITER, DEFAULT_TOL
 
 
 class DensityOptions(BaseModel):

@@ -24,7 +24,7 @@ import xarray as xr
 from pydantic import Field, field_validator, model_validator
 
 import dlf
-from dlf.curvature import DEFAULT_TOL
+from dlf.curvature.helper import DEFAULT_TOL
 
 from .directions import curvature_along, filter_normalized_pair, principal_plane
 from .grid import evaluate_plane, plane_coordinates, rows_per_chunk

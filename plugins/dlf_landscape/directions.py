@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 import dlf
-from dlf.models import MLP
+from dlf.numerics.models import MLP
 
 
 def filter_normalized(model: MLP, theta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

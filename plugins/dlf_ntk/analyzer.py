@@ -15,7 +15,7 @@ import xarray as xr
 from pydantic import Field
 
 import dlf
-from dlf.ntk import choose_method
+from dlf.curvature.ntk import choose_method
 
 
 class NTKOptions(dlf.AnalyzerOptions):

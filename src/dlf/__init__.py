@@ -7,23 +7,23 @@ from pathlib import Path
 
 import xarray as xr
 
-from dlf.analyzer import Analyzer, AnalyzerOptions
 from dlf.config import Member, RunConfig, load_config
-from dlf.curvature import Curvature
-from dlf.data import Dataset
+from dlf.curvature.helper import Curvature
 from dlf.dynamical_loss import DynamicalLoss
+from dlf.engine.run import RunResult, execute
+from dlf.engine.trace import open_trace
 from dlf.errors import ConfigError, DlfError, PluginError
-from dlf.hookspecs import hookimpl, hookspec
-from dlf.objective import Objective
-from dlf.registry import Registries
-from dlf.run import RunResult, execute
-from dlf.state import EvalState, RunContext, StepState
-from dlf.trace import open_trace
+from dlf.hooks.analyzer import Analyzer, AnalyzerOptions
+from dlf.hooks.registries import Registries
+from dlf.hooks.specs import hookimpl, hookspec
+from dlf.hooks.state import EvalState, RunContext, StepState
+from dlf.numerics.data import Dataset
+from dlf.numerics.objective import Objective
 
 
 def open_study(path: str | Path) -> xr.Dataset:
     """Open a min-width study's ``study.nc`` (or its directory) as an xarray Dataset."""
-    from dlf.search import open_study as _open_study  # Optuna is imported only when needed
+    from dlf.studies.search import open_study as _open_study  # Optuna is imported only when needed
 
     return _open_study(path)
 

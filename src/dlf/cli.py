@@ -16,21 +16,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     raw = apply_overrides(load_raw(args.config), args.set)
     if "search" in raw:
-        from dlf.search import cli_run
+        from dlf.studies.search import cli_run
 
         return cli_run(args.config, args.set, args.out, args.workers)
     if args.workers != 1:
         raise ConfigError("--workers", "only a study (a config with a search section) has workers")
     if "threshold_study" in raw:
-        from dlf.threshold_study import run_threshold_study
+        from dlf.studies.threshold import run_threshold_study
 
         run_threshold_study(raw, args.out)
         return 0
-    from dlf.sweeps import cli_sweep, is_sweep
+    from dlf.studies.sweeps import cli_sweep, is_sweep
 
     if is_sweep(raw):
         return cli_sweep(raw, args.out)
-    from dlf.run import execute
+    from dlf.engine.run import execute
 
     if args.out is not None:
         raw.setdefault("output", {})["root"] = str(args.out)
@@ -40,7 +40,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from dlf.plugin_manager import load_plugins
+    from dlf.hooks.manager import load_plugins
 
     plugins = load_plugins()
     print("plugins:")
@@ -62,7 +62,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from dlf.search.results import is_study, study_summary
+    from dlf.studies.search.results import is_study, study_summary
 
     if is_study(args.trace):
         print(study_summary(args.trace))

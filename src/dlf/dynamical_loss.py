@@ -3,8 +3,8 @@
     loss_fn = dlf.DynamicalLoss("ce", n_classes=10, amplitude=10, period=100, total_steps=5000)
     loss = loss_fn(model(x), y, step)
 
-It is the trainer's own implementation — the same Γ (:func:`dlf.schedules.weights`, any
-registered schedule) and the same loss functions (:mod:`dlf.losses`) — so a notebook loop and a
+It is the trainer's own implementation — the same Γ (:func:`dlf.numerics.schedules.weights`, any
+registered schedule) and the same loss functions (:mod:`dlf.numerics.losses`) — so a notebook loop and a
 ``dlf-study run`` optimise the same F. Γ is switched off (≡ 1) from ``static_from`` on, or for the
 last period when ``total_steps`` is given (the papers' protocol); with neither it oscillates
 forever.
@@ -15,14 +15,14 @@ from __future__ import annotations
 import torch
 
 from dlf.errors import ConfigError
-from dlf.losses import (
+from dlf.hooks.manager import load_plugins
+from dlf.numerics.losses import (
     LossFn,
     scaled_target_squared_error,
     weighted_cross_entropy,
     weighted_squared_error,
 )
-from dlf.plugin_manager import load_plugins
-from dlf.schedules import weights
+from dlf.numerics.schedules import weights
 
 # The loss each name weights by Γ: "ce" and "mse" are the dynamical CE and DMSE1 here.
 KINDS: dict[str, LossFn] = {

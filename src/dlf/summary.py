@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dlf.engine.trace import open_trace
 from dlf.errors import DlfError
-from dlf.trace import open_trace
 
 
 def _mean_sem(values: np.ndarray) -> str:

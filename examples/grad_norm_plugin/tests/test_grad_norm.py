@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 import dlf
-from dlf.data import spiral_points
-from dlf.models import MLP
-from dlf.plugin_manager import load_plugins
-from dlf.schedules import triangle
+from dlf.hooks.manager import load_plugins
+from dlf.numerics.data import spiral_points
+from dlf.numerics.models import MLP
+from dlf.numerics.schedules import triangle
 
 CONFIG = {
     "name": "grad_norm_test",

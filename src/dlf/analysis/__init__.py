@@ -3,7 +3,7 @@
 * :mod:`dlf.analysis.bifurcation`: period-doubling (edge-of-stability) events in loss series and
   the Hessian eigenvalues at their onsets.
 * :mod:`dlf.analysis.threshold`: the curvature threshold of those onsets versus the learning rate
-  (fit and per-member onsets; :mod:`dlf.threshold_study` runs the study).
+  (fit and per-member onsets; :mod:`dlf.studies.threshold` runs the study).
 """
 
 from dlf.analysis.bifurcation import (

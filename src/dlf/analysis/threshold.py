@@ -3,7 +3,7 @@
 Offline analysis of finished traces: each member's λmax at its first instability (or the mean
 over all its instabilities), fitted as λ = c·η^b by least squares in log-log (edge of stability
 predicts b = −1, c = 2), and the ratio λ·η/2 averaged over members. The study that trains one
-ensemble per η and applies this is :mod:`dlf.threshold_study`.
+ensemble per η and applies this is :mod:`dlf.studies.threshold`.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import matplotlib
 import xarray as xr
 from matplotlib.figure import Figure
 
+from dlf.engine.trace import open_trace
 from dlf.errors import ConfigError, DlfError
 from dlf.plots.dynamics import Zoom, dynamics
 from dlf.plots.landscape import landscape
@@ -19,7 +20,6 @@ from dlf.plots.sharpness import sharpness
 from dlf.plots.style import run_name
 from dlf.plots.threshold import threshold
 from dlf.plots.width import width
-from dlf.trace import open_trace
 
 FORMATS = ("png", "svg", "pdf")
 DPI = 110  # PNG resolution: sharp on screen, a few hundred kB at most

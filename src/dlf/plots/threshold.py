@@ -28,7 +28,7 @@ SERIES = ("loss", "width")
 
 
 def study_table(result: xr.Dataset) -> pd.DataFrame:
-    """The members of a threshold study's ``threshold.nc`` (``dlf.threshold_study``)."""
+    """The members of a threshold study's ``threshold.nc`` (``dlf.studies.threshold``)."""
     return pd.DataFrame(
         {
             "eta": result["member_eta"].values,

@@ -27,7 +27,7 @@ from dlf.plots.tables import member_table
 @cache
 def loss_kind(name: str) -> tuple[str, bool]:
     """(static counterpart, dynamical?) of a registered loss; unknown names are their own family."""
-    from dlf.plugin_manager import load_plugins
+    from dlf.hooks.manager import load_plugins
 
     losses = load_plugins().registries.losses
     if name not in losses:

@@ -1,0 +1,197 @@
+"""The per-step curvature helper shared by analyzers: Hessian-vector products and eigenpairs.
+
+The trainer owns one :class:`Curvature` per run and points it at (θ_t, Γ_t) at steps where an
+analyzer is due. Whatever one analyzer computes there (eigenpairs, NTK eigenvalues) is cached for
+the others at the same step; eigenvectors are kept across steps to warm-start the next solve.
+Because members are independent rows of θ, one double-backward of Σ_m F_m gives every member's
+H_m v_m at once.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from dlf.curvature import lanczos, ntk
+from dlf.curvature.lanczos import LanczosResult, SpectralDensity
+from dlf.curvature.ntk import Method as NTKMethod
+from dlf.curvature.ntk import NTKResult
+from dlf.numerics.objective import Objective
+
+LossKind = Literal["dynamical", "static"]
+Mode = Literal["lanczos", "exact"]
+
+DEFAULT_TOL = 1e-3  # relative Ritz residual; eigenvalues are then good to about tol² · ‖H‖/gap
+DEFAULT_MAX_ITER = 100
+
+
+class Curvature:
+    """Hessian of F(·; Γ_t) at θ_t for every member, computed on demand and cached per step.
+
+    ``loss="static"`` everywhere below means the Hessian of the static loss (Γ ≡ 1) instead.
+    """
+
+    def __init__(self, objective: Objective, seed: int = 0) -> None:
+        self.objective = objective
+        self.step = -1
+        self.theta = torch.empty(0)
+        self.gamma = torch.empty(0)
+        self._grad_graphs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._previous_vectors: dict[str, torch.Tensor] = {}  # kept across steps: warm starts
+        self.generator = torch.Generator().manual_seed(seed)
+        self.cache: dict[object, object] = {}
+
+    def at(self, step: int, theta: torch.Tensor, gamma: torch.Tensor) -> Curvature:
+        """Point the helper at step ``step``; clears what was cached for the previous step."""
+        if step != self.step:
+            self.step = step
+            self.theta = theta.detach()
+            self.gamma = gamma.detach()
+            self._grad_graphs = {}
+            self.cache = {}
+        return self
+
+    # --- Hessian-vector products ------------------------------------------------------------
+
+    def loss_rows(self, theta: torch.Tensor, loss: LossKind = "dynamical") -> torch.Tensor:
+        """The loss per row of ``theta`` whose Hessian is meant: F(·; Γ_t) or the static loss."""
+        if loss == "static":
+            return self.objective.static_loss(theta)
+        return self.objective(theta, self.gamma)
+
+    def _gradient_with_graph(self, loss: LossKind) -> tuple[torch.Tensor, torch.Tensor]:
+        if loss not in self._grad_graphs:
+            theta = self.theta.clone().requires_grad_(True)
+            with torch.enable_grad():
+                total = self.loss_rows(theta, loss).sum()
+                (grad,) = torch.autograd.grad(total, theta, create_graph=True)
+            self._grad_graphs[loss] = (theta, grad)
+        return self._grad_graphs[loss]
+
+    def hvp(self, v: torch.Tensor, loss: LossKind = "dynamical") -> torch.Tensor:
+        """H_m v_m for every member: ``v`` and the result are ``(member, n_params)``.
+
+        Double backward through a gradient graph built once per step (measured faster on CPU
+        than torch.func's forward-over-reverse jvp of grad, which rebuilds it each call; see
+        benchmarks/bench_curvature.py).
+        """
+        theta, grad = self._gradient_with_graph(loss)
+        with torch.enable_grad():
+            (hv,) = torch.autograd.grad(grad, theta, grad_outputs=v, retain_graph=True)
+        return hv.detach()
+
+    def dense_hessian(self, loss: LossKind = "dynamical") -> torch.Tensor:
+        """The full Hessian ``(member, n, n)`` by ``torch.func.hessian`` (small models only)."""
+        gamma = self.gamma
+
+        def single(theta_row: torch.Tensor, gamma_row: torch.Tensor) -> torch.Tensor:
+            if loss == "static":
+                return self.objective.static_loss(theta_row[None])[0]
+            return self.objective(theta_row[None], gamma_row[None])[0]
+
+        hessian = torch.func.vmap(torch.func.hessian(single))
+        return hessian(self.theta, gamma)
+
+    # --- spectra ------------------------------------------------------------------------------
+
+    def spectrum(
+        self,
+        k: int = 3,
+        *,
+        tol: float = DEFAULT_TOL,
+        max_iter: int = DEFAULT_MAX_ITER,
+        loss: LossKind = "dynamical",
+        mode: Mode = "lanczos",
+    ) -> LanczosResult:
+        """Top-k Hessian eigenpairs with residuals and matvec counts, computed once per step.
+
+        A cached result is reused when it has at least k pairs and was computed for the same loss
+        with at least the requested accuracy (``exact`` beats any tolerance). Lanczos starts from
+        the previous call's eigenvectors (any earlier step), so tracking costs few matvecs.
+        """
+        cached = self.cache.get(("spectrum", loss))
+        if isinstance(cached, tuple):
+            result, cached_tol = cached
+            if result.values.shape[1] >= k and cached_tol <= (tol if mode == "lanczos" else 0.0):
+                return result.top(k)
+        if mode == "exact":
+            result, used_tol = self._exact(k, loss), 0.0
+        else:
+            shape = (self.theta.shape[0], self.theta.shape[1])
+            previous = self._previous_vectors.get(loss)
+            start, warm = lanczos.warm_start(previous, shape, self.theta, self.generator)
+            if previous is None or previous.shape[1] < k:  # too few old vectors: treat as cold
+                warm = torch.zeros_like(warm)
+            min_iter = torch.where(warm, k, lanczos.cold_min_iter(k))
+            result = lanczos.top_eigenpairs(
+                lambda v: self.hvp(v, loss), start, k, tol, max_iter, self.generator, min_iter
+            )
+            used_tol = tol
+        self.cache[("spectrum", loss)] = (result, used_tol)
+        self._previous_vectors[loss] = result.vectors
+        return result
+
+    def _exact(self, k: int, loss: LossKind) -> LanczosResult:
+        """Dense Hessian and ``eigh``: exact top-k pairs (members with a non-finite H are NaN)."""
+        h = self.dense_hessian(loss)
+        finite = torch.isfinite(h).flatten(1).all(dim=1)
+        values, vectors = torch.linalg.eigh(torch.where(finite[:, None, None], h, 0.0))
+        values = values.flip(-1)[:, :k]
+        vectors = vectors.flip(-1)[:, :, :k].transpose(1, 2)
+        residuals = (torch.einsum("mij,mkj->mki", h, vectors) - values[..., None] * vectors).norm(
+            dim=-1
+        )
+        nan = float("nan")
+        return LanczosResult(
+            torch.where(finite[:, None], values, nan),
+            torch.where(finite[:, None, None], vectors, nan),
+            torch.where(finite[:, None], residuals, nan),
+            torch.zeros(h.shape[0], dtype=torch.long, device=h.device),
+        )
+
+    def eigenpairs(
+        self,
+        k: int = 3,
+        *,
+        tol: float = DEFAULT_TOL,
+        max_iter: int = DEFAULT_MAX_ITER,
+        loss: LossKind = "dynamical",
+        mode: Mode = "lanczos",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k eigenvalues ``(M, k)`` (descending) and unit eigenvectors ``(M, k, n)``.
+
+        The shared entry point for analyzers (see :meth:`spectrum` for the options and caching).
+        """
+        result = self.spectrum(k, tol=tol, max_iter=max_iter, loss=loss, mode=mode)
+        return result.values, result.vectors
+
+    def density(self, probes: int, order: int, loss: LossKind = "dynamical") -> SpectralDensity:
+        """Spectral density of every member's Hessian by stochastic Lanczos quadrature."""
+        key = ("density", loss, probes, order)
+        if key not in self.cache:
+            shape = (self.theta.shape[0], self.theta.shape[1])
+            self.cache[key] = lanczos.spectral_density(
+                lambda v: self.hvp(v, loss), shape, self.theta, probes, order, self.generator
+            )
+        result = self.cache[key]
+        assert isinstance(result, SpectralDensity)
+        return result
+
+    def ntk(
+        self, k: int = 1, x: torch.Tensor | None = None, method: NTKMethod = "auto"
+    ) -> NTKResult:
+        """Top-k eigenvalues of the empirical NTK on ``x`` (default: the training set), cached."""
+        inputs = self.objective.x if x is None else x
+        key = ("ntk", method, inputs.data_ptr(), tuple(inputs.shape))
+        cached = self.cache.get(key)
+        if not (isinstance(cached, NTKResult) and cached.values.shape[1] >= k):
+            cached = ntk.ntk_eigenvalues(self.objective.model, self.theta, inputs, k, method)
+            self.cache[key] = cached
+        return NTKResult(cached.values[:, :k], cached.method)
+
+    def ntk_eigenvalues(
+        self, k: int = 1, x: torch.Tensor | None = None, method: NTKMethod = "auto"
+    ) -> torch.Tensor:
+        """Top-k NTK eigenvalues ``(M, k)``, descending (see :meth:`ntk`)."""
+        return self.ntk(k, x, method).values

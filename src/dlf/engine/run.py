@@ -1,0 +1,234 @@
+"""Build a run from a validated config and execute it: data, model, losses, analyzers, trace."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import xarray as xr
+
+from dlf.config import Member, RunConfig, members_of, validate
+from dlf.engine.budget import check_budget, n_members
+from dlf.engine.trace import ContributionError, Recorder, TraceLock
+from dlf.engine.trainer import Trainer
+from dlf.errors import ConfigError, PluginError
+from dlf.hooks.analyzer import Analyzer
+from dlf.hooks.manager import Plugins, load_plugins
+from dlf.hooks.state import RunContext
+from dlf.numerics.models import MLP
+from dlf.numerics.objective import Objective
+
+TRACE_NAME = "trace.nc"
+
+
+@dataclass
+class RunResult:
+    """Where the trace went, how the run ended, and the final parameters."""
+
+    path: Path
+    status: str
+    theta: torch.Tensor
+
+    def open(self) -> xr.Dataset:
+        from dlf.engine.trace import open_trace
+
+        return open_trace(self.path)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            "model.device", f"{name!r} requested but CUDA is not available; allowed: cpu"
+        )
+    return torch.device(name)
+
+
+def build_context(config: RunConfig, plugins: Plugins, members: Sequence[Member]) -> RunContext:
+    """Everything fixed during the run, on the configured device and dtype."""
+    reg = plugins.registries
+    entry = reg.datasets.get(config.data.name, "data.name")
+    data = entry.build(validate(entry.options, config.data.options, prefix="data"))
+    loss = reg.losses.get(config.loss.name, "loss.name")
+    static = reg.losses.get(loss.static_name, "loss.name")
+    reg.schedules.get(config.schedule.name, "schedule.name")
+    device = resolve_device(config.model.device)
+    dtype = getattr(torch, config.model.dtype)
+    hidden = (config.model.width,) * config.model.depth
+    model = MLP(data.n_features, hidden, data.n_classes, config.model.activation)
+
+    def tensor(values: object, kind: torch.dtype = dtype) -> torch.Tensor:
+        return torch.as_tensor(values, dtype=kind, device=device)
+
+    steps = config.train.steps
+    periods = [m.period for m in members]
+    static_from = [config.schedule.first_static_step(p, steps) for p in periods]
+    objective = Objective(
+        model, loss, static, tensor(data.x_train), tensor(data.y_train, torch.long)
+    )
+    return RunContext(
+        config=config,
+        members=list(members),
+        data=data,
+        objective=objective,
+        x_val=tensor(data.x_val),
+        y_val=tensor(data.y_val, torch.long),
+        amplitude=tensor([m.amplitude for m in members]),
+        period=tensor(periods),
+        lr=tensor([m.lr for m in members]),
+        static_from=tensor(static_from),
+        total_steps=steps,
+    )
+
+
+def build_analyzers(config: RunConfig, plugins: Plugins, run: RunContext) -> dict[str, Analyzer]:
+    """One fresh analyzer object per configured name, options validated by its own model."""
+    analyzers = {}
+    for name, raw in config.analyzers.items():
+        cls = plugins.registries.analyzers.get(name, f"analyzers.{name}")
+        options = validate(cls.Options, raw, prefix=f"analyzers.{name}")
+        analyzers[name] = cls(name, options, run)
+    return analyzers
+
+
+def prepare(
+    config: RunConfig,
+    *,
+    members: Sequence[Member] | None = None,
+    plugins: Plugins | None = None,
+) -> tuple[Plugins, list[Member], RunContext]:
+    """Everything :func:`execute` checks before it writes: plugins, registry names, data and
+    analyzer options, and the memory the run would need. Raises ConfigError; writes nothing.
+    Sweeps call this for every point before running the first."""
+    plugins = plugins or load_plugins(config.plugins)
+    if members is None:
+        check_budget(config, n_members(config))
+        members = members_of(config)
+    else:
+        members = list(members)
+        check_budget(config, len(members))
+    run = build_context(config, plugins, members)
+    data = run.data
+    check_budget(
+        config,
+        len(members),
+        n_features=data.n_features,
+        n_classes=data.n_classes,
+        n_train=len(data.y_train),
+        n_val=len(data.y_val),
+    )
+    run.analyzers = build_analyzers(config, plugins, run)
+    return plugins, members, run
+
+
+def execute(
+    config: RunConfig,
+    *,
+    members: Sequence[Member] | None = None,
+    trace_path: Path | None = None,
+    plugins: Plugins | None = None,
+    progress: bool | None = None,
+) -> RunResult:
+    """Train the config's ensemble (or ``members``) and write the trace; returns where it went.
+
+    Everything that can be wrong with the config is checked before any file is written. The
+    trace is locked for the run (a second run aimed at it is refused), written once before the
+    first step (core variables, ``status = "running"``), at checkpoints, on failure, Ctrl-C or
+    SIGTERM, and at the end.
+    """
+    plugins, members, run = prepare(config, members=members, plugins=plugins)
+    path = trace_path or config.output.root / config.name / TRACE_NAME
+    if progress is None:
+        mode = config.output.progress
+        progress = mode == "always" or (mode == "auto" and sys.stderr.isatty())
+    schedule = plugins.registries.schedules.get(config.schedule.name, "schedule.name")
+    pm = plugins.manager
+    with TraceLock(path):
+        recorder = Recorder(run, path, config.output.checkpoint_seconds)
+        contributions = Contributions(pm, run, recorder)
+        for name, analyzer in run.analyzers.items():
+            pm.register(analyzer, name=f"analyzer:{name}")
+        theta0 = run.model.init([m.seed for m in members], config.model.init, run.dtype, run.device)
+        trainer = Trainer(run, plugins, schedule, recorder, contributions, progress)
+        try:
+            recorder.write()  # the first checkpoint: a run killed now still leaves a trace
+            try:
+                theta = trainer.train(theta0)
+            except (PluginError, KeyboardInterrupt) as exc:
+                recorder.status = "failed" if isinstance(exc, PluginError) else "interrupted"
+                contributions.write_after_failure()
+                raise
+            contributions.write_final()
+        finally:
+            for name in run.analyzers:
+                pm.unregister(name=f"analyzer:{name}")
+    return RunResult(path, recorder.status, theta)
+
+
+class Contributions:
+    """Collects ``dlf_trace_contribute`` from each plugin in turn, so that a failure names the
+    plugin; every variable (and coordinate) a plugin adds must carry its prefix."""
+
+    def __init__(self, pm: Any, run: RunContext, recorder: Recorder) -> None:
+        self.pm, self.run, self.recorder = pm, run, recorder
+        self.owner: dict[str, str] = {}  # variable → the plugin that contributed it
+
+    def __call__(self) -> dict[str, object]:
+        merged: dict[str, object] = {}
+        self.owner = {}
+        step = self.recorder.steps_completed
+        for impl in self.pm.hook.dlf_trace_contribute.get_hookimpls():
+            plugin = impl.plugin_name
+            try:
+                result = impl.function(run=self.run)
+            except Exception as exc:
+                raise PluginError(plugin, step, exc) from exc
+            prefix = plugin_prefix(plugin)
+            for name, value in dict(result or {}).items():
+                if not str(name).startswith(prefix):
+                    why = f"trace variable {name!r} must start with {prefix!r}"
+                    raise PluginError(plugin, step, ValueError(why))
+                if name in merged:
+                    why = f"trace variable {name!r} contributed twice"
+                    raise PluginError(plugin, step, ValueError(why))
+                merged[name] = value
+                self.owner[name] = plugin
+        return merged
+
+    def write_final(self) -> None:
+        """The last write, with every contribution; if one fails (or cannot join the trace),
+        the trace of the finished steps is written without them (``status = "failed"``) and
+        the error names the plugin."""
+        recorder = self.recorder
+        try:
+            recorder.write(self())
+        except ContributionError as exc:
+            recorder.status = "failed"
+            recorder.write()
+            self.raise_for(exc)
+        except PluginError:
+            recorder.status = "failed"
+            recorder.write()
+            raise
+
+    def write_after_failure(self) -> None:
+        """The trace after a failure or an interruption: with the contributions if they work,
+        else without them."""
+        try:
+            self.recorder.write(self())
+        except (PluginError, ContributionError):
+            self.recorder.write()
+
+    def raise_for(self, exc: ContributionError) -> None:
+        """A contribution that could not join the trace, as the error of its plugin."""
+        owner = self.owner.get(exc.name, "unknown plugin")
+        raise PluginError(owner, self.recorder.steps_completed, exc) from None
+
+
+def plugin_prefix(plugin_name: str) -> str:
+    """``analyzer:lanczos`` → ``lanczos_``; a module plugin ``pkg.mod`` → ``mod_``."""
+    base = plugin_name.removeprefix("analyzer:").rsplit(".", 1)[-1]
+    return f"{base}_"

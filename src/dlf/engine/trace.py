@@ -1,0 +1,375 @@
+"""Traces: per-member series recorded during a run, written atomically as NetCDF.
+
+The :class:`Recorder` keeps a small preallocated buffer on the run's device so that the step loop
+never waits for the host, copies it into host arrays in chunks, and rewrites the NetCDF file
+(temp file, then rename) at checkpoints and at the end. A run killed between checkpoints leaves
+the last complete trace. The schema is documented in ``docs/trace-format.md``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Hashable, Mapping
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from dlf.errors import ConfigError, OutputError
+from dlf.hooks.state import RunContext
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs aimed at one trace are not guarded
+    fcntl = None  # type: ignore[assignment]
+
+ENGINE = "netcdf4"
+CHUNK = 512  # records buffered on the device before one copy to the host
+
+SERIES = {
+    "loss": ("dynamical loss F", "1"),
+    "static_loss": ("static loss (Γ = 1)", "1"),
+    "train_accuracy": ("training accuracy", "1"),
+    "lr": ("learning rate η_t", "1"),
+}
+
+
+def package_versions() -> dict[str, str]:
+    names = ("dlf-study", "torch", "numpy", "xarray", "netCDF4", "optuna", "pluggy", "pydantic")
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+class ContributionError(ValueError):
+    """A contributed trace variable that cannot join the core ones (name clash, bad shape)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        self.name = name
+        super().__init__(f"trace variable {name!r}: {message}")
+
+
+class Recorder:
+    """Collects the core series of one run and writes the run's NetCDF trace."""
+
+    def __init__(self, run: RunContext, path: Path, checkpoint_seconds: float = 60.0) -> None:
+        cfg = run.config.train
+        self.run = run
+        self.path = Path(path)
+        self.checkpoint_seconds = checkpoint_seconds
+        self._last_write = time.monotonic()
+        m, c = run.n_members, run.objective.n_classes
+        self.record_every = cfg.record_every
+        self.steps = np.arange(0, run.total_steps, cfg.record_every)
+        eval_steps = set(range(0, run.total_steps, cfg.eval_every)) | {run.total_steps}
+        self.eval_steps = np.array(sorted(eval_steps))
+        n = len(self.steps)
+        self.series = {key: np.full((n, m), np.nan) for key in SERIES}
+        self.gamma = np.full((n, m, c), np.nan, dtype=np.float32)
+        self.evals = {
+            key: np.full((len(self.eval_steps), m), np.nan)
+            for key in ("val_loss", "val_accuracy", "eval_train_loss", "eval_train_accuracy")
+        }
+        self.diverged_step = np.full(m, -1, dtype=np.int64)
+        self._diverged_at: torch.Tensor | None = None
+        self._buffer = torch.full(
+            (CHUNK, len(SERIES), m), float("nan"), device=run.device, dtype=run.dtype
+        )
+        self._gamma_buffer = torch.full(
+            (CHUNK, m, c), float("nan"), device=run.device, dtype=torch.float32
+        )
+        self._buffered_from = 0  # record index of the buffer's first row
+        self._n_buffered = 0
+        self._n_evals = 0
+        self.steps_completed = 0
+        self.status = "running"
+        self.stop_reason: str | None = None
+        remove_stale_temp_files(self.path)
+
+    # --- collecting
+
+    def track_divergence(self) -> torch.Tensor:
+        """The device tensor ``(member,)`` of divergence steps (-1: never) that the trainer
+        fills in place; read at every write, so a trace written at any moment is exact."""
+        self._diverged_at = torch.full(
+            (self.run.n_members,), -1, dtype=torch.long, device=self.run.device
+        )
+        return self._diverged_at
+
+    def wants(self, step: int) -> bool:
+        return step % self.record_every == 0
+
+    def record(
+        self,
+        loss: torch.Tensor,
+        static_loss: torch.Tensor,
+        train_accuracy: torch.Tensor,
+        lr: torch.Tensor,
+        gamma: torch.Tensor,
+    ) -> None:
+        """Store one recorded step (in order); device-side until the chunk is full."""
+        row = self._n_buffered
+        torch.stack([loss, static_loss, train_accuracy, lr], out=self._buffer[row])
+        self._gamma_buffer[row].copy_(gamma)
+        self._n_buffered += 1
+        if self._n_buffered == CHUNK:
+            self._flush()
+
+    def record_eval(self, step: int, values: Mapping[str, torch.Tensor]) -> None:
+        i = int(np.searchsorted(self.eval_steps, step))
+        for key, value in values.items():
+            self.evals[key][i] = value.detach().cpu().numpy()
+        self._n_evals = i + 1
+
+    def _flush(self) -> None:
+        n, start = self._n_buffered, self._buffered_from
+        if n == 0:
+            return
+        block = self._buffer[:n].cpu().numpy()
+        for j, key in enumerate(SERIES):
+            self.series[key][start : start + n] = block[:, j]
+        self.gamma[start : start + n] = self._gamma_buffer[:n].cpu().numpy()
+        self._buffered_from += n
+        self._n_buffered = 0
+
+    def checkpoint_due(self) -> bool:
+        return time.monotonic() - self._last_write >= self.checkpoint_seconds
+
+    # --- writing
+
+    def to_dataset(self, contributions: Mapping[str, Any] | None = None) -> xr.Dataset:
+        """The trace of the steps completed so far as an xarray Dataset."""
+        self._flush()
+        run = self.run
+        n_rec = int(np.searchsorted(self.steps, self.steps_completed))
+        n_eval = int(np.searchsorted(self.eval_steps, self.steps_completed, side="right"))
+        n_eval = min(n_eval, self._n_evals)
+        if self._diverged_at is not None:
+            self.diverged_step = self._diverged_at.cpu().numpy().astype(np.int64)
+        data_vars: dict[str, Any] = {}
+        for key, (long_name, units) in SERIES.items():
+            data_vars[key] = (
+                ("member", "step"),
+                self.series[key][:n_rec].T,
+                {"long_name": long_name, "units": units},
+            )
+        data_vars["gamma"] = (
+            ("member", "step", "class_index"),
+            self.gamma[:n_rec].transpose(1, 0, 2),
+            {"long_name": "class weight Γ_i(t)", "units": "1"},
+        )
+        # A member's evaluations from its divergence step on are NaN: at that step θ is the
+        # point whose loss was non-finite, later it is frozen there.
+        eval_steps = self.eval_steps[:n_eval]
+        gone = (self.diverged_step[None, :] >= 0) & (eval_steps[:, None] >= self.diverged_step)
+        for key, values in self.evals.items():
+            data_vars[key] = (
+                ("member", "eval_step"),
+                np.where(gone, np.nan, values[:n_eval]).T,
+                {"long_name": key.replace("_", " "), "units": "1"},
+            )
+        data_vars["diverged_step"] = (
+            "member",
+            self.diverged_step,
+            {
+                "long_name": "first step with a non-finite loss (-1: never); evaluated "
+                "metrics are NaN from this step on",
+                "units": "step",
+            },
+        )
+        members = run.members
+        coords = {
+            "member": np.arange(run.n_members),
+            "step": ("step", self.steps[:n_rec], {"long_name": "training step", "units": "step"}),
+            "eval_step": ("eval_step", eval_steps, {"units": "step"}),
+            "class_index": np.arange(run.objective.n_classes),
+            "seed": ("member", np.array([m.seed for m in members]), {"long_name": "seed"}),
+            "amplitude": ("member", np.array([m.amplitude for m in members]), {"long_name": "A"}),
+            "period": ("member", np.array([m.period for m in members]), {"units": "step"}),
+            "eta": (
+                "member",
+                np.array([m.lr for m in members]),
+                {"long_name": "base learning rate"},
+            ),
+            "width": ((), run.model.width, {"long_name": "hidden width"}),
+        }
+        ds = xr.Dataset(data_vars, coords=coords)
+        for name, value in (contributions or {}).items():
+            if name in ds.variables:
+                raise ContributionError(name, "collides with a core variable of the trace")
+            try:
+                ds[name] = value
+            except (ValueError, TypeError) as exc:
+                raise ContributionError(name, str(exc).splitlines()[0]) from None
+        ds.attrs.update(
+            {
+                "title": f"dlf-study trace of run {run.config.name!r}",
+                "Conventions": "CF-1.8",
+                "status": self.status,
+                "steps_completed": self.steps_completed,
+                "total_steps": run.total_steps,
+                "loss_name": run.config.loss.name,
+                "schedule_name": run.config.schedule.name,
+                "dataset": run.data.name,
+                "config": run.config.model_dump_json(),
+                "versions": json.dumps(package_versions()),
+                "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
+        if self.stop_reason is not None:
+            ds.attrs["stop_reason"] = self.stop_reason
+        return ds
+
+    def write(self, contributions: Mapping[str, Any] | None = None) -> Path:
+        """Write the trace atomically (temp file, then rename) and return its path."""
+        write_netcdf(self.to_dataset(contributions), self.path)
+        self._last_write = time.monotonic()
+        return self.path
+
+
+TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def _temp_path(path: Path) -> Path:
+    """Where ``path`` is written before its rename: hidden, named by the writer's PID."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(path: Path) -> list[Path]:
+    """Remove temp files of ``path`` left by writers that died (kill -9, power loss); a live
+    writer's temp file (its PID still running) is left alone. Returns what was removed."""
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        match = TEMP_PATTERN.match(tmp.name)
+        if match is None or match["name"] != path.name:
+            continue
+        pid = int(match["pid"])
+        if pid != os.getpid() and _alive(pid):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def write_netcdf(ds: xr.Dataset, path: Path) -> None:
+    """Write ``ds`` to ``path`` with compression, atomically: readers never see half a file.
+
+    A write that fails (disk full, folder read-only) leaves the previous file untouched and
+    raises :class:`dlf.errors.OutputError` with one line saying why.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(path, exc) from None
+    tmp = _temp_path(path)
+    encoding: dict[Hashable, dict[str, Any]] = {
+        name: {"zlib": True, "complevel": 4}
+        for name, var in ds.variables.items()
+        if var.dtype.kind in "fiu" and var.ndim > 0
+    }
+    try:
+        ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(path, exc) from None
+    except RuntimeError as exc:  # netCDF4 reports a failed HDF5 write as RuntimeError
+        if _disk_full(path.parent):
+            raise OutputError(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from None
+        raise OutputError(path, exc) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    """Push the file to the disk before it replaces the old one: a full disk fails here,
+    not after the rename."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < 1 << 20
+
+
+class TraceLock:
+    """An exclusive lock on one trace path for the duration of a run (``flock`` on a hidden
+    ``.<name>.lock`` beside it). The kernel drops it when the process dies, so a killed run
+    never leaves a stale lock; a second run aimed at the same trace gets a one-line error."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.file = self.path.with_name(f".{self.path.name}.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> TraceLock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(
+                "output.root", f"cannot write in {self.path.parent}: {exc.strerror or exc}"
+            ) from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise ConfigError(
+                    "name",
+                    f"another run (pid {holder}) is writing {self.path}; wait for it to end, "
+                    "or give this run another name or --out",
+                ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> TraceLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def open_trace(path: str | Path) -> xr.Dataset:
+    """Open a trace written by dlf-study, loaded into memory (the file is closed again)."""
+    with xr.open_dataset(path, engine=ENGINE) as ds:
+        return ds.load()

@@ -1,0 +1,253 @@
+"""The ensemble trainer: every member is a row of one parameter tensor, stepped together.
+
+One step for all members is one batched forward/backward (hand-fused for the built-in MLP and
+losses, see :mod:`dlf.engine.gradients`). Γ and η are precomputed for blocks of steps, records go to a
+device buffer, and analyzers are only called at steps where they are due, so the loop does little
+Python work per step and never waits for the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from dlf.curvature.helper import Curvature
+from dlf.engine.gradients import gradient_for
+from dlf.engine.trace import ContributionError, Recorder
+from dlf.errors import PluginError
+from dlf.hooks.analyzer import Analyzer
+from dlf.hooks.manager import Plugins, blame
+from dlf.hooks.state import EvalState, RunContext, StepState
+from dlf.numerics.schedules import Schedule, weights
+
+BLOCK = 256  # steps whose Γ and η are computed at once
+
+
+@dataclass
+class Optimizer:
+    """Gradient descent with optional (Nesterov) momentum, as ``torch.optim.SGD`` defines it."""
+
+    momentum: float = 0.0
+    nesterov: bool = False
+    velocity: torch.Tensor | None = None
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        if self.momentum == 0:
+            return grad
+        if self.velocity is None:
+            self.velocity = grad.clone()
+        else:
+            self.velocity.mul_(self.momentum).add_(grad)
+        return grad + self.momentum * self.velocity if self.nesterov else self.velocity
+
+
+class Minibatches:
+    """Per-member minibatch indices: member m reshuffles each epoch from its own seed's stream."""
+
+    def __init__(self, seeds: list[int], n_samples: int, batch_size: int, device: torch.device):
+        self.generators = [torch.Generator().manual_seed(7919 * s + 1) for s in seeds]
+        self.n, self.b, self.device = n_samples, min(batch_size, n_samples), device
+        self.per_epoch = self.n // self.b
+        self.order = torch.empty(0)
+
+    def indices(self, step: int) -> torch.Tensor:
+        k = step % self.per_epoch
+        if k == 0:
+            perms = [torch.randperm(self.n, generator=g) for g in self.generators]
+            self.order = torch.stack(perms).to(self.device)
+        return self.order[:, k * self.b : (k + 1) * self.b]
+
+
+class Trainer:
+    """Trains ``run``'s members from ``theta0``, reporting to ``recorder`` and the analyzers."""
+
+    def __init__(
+        self,
+        run: RunContext,
+        plugins: Plugins,
+        schedule: Schedule,
+        recorder: Recorder,
+        contribute: Callable[[], dict[str, object]],
+        progress: bool = False,
+    ) -> None:
+        self.run = run
+        self.pm = plugins.manager
+        self.schedule = schedule
+        self.recorder = recorder
+        self.contribute = contribute
+        self.progress = progress
+        self.curvature = Curvature(run.objective)
+        self.gradient = gradient_for(run.objective)
+        self._callers: dict[tuple[str, ...], object] = {}
+
+    # --- per-block precomputation
+
+    def gammas(self, steps: torch.Tensor) -> torch.Tensor:
+        """Γ for a block of steps, ``(S, member, class)``; 1 where the loss is static."""
+        run = self.run
+        shape = (len(steps), run.n_members, run.objective.n_classes)
+        if not run.objective.loss.dynamical:
+            return torch.ones(shape, dtype=run.dtype, device=run.device)
+        n_classes = run.objective.n_classes
+        return weights(self.schedule, steps, run.amplitude, run.period, n_classes, run.static_from)
+
+    def learning_rates(self, steps: torch.Tensor) -> torch.Tensor:
+        """η_t for a block of steps, ``(S, member)``: base η × warm-up × decay factor."""
+        cfg = self.run.config.train
+        t = steps.to(self.run.dtype)
+        factor = torch.ones_like(t)
+        if cfg.warmup_steps > 0:
+            factor = torch.clamp(t / cfg.warmup_steps, max=1.0)
+        if cfg.decay == "linear":
+            span = max(self.run.total_steps - cfg.warmup_steps, 1)
+            frac = torch.clamp((t - cfg.warmup_steps) / span, min=0.0, max=1.0)
+            factor = factor * (1 - frac * (1 - cfg.final_lr_factor))
+        return factor[:, None] * self.run.lr[None, :]
+
+    def blocks(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        for start in range(0, self.run.total_steps, BLOCK):
+            stop = min(start + BLOCK, self.run.total_steps)
+            steps = torch.arange(start, stop, device=self.run.device)
+            yield start, self.gammas(steps), self.learning_rates(steps)
+
+    # --- hooks
+
+    def _call(self, hook_name: str, step: int | None, only: list[Analyzer] | None = None, **kw):
+        """Call a hook (restricted to the analyzers in ``only``); name the plugin if one raises."""
+        caller = getattr(self.pm.hook, hook_name)
+        if only is not None:
+            key = (hook_name, *(a.name for a in only))
+            if key not in self._callers:
+                idle = [a for a in self.run.analyzers.values() if a not in only]
+                self._callers[key] = self.pm.subset_hook_caller(hook_name, remove_plugins=idle)
+            caller = self._callers[key]
+        try:
+            return caller(**kw)
+        except Exception as exc:
+            raise PluginError(blame(caller, exc.__traceback__), step, exc) from exc
+
+    # --- the loop
+
+    def evaluate(self, step: int, theta: torch.Tensor, active: torch.Tensor) -> None:
+        """Validation and training metrics at θ_t; NaN for members that are not ``active``
+        (a diverged member's frozen θ would otherwise score as if it classified something:
+        NaN logits argmax to class 0)."""
+        run, obj = self.run, self.run.objective
+        val_loss, val_accuracy = self.gradient.evaluate(theta, run.x_val, run.y_val)
+        train_loss, train_accuracy = self.gradient.evaluate(theta, obj.x, obj.y)
+        nan = torch.tensor(float("nan"), dtype=val_loss.dtype, device=val_loss.device)
+        values = {
+            name: torch.where(active, value, nan)
+            for name, value in (
+                ("val_loss", val_loss),
+                ("val_accuracy", val_accuracy),
+                ("eval_train_loss", train_loss),
+                ("eval_train_accuracy", train_accuracy),
+            )
+        }
+        self.recorder.record_eval(step, values)
+        state = EvalState(
+            step,
+            theta,
+            values["val_loss"],
+            values["val_accuracy"],
+            values["eval_train_accuracy"],
+            run,
+            active,
+        )
+        self._call("dlf_evaluate", step, state=state)
+
+    def train(self, theta: torch.Tensor) -> torch.Tensor:
+        """Run all steps from ``theta (member, n)``; returns the final parameters.
+
+        The run ends early when every member diverged (status ``diverged``) or when a hook asked
+        for it through ``run.request_stop`` (status ``stopped``).
+        """
+        run, rec = self.run, self.recorder
+        self._call("dlf_run_start", None, run=run)
+        self.active = torch.ones(run.n_members, dtype=torch.bool, device=run.device)
+        with tqdm(
+            total=run.total_steps, disable=not self.progress, unit="step", leave=False
+        ) as bar:
+            theta = self._steps(theta, bar)
+        if run.stop_reason is not None:
+            rec.status, rec.stop_reason = "stopped", run.stop_reason
+        elif rec.status != "diverged":
+            self.evaluate(run.total_steps, theta, self.active)
+            rec.status = "complete"
+        self._call("dlf_run_end", None, run=run)
+        return theta
+
+    def _steps(self, theta: torch.Tensor, bar: tqdm) -> torch.Tensor:
+        """The step loop; returns θ after the last step taken."""
+        run, rec, obj = self.run, self.recorder, self.run.objective
+        cfg = run.config.train
+        analyzers = list(run.analyzers.values())
+        opt = Optimizer(cfg.momentum, cfg.nesterov)
+        batches = (
+            Minibatches([m.seed for m in run.members], len(obj.y), cfg.batch_size, run.device)
+            if cfg.optimizer == "sgd" and cfg.batch_size
+            else None
+        )
+        gradient = self.gradient
+        limit = cfg.diverge_above  # NaN compares False, so `loss <= limit` also catches NaN
+        active = self.active
+        # the recorder reads this tensor at every write, so diverged_step is never stale
+        diverged_at = rec.track_divergence()
+        for start, gamma_block, lr_block in self.blocks():
+            steps = zip(gamma_block.unbind(), lr_block.unbind(), strict=True)
+            for t, (gamma, lr) in enumerate(steps, start=start):
+                if batches is None:
+                    x, y = obj.x, obj.y
+                else:
+                    idx = batches.indices(t)
+                    x, y = obj.x[idx], obj.y[idx]
+                if t % cfg.eval_every == 0:
+                    self.evaluate(t, theta, active)
+                    if run.stop_reason is not None:
+                        break
+                loss, grad = gradient(theta, gamma, active, x, y)
+                finite = torch.isfinite(loss) if limit is None else loss <= limit
+                diverged_at.masked_fill_(active > finite, t)  # active now, not finite
+                active = self.active = active & finite
+                due = [a for a in analyzers if a.due(t)]
+                recorded = rec.wants(t)
+                if due or recorded:
+                    static, acc = gradient.metrics()
+                    if recorded:
+                        rec.record(loss, static, acc, lr, gamma)
+                    if due:
+                        state = StepState(
+                            t,
+                            theta,
+                            grad,
+                            gamma,
+                            loss,
+                            static,
+                            acc,
+                            lr,
+                            active,
+                            run,
+                            self.curvature,
+                        )
+                        self._call("dlf_step_end", t, only=due, state=state)
+                step = lr[:, None] * opt.direction(grad)
+                theta = torch.where(active[:, None], theta - step, theta)
+                rec.steps_completed = t + 1
+                if run.stop_reason is not None:
+                    break
+            bar.update(rec.steps_completed - start)
+            if run.stop_reason is not None:
+                break
+            if not bool(active.any()):
+                rec.status = "diverged"
+                break
+            if rec.checkpoint_due():
+                try:
+                    rec.write(self.contribute())
+                except ContributionError as exc:
+                    self.contribute.raise_for(exc)  # type: ignore[attr-defined]
+        return theta

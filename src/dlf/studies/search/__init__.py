@@ -1,0 +1,97 @@
+"""Minimal-width studies: the smallest network a dynamical loss trains to a target accuracy.
+
+``dlf-study run configs/min_width.yaml`` runs one: an Optuna search over width × amplitude ×
+period whose trials are members of vectorised ensemble runs, with a static-loss baseline,
+resumable storage, several workers, ``study.nc`` and ``report.md``. Read top-down:
+:mod:`~dlf.studies.search.config` (the ``search`` section), :mod:`~dlf.studies.search.storage` and
+:mod:`~dlf.studies.search.liveness` (where trials live, retrying lost ones), :mod:`~dlf.studies.search.ladder`
+(the width bisection), :mod:`~dlf.studies.search.pruning` and :mod:`~dlf.studies.search.evaluate` (one batch of
+trials as one run), :mod:`~dlf.studies.search.study` (the workers), :mod:`~dlf.studies.search.results` and
+:mod:`~dlf.studies.search.report` (what comes out).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dlf.studies.search.config import SearchConfig, StudyConfig, load_study_config
+from dlf.studies.search.results import Finding, findings, open_study, study_dataset, write_study
+from dlf.studies.search.storage import open_storage, open_studies, storage_label, study_dir
+from dlf.studies.search.study import check_study, run_workers
+
+__all__ = [
+    "SearchConfig",
+    "StudyConfig",
+    "StudyResult",
+    "cli_run",
+    "load_study_config",
+    "open_study",
+    "run_study",
+    "summarise",
+]
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """Where a study's outputs are and what it found, per track (``static``, ``dynamical``)."""
+
+    directory: Path
+    study_file: Path
+    report: Path
+    findings: dict[str, Finding]
+
+
+def summarise(config: StudyConfig) -> StudyResult:
+    """Write ``study.nc``, ``report.md`` and the figures from what the storage holds now."""
+    from dlf.studies.search.report import (
+        write_report,  # seaborn: imported only when a report is due
+    )
+
+    storage = open_storage(config)
+    studies = open_studies(config, storage)
+    found = findings(config, studies)
+    directory = study_dir(config)
+    ds = study_dataset(config, studies, found)
+    study_file = write_study(ds, directory)
+    report = write_report(config, ds, found, storage_label(config), directory)
+    return StudyResult(directory, study_file, report, found)
+
+
+def run_study(config: StudyConfig, out_dir: Path | None = None, workers: int = 1) -> StudyResult:
+    """Run (or resume) a study under ``out_dir/<name>/`` (default: ``output.root``) with
+    ``workers`` processes, then write its results."""
+    if out_dir is not None:
+        config = config.with_root(out_dir)
+    check_study(config)
+    studies = open_studies(config, open_storage(config))  # refuses another setup's study
+    kept = sum(
+        t.state.is_finished()
+        for study in studies.values()
+        for t in study.get_trials(deepcopy=False)
+    )
+    if kept:
+        print(
+            f"resuming study {config.name!r} in {study_dir(config)}: {kept} finished trials kept "
+            "(delete that folder to start afresh)",
+            file=sys.stderr,
+        )
+    try:
+        run_workers(config, workers)
+    except KeyboardInterrupt:
+        summarise(config)  # what finished so far, then the interrupt goes on to the CLI
+        raise
+    return summarise(config)
+
+
+def cli_run(config_path: Path, overrides: Sequence[str], out: Path | None, workers: int) -> int:
+    """``dlf-study run`` for a study config; errors are raised as :class:`dlf.DlfError`."""
+    config = load_study_config(config_path, overrides)
+    result = run_study(config, out, workers)
+    target, metric = config.search.target, config.search.metric
+    for finding in result.findings.values():
+        print(finding.sentence(target, metric))
+    print(f"report: {result.report}\nstudy:  {result.study_file}", file=sys.stdout)
+    return 0

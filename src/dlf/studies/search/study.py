@@ -1,0 +1,392 @@
+"""The study: workers that ask Optuna for trials in batches, train them, and tell the results.
+
+Two Optuna studies share one storage: ``<name>.dynamical`` searches width × A × T for the
+configured dynamical loss, ``<name>.static`` the width alone for its static counterpart (the
+baseline). A worker repeatedly retries stale trials, picks the next job from the width bisection
+(:mod:`dlf.studies.search.ladder`), asks that many trials with the width fixed (Optuna's sampler proposes
+A and T), evaluates them as one ensemble run and tells the outcomes. ``--workers N`` starts N such
+processes against the same storage; several machines can do the same against PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from dlf.config import Member, RunConfig
+from dlf.engine.run import build_context
+from dlf.errors import ConfigError, DlfError
+from dlf.hooks.manager import load_plugins
+from dlf.studies.search.config import StudyConfig
+from dlf.studies.search.evaluate import Candidate, run_batch, tell
+from dlf.studies.search.ladder import (
+    FINISHED,
+    PENDING,
+    Bracket,
+    bracket,
+    next_width,
+    rungs,
+    trial_width,
+)
+from dlf.studies.search.liveness import (
+    SLOT,
+    WIDTH,
+    WORKER_ATTR,
+    Heartbeat,
+    claim,
+    recover_stale,
+    retry,
+    trial_id,
+    worker_id,
+)
+from dlf.studies.search.lock import StudyLock
+from dlf.studies.search.proposals import fixed_proposal, make_sampler
+from dlf.studies.search.pruning import make_pruner
+from dlf.studies.search.storage import open_storage, open_studies, study_dir
+
+POLL_SECONDS = 2.0  # how often an idle worker looks whether others finished
+
+
+@dataclass
+class Track:
+    """One Optuna study (static baseline or dynamical loss) and how its trials are run."""
+
+    kind: str
+    study: optuna.Study
+    run: RunConfig  # the run every trial of this track shares, but for the width
+    dynamical: bool
+    trials_per_width: int
+    budget: int | None  # most trials this track may take (None: the ladder bounds it)
+
+    def trials(self) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False)
+
+    def bracket(self, config: StudyConfig) -> Bracket:
+        search = config.search
+        table = rungs(self.trials())
+        return bracket(search.width.ladder(), table, search.target, self.trials_per_width)
+
+    def next_job(self, config: StudyConfig) -> tuple[int, int, bool] | None:
+        """(width, number of trials, retries?) to start now, or None: retries first, then the
+        bisection. Only meaningful under the study lock, where nobody else asks meanwhile."""
+        trials = self.trials()
+        waiting = [t for t in trials if t.state == TrialState.WAITING]
+        if waiting:  # retries of lost trials carry their width
+            width = trial_width(waiting[0])
+            same = [t for t in waiting if trial_width(t) == width]
+            if width is not None:
+                return width, min(len(same), config.search.batch), True
+        ladder = config.search.width.ladder()
+        job = next_width(ladder, rungs(trials), config.search.target, self.trials_per_width)
+        if job is None:
+            return None
+        width, room = job
+        room = min(room, config.search.batch)
+        if self.budget is not None:
+            used = sum(t.state in (*FINISHED, *PENDING) for t in trials)
+            room = min(room, self.budget - used)
+        return (width, room, False) if room > 0 else None
+
+    def busy(self) -> bool:
+        return any(t.state in PENDING for t in self.trials())
+
+
+def make_tracks(config: StudyConfig, studies: dict[str, optuna.Study]) -> list[Track]:
+    """The static track (if any) first: it is cheap and gives the baseline early."""
+    names = config.loss_names()
+    search = config.search
+    tracks = []
+    for kind, study in studies.items():
+        dynamical = kind == "dynamical"
+        run = config.run.model_copy(
+            update={"loss": config.run.loss.model_copy(update={"name": names[kind]})}
+        )
+        study.pruner = make_pruner(search.pruner, search.target, run)
+        per_width = search.trials_at_width(kind)
+        tracks.append(
+            Track(kind, study, run, dynamical, per_width, search.trials if dynamical else None)
+        )
+    return tracks
+
+
+class Worker:
+    """One process's share of the study: the job loop against the shared storage."""
+
+    def __init__(
+        self,
+        config: StudyConfig,
+        index: int = 0,
+        progress: bool = False,
+        keep_going: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.config = config
+        self.index = index
+        self.progress = progress
+        self.keep_going = keep_going  # False once this worker should stop between batches
+        self.storage: BaseStorage = open_storage(config)
+        self.tracks = make_tracks(config, open_studies(config, self.storage))
+        self.id = worker_id()
+        self.dir = study_dir(config)
+        self.lock = StudyLock(self.storage, config.name, self.id, config.search.grace_seconds)
+        # Optuna's samplers (tpe, random) get seeds that differ between the workers of one
+        # command by their index, and against a shared storage URL (the same command started
+        # on several machines, all with index 0) also by this process's id.
+        self.stream = 0 if config.search.storage is None else zlib.crc32(self.id.encode())
+        self.started = time.monotonic()
+        self.batch_seconds: list[float] = []
+
+    def say(self, message: str) -> None:
+        prefix = f"[worker {self.index}] " if self.index else ""
+        print(f"{prefix}{message}", file=sys.stderr, flush=True)
+
+    def run(self) -> None:
+        """Take jobs until every track is converged or out of budget and nothing is pending.
+
+        Interrupted (Ctrl-C, SIGTERM) anywhere, even between asking and training, it releases
+        every trial it holds for a retry before it stops."""
+        try:
+            self.loop()
+        except KeyboardInterrupt:
+            self.release_held()
+            raise
+
+    def loop(self) -> None:
+        while self.keep_going():
+            for track in self.tracks:
+                candidates = self.take(track)
+                if candidates:
+                    self.evaluate(track, candidates)
+                    break
+            else:
+                if not any(track.busy() for track in self.tracks):
+                    return
+                time.sleep(POLL_SECONDS)
+
+    def take(self, track: Track) -> list[Candidate]:
+        """Atomically (under the study lock): retry lost trials, choose the next job, ask its
+        trials and claim them, so that no two workers take the same slot or overshoot."""
+        with self.lock:
+            retried = recover_stale(track.study, self.storage, self.config.search.grace_seconds)
+            if retried:
+                self.say(f"{track.kind}: retrying trials {retried} whose worker is gone")
+            job = track.next_job(self.config)
+            if job is None:
+                return []
+            width, n, retries = job
+            rung = rungs(track.trials()).get(width)  # its trials finished or under way
+            first_slot = 0 if rung is None else rung.finished + rung.pending
+            return [self.ask(track, width, None if retries else first_slot + i) for i in range(n)]
+
+    def ask(self, track: Track, width: int, slot: int | None) -> Candidate:
+        """One trial at ``width``: slot ``slot`` of its proposals, or (None) a waiting retry."""
+        search = self.config.search
+        fixed: dict[str, float] = {WIDTH: width}
+        if track.dynamical and slot is not None:
+            fixed.update(fixed_proposal(search, slot) or {})
+        seed = search.sampler.seed + 10_007 * len(track.trials()) + self.index + self.stream
+        track.study.sampler = make_sampler(search, fixed, seed % 2**32)
+        trial = track.study.ask()
+        claim(self.storage, trial_id(self.storage, track.study, trial.number), self.id)
+        ladder = search.width.ladder()
+        trial.suggest_int(WIDTH, ladder[0], ladder[-1], log=True)
+        if slot is not None:
+            trial.set_user_attr(SLOT, slot)
+        if not track.dynamical:
+            return Candidate(trial, 1.0, float(track.run.train.steps))
+        amplitude = trial.suggest_float(
+            "amplitude", search.amplitude.low, search.amplitude.high, log=True
+        )
+        period = trial.suggest_float("period", search.period.low, search.period.high, log=True)
+        return Candidate(trial, amplitude, period)
+
+    def evaluate(self, track: Track, candidates: Sequence[Candidate]) -> None:
+        """Evaluate each width group (retries may differ) as one run."""
+        ordered = sorted(candidates, key=lambda c: c.trial.params[WIDTH])
+        for width, group in groupby(ordered, key=lambda c: c.trial.params[WIDTH]):
+            self.evaluate_width(track, int(width), list(group))
+
+    def evaluate_width(self, track: Track, width: int, candidates: Sequence[Candidate]) -> None:
+        search = self.config.search
+        numbers = [c.trial.number for c in candidates]
+        trace = Path("runs") / f"{track.kind}-w{width:04d}-t{numbers[0]:04d}.nc"
+        where = track.bracket(self.config).describe()
+        self.say(
+            f"{track.kind}: width {width}, trials {numbers} × {len(search.seeds)} seeds ({where})"
+        )
+        run = track.run.model_copy(
+            update={"model": track.run.model.model_copy(update={"width": width})}
+        )
+        ids = [trial_id(self.storage, track.study, n) for n in numbers]
+        start = time.monotonic()
+        try:
+            with Heartbeat(self.storage, ids, search.heartbeat_seconds):
+                outcomes = run_batch(
+                    track.study,
+                    run,
+                    candidates,
+                    search.seeds,
+                    search.metric,
+                    self.dir / trace,
+                    self.progress,
+                )
+        except Exception as exc:
+            self.fail(ids, exc)
+            raise
+        self.batch_seconds.append(time.monotonic() - start)
+        n_seeds = len(search.seeds)
+        for i, (candidate, outcome) in enumerate(zip(candidates, outcomes, strict=True)):
+            members = list(range(i * n_seeds, (i + 1) * n_seeds))
+            try:
+                tell(
+                    track.study,
+                    candidate,
+                    outcome,
+                    search.target,
+                    trace=str(trace),
+                    members=members,
+                )
+            except UpdateFinishedTrialError:
+                self.say(f"trial {candidate.trial.number} was retried elsewhere; result dropped")
+        best = max(o.mean for o in outcomes)
+        pruned = sum(o.state == TrialState.PRUNED for o in outcomes)
+        stopped = outcomes[0].measured_step
+        early = "" if outcomes[0].full_length else f", run stopped at step {stopped}"
+        self.say(
+            f"{track.kind}: width {width} → best {search.metric} {best:.3f}"
+            f" ({pruned} of {len(outcomes)} pruned{early})"
+        )
+        self.say(self.overview())
+
+    def overview(self) -> str:
+        """The study's state after a batch: each track's bracket, time spent and a rough ETA
+        (bisection steps left × the mean batch time so far)."""
+        parts, probes_left = [], 0
+        for track in self.tracks:
+            b = track.bracket(self.config)
+            parts.append(f"{track.kind} {b.describe()}")
+            if not b.converged:
+                probes_left += math.ceil(math.log2(b.hi - b.lo))
+        elapsed = time.monotonic() - self.started
+        mean = sum(self.batch_seconds) / len(self.batch_seconds)
+        eta = "done" if probes_left == 0 else f"≈ {probes_left} widths to go, ETA ≳ "
+        eta += "" if probes_left == 0 else _minutes(probes_left * mean)
+        return f"study: {'; '.join(parts)} — {_minutes(elapsed)} so far, {eta}"
+
+    def fail(self, trial_ids: Sequence[int], exc: Exception) -> None:
+        """Trials whose run raised an error fail with it (they are not retried)."""
+        for tid in trial_ids:
+            if not self.storage.get_trial(tid).state.is_finished():
+                self.storage.set_trial_system_attr(tid, "dlf:failed", repr(exc)[:500])
+                self.storage.set_trial_state_values(tid, TrialState.FAIL)
+
+    def release_held(self) -> None:
+        """Every RUNNING trial this worker claimed is failed and re-enqueued for the next run."""
+        for track in self.tracks:
+            for trial in track.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if trial.system_attrs.get(WORKER_ATTR) == self.id:
+                    retry(track.study, self.storage, trial, "interrupted")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a batch system's stop, ``kill``) is handled like Ctrl-C: lost trials are
+    released for a retry and the study's results are written."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _work(config: StudyConfig, index: int, threads: int, parent: int) -> None:
+    """Entry point of a worker process: stops between batches once its parent is gone."""
+    torch.set_num_threads(threads)
+    with terminate_as_interrupt():
+        try:
+            Worker(config, index, keep_going=lambda: os.getppid() == parent).run()
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+
+def check_study(config: StudyConfig) -> None:
+    """Everything a trial's run could reject, checked once before any trial starts."""
+    plugins = load_plugins(config.run.plugins)
+    loss = plugins.registries.losses.get(config.run.loss.name, "loss.name")
+    if not loss.dynamical:
+        losses = plugins.registries.losses
+        dynamical = [name for name in losses if losses.get(name, "loss.name").dynamical]
+        raise ConfigError(
+            "loss.name",
+            f"a study searches A and T of a dynamical loss, {loss.name!r} is static; "
+            f"allowed: {', '.join(dynamical)}",
+        )
+    run = config.run.model_copy(
+        update={"model": config.run.model.model_copy(update={"width": config.search.width.low})}
+    )
+    lr = config.run.train.lr[0]
+    build_context(run, plugins, [Member(seed=0, amplitude=1.0, period=1.0, lr=lr)])
+
+
+def progress_wanted(config: StudyConfig) -> bool:
+    mode = config.run.output.progress
+    return mode == "always" or (mode == "auto" and sys.stderr.isatty())
+
+
+def run_workers(config: StudyConfig, workers: int) -> None:
+    """Run the job loop here (one worker) or in ``workers`` processes sharing the storage.
+
+    Interrupting the parent (Ctrl-C, SIGTERM) interrupts its workers, which release their
+    trials for a retry; a parent killed outright leaves workers that stop after their batch."""
+    if workers < 1:
+        raise ConfigError("--workers", f"must be >= 1 (got {workers})")
+    with terminate_as_interrupt():
+        if workers == 1:
+            Worker(config, 0, progress_wanted(config)).run()
+            return
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")
+        processes = [
+            context.Process(
+                target=_work, args=(config, i + 1, threads, os.getpid()), name=f"dlf-worker-{i + 1}"
+            )
+            for i in range(workers)
+        ]
+        try:
+            for process in processes:
+                process.start()
+            for process in processes:
+                process.join()
+        except KeyboardInterrupt:
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()  # SIGTERM: the worker releases its trials
+            for process in processes:
+                process.join()
+            raise
+    failed = [p.name for p in processes if p.exitcode != 0]
+    if failed:
+        raise DlfError(f"worker processes failed: {', '.join(failed)} (see their messages above)")

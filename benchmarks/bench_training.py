@@ -14,7 +14,7 @@ A = 10, T = 100, η = 1, full-batch gradient descent.
    float32 and float64. The naive loop's final parameters are checked against the trainer's.
 2. The same throughput as a fraction of the peak FLOP/s of a large matrix product measured here,
    counting 3 × the forward pass's matrix-product FLOPs per member-step.
-   "ways": the step alone (F and ∂F/∂θ, 50 members) by each implementation in ``dlf.engine.gradients``:
+   "ways": the step alone (F and ∂F/∂θ, 50 members) by each path in ``dlf.engine.gradients``:
    autograd, the fused torch pass, the compiled C kernel (CPU).
 3. Overheads over the bare loop (the same step, divergence check and update, nothing else): the
    trainer's event system with nothing to record or call, trace recording (every step, validation

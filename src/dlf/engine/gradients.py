@@ -138,7 +138,7 @@ class AutogradGradient:
 
 
 class FusedGradient:
-    """Hand-written forward and backward of :class:`~dlf.numerics.models.MLP` for the built-in losses.
+    """Hand-written forward and backward of the built-in MLP for the built-in losses.
 
     Activations are kept as ``(R, P, width)`` (rows of θ are the batch of every product); the
     logits and their gradient as ``(R, class, P)``, the orientation in which the products with the
@@ -391,7 +391,7 @@ class FusedGradient:
 # --- the compiled kernel ------------------------------------------------------------------------
 
 KERNEL_SOURCE = r"""
-/* F and dF/dθ of a one-hidden-layer ReLU MLP, full batch, for every row of θ (dlf.engine.gradients).
+/* F and dF/dθ of a one-hidden-layer ReLU MLP, full batch, for every row of θ (dlf.engine).
  * Compiled once per dtype: -DREAL=float -DMASK=int32_t -DSUFFIX=f32, or double/int64_t/f64.
  * Per row: the forward pass vectorised over samples, the loss and its gradient d vectorised over
  * samples (libmvec exp/log), the backward pass vectorised over hidden units with the

@@ -1,7 +1,7 @@
 """The ensemble trainer: every member is a row of one parameter tensor, stepped together.
 
 One step for all members is one batched forward/backward (hand-fused for the built-in MLP and
-losses, see :mod:`dlf.engine.gradients`). Γ and η are precomputed for blocks of steps, records go to a
+losses: :mod:`dlf.engine.gradients`). Γ and η are precomputed for blocks of steps, records go to a
 device buffer, and analyzers are only called at steps where they are due, so the loop does little
 Python work per step and never waits for the host.
 """

@@ -2,12 +2,11 @@
 
 ``dlf-study run configs/min_width.yaml`` runs one: an Optuna search over width × amplitude ×
 period whose trials are members of vectorised ensemble runs, with a static-loss baseline,
-resumable storage, several workers, ``study.nc`` and ``report.md``. Read top-down:
-:mod:`~dlf.studies.search.config` (the ``search`` section), :mod:`~dlf.studies.search.storage` and
-:mod:`~dlf.studies.search.liveness` (where trials live, retrying lost ones), :mod:`~dlf.studies.search.ladder`
-(the width bisection), :mod:`~dlf.studies.search.pruning` and :mod:`~dlf.studies.search.evaluate` (one batch of
-trials as one run), :mod:`~dlf.studies.search.study` (the workers), :mod:`~dlf.studies.search.results` and
-:mod:`~dlf.studies.search.report` (what comes out).
+resumable storage, several workers, ``study.nc`` and ``report.md``. Read the modules top-down:
+``config`` (the ``search`` section), ``storage``, ``liveness`` and ``lock`` (where trials live,
+retrying lost ones, taking jobs atomically), ``ladder`` (the width bisection), ``proposals`` (the
+(A, T) slots), ``pruning`` and ``evaluate`` (one batch of trials as one run), ``study`` (the
+workers), ``results`` and ``report`` (what comes out).
 """
 
 from __future__ import annotations

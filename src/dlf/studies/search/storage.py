@@ -3,8 +3,8 @@
 The default is a journal file (``optuna.storages.journal``) in the study folder: no server, safe
 for several local processes. A URL (``postgresql://…``, ``sqlite:///…``) selects Optuna's RDB
 storage, which workers on several machines can share. Each study remembers what its trials
-measure (:func:`dlf.studies.search.config.setup_fingerprint`); re-opening it with a different setup is a
-:class:`dlf.ConfigError` that leaves the stored study untouched.
+measure (:func:`~dlf.studies.search.config.setup_fingerprint`); re-opening it with a different
+setup is a :class:`dlf.ConfigError` that leaves the stored study untouched.
 """
 
 from __future__ import annotations

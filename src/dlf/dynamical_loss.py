@@ -5,9 +5,9 @@
 
 It is the trainer's own implementation — the same Γ (:func:`dlf.numerics.schedules.weights`, any
 registered schedule) and the same loss functions (:mod:`dlf.numerics.losses`) — so a notebook
-loop and a ``dlf-study run`` optimise the same F. Γ is switched off (≡ 1) from ``static_from`` on, or for the
-last period when ``total_steps`` is given (the papers' protocol); with neither it oscillates
-forever.
+loop and a ``dlf-study run`` optimise the same F. Γ is switched off (≡ 1) from ``static_from``
+on, or for the last period when ``total_steps`` is given (the papers' protocol); with neither it
+oscillates forever.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ Two Optuna studies share one storage: ``<name>.dynamical`` searches width Ã— A Ã
 configured dynamical loss, ``<name>.static`` the width alone for its static counterpart (the
 baseline). A worker repeatedly retries stale trials, picks the next job from the width bisection
 (:mod:`~dlf.studies.search.ladder`), asks that many trials with the width fixed (the
-proposals give A and T), evaluates them as one ensemble run and tells the outcomes. ``--workers N`` starts N such
-processes against the same storage; several machines can do the same against PostgreSQL.
+proposals give A and T), evaluates them as one ensemble run and tells the outcomes.
+``--workers N`` starts N such processes against the same storage; several machines can do the
+same against PostgreSQL.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def test_missing_and_malformed_files(tmp_path, capsys):
 def test_plugins_lists_core_registries(capsys):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    assert "dlf.numerics.losses" in out and "dce" in out and "spiral" in out and "triangle" in out
+    assert "dlf.hooks.builtins" in out and "dce" in out and "spiral" in out and "triangle" in out
 
 
 def test_progress_bar_only_when_asked_or_on_a_terminal(tmp_path, capsys):

@@ -6,10 +6,13 @@ import sys
 import textwrap
 
 import pytest
+import yaml
 
 from dlf.engine.run import execute
 from dlf.engine.trace import open_trace
 from dlf.errors import PluginError
+from dlf.hooks.manager import PluginLoadWarning
+from tests.conftest import tiny_config
 
 PLUGIN = '''
 import torch
@@ -156,3 +159,53 @@ def test_config_named_plugin_module(tmp_path, make_config):
         assert "local_norm" in ds
     finally:
         sys.path.remove(str(tmp_path))
+
+
+def install(site, module: str, source: str, entry: str) -> None:
+    """A one-module distribution with entry point ``entry`` in group 'dlf' under ``site``."""
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[dlf]\n{entry} = {module}\n")
+
+
+BROKEN_PLUGINS = {
+    "import": "raise RuntimeError('planted import failure')\n",
+    "register": (
+        "import dlf.plugin\n\n"
+        "@dlf.plugin.hookimpl\n"
+        "def dlf_register(registries):\n"
+        "    registries.losses.add('dce', None)  # a core name: registered twice\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("fails_in", sorted(BROKEN_PLUGINS))
+def test_a_broken_plugin_is_a_warning_until_a_config_uses_it(
+    fails_in, tmp_path, monkeypatch, capsys
+):
+    from dlf.cli import main
+
+    site = tmp_path / "site"
+    site.mkdir()
+    install(site, "dlf_broken", BROKEN_PLUGINS[fails_in], entry="broken")
+    monkeypatch.syspath_prepend(str(site))
+
+    with pytest.warns(PluginLoadWarning, match="dlf plugin 'broken': dlf_broken 0.1"):
+        assert main(["plugins"]) == 0
+    assert "broken                   BROKEN: dlf_broken 0.1" in capsys.readouterr().out
+
+    path = tmp_path / "ok.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tmp_path, train={"steps": 5})))
+    with pytest.warns(PluginLoadWarning):
+        assert main(["run", str(path)]) == 0  # unaffected
+    capsys.readouterr()
+
+    path.write_text(yaml.safe_dump(tiny_config(tmp_path / "out2", analyzers={"broken": {}})))
+    with pytest.warns(PluginLoadWarning):
+        assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("dlf-study: error: analyzers.broken: analyzer 'broken' is not")
+    assert "planted" in err[-1] or "registered twice" in err[-1]
+    assert not (tmp_path / "out2").exists()

@@ -7,13 +7,13 @@ add ``lanczos`` to record λmax, λ2, λ3 at the onsets.
 
 from __future__ import annotations
 
-import dlf
+from dlf import plugin
 
 from .analyzer import BifurcationAnalyzer, BifurcationOptions
 
 __all__ = ["BifurcationAnalyzer", "BifurcationOptions"]
 
 
-@dlf.hookimpl
-def dlf_register(registries: dlf.Registries) -> None:
+@plugin.hookimpl
+def dlf_register(registries: plugin.Registries) -> None:
     registries.analyzers.add("bifurcation", BifurcationAnalyzer)

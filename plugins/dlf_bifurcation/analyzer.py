@@ -14,13 +14,13 @@ import torch
 import xarray as xr
 from pydantic import Field, field_validator
 
-import dlf
-from dlf.analysis import BifurcationDetector, BifurcationSettings, events_dataset
+from dlf import plugin
+from dlf.plugin import BifurcationDetector, BifurcationSettings, events_dataset
 
 BLOCK = 256  # steps buffered on the device before the detector sees them
 
 
-class BifurcationOptions(dlf.AnalyzerOptions, BifurcationSettings):
+class BifurcationOptions(plugin.AnalyzerOptions, BifurcationSettings):
     """The detector's thresholds (see :class:`dlf.analysis.BifurcationSettings`) and λ's source."""
 
     spectrum: str | None = Field(
@@ -35,13 +35,13 @@ class BifurcationOptions(dlf.AnalyzerOptions, BifurcationSettings):
         return value
 
 
-class BifurcationAnalyzer(dlf.Analyzer):
+class BifurcationAnalyzer(plugin.Analyzer):
     """Records ``bifurcation_*`` events along ``bifurcation_event`` and per-member summaries."""
 
     Options = BifurcationOptions
     options: BifurcationOptions
 
-    def __init__(self, name: str, options: dlf.AnalyzerOptions, run: dlf.RunContext) -> None:
+    def __init__(self, name: str, options: plugin.AnalyzerOptions, run: plugin.RunContext) -> None:
         super().__init__(name, options, run)
         self.detector = BifurcationDetector(run.n_members, self.options)
         shape = (BLOCK, run.n_members)
@@ -53,12 +53,12 @@ class BifurcationAnalyzer(dlf.Analyzer):
     def due(self, step: int) -> bool:
         return True
 
-    def _spectrum_source(self) -> dlf.Analyzer | None:
+    def _spectrum_source(self) -> plugin.Analyzer | None:
         name = self.options.spectrum
         return None if name is None else self.run.analyzers.get(name)
 
-    @dlf.hookimpl(trylast=True)  # after the spectrum analyzer, whose solve is then cached
-    def dlf_step_end(self, state: dlf.StepState) -> None:
+    @plugin.hookimpl(trylast=True)  # after the spectrum analyzer, whose solve is then cached
+    def dlf_step_end(self, state: plugin.StepState) -> None:
         if self._rows == 0:
             self._first = state.step
         nan = torch.full_like(state.loss, float("nan"))
@@ -81,13 +81,13 @@ class BifurcationAnalyzer(dlf.Analyzer):
             self.detector.add_loss(self._first, loss, lr)
             self._rows = 0
 
-    @dlf.hookimpl
-    def dlf_run_end(self, run: dlf.RunContext) -> None:
+    @plugin.hookimpl
+    def dlf_run_end(self, run: plugin.RunContext) -> None:
         self._flush()
         self.detector.finish()
 
-    @dlf.hookimpl
-    def dlf_trace_contribute(self, run: dlf.RunContext) -> dict[str, xr.DataArray]:
+    @plugin.hookimpl
+    def dlf_trace_contribute(self, run: plugin.RunContext) -> dict[str, xr.DataArray]:
         self._flush()  # a checkpoint: what the buffer holds counts too
         events = events_dataset(
             self.detector.events(),
@@ -99,7 +99,7 @@ class BifurcationAnalyzer(dlf.Analyzer):
         return {str(name): value for name, value in events.data_vars.items()}
 
 
-def _recorded_spectrum(source: dlf.Analyzer, state: dlf.StepState) -> torch.Tensor | None:
+def _recorded_spectrum(source: plugin.Analyzer, state: plugin.StepState) -> torch.Tensor | None:
     """The eigenvalues ``source`` computed at this step, from the shared curvature cache.
 
     Asking with the source's own options returns its cached solve (no new Lanczos run). Only a

@@ -6,13 +6,13 @@ Registered through the ``dlf`` entry-point group (``lanczos = "dlf_lanczos"``). 
 
 from __future__ import annotations
 
-import dlf
+from dlf import plugin
 
 from .analyzer import DensityOptions, LanczosAnalyzer, LanczosOptions
 
 __all__ = ["DensityOptions", "LanczosAnalyzer", "LanczosOptions"]
 
 
-@dlf.hookimpl
-def dlf_register(registries: dlf.Registries) -> None:
+@plugin.hookimpl
+def dlf_register(registries: plugin.Registries) -> None:
     registries.analyzers.add("lanczos", LanczosAnalyzer)

@@ -15,8 +15,8 @@ import torch
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
 
-import dlf
-from dlf.curvature.helper import DEFAULT_MAX_ITER, DEFAULT_TOL
+from dlf import plugin
+from dlf.plugin import DEFAULT_MAX_ITER, DEFAULT_TOL
 
 
 class DensityOptions(BaseModel):
@@ -30,7 +30,7 @@ class DensityOptions(BaseModel):
     )
 
 
-class LanczosOptions(dlf.AnalyzerOptions):
+class LanczosOptions(plugin.AnalyzerOptions):
     """How many eigenvalues, how accurately, of which loss, and how often."""
 
     k: int = Field(3, ge=1, description="number of top eigenvalues recorded")
@@ -47,13 +47,13 @@ class LanczosOptions(dlf.AnalyzerOptions):
     density: DensityOptions | None = Field(None, description="spectral density; null: off")
 
 
-class LanczosAnalyzer(dlf.Analyzer):
+class LanczosAnalyzer(plugin.Analyzer):
     """Records ``lanczos_eigenvalues``, ``lanczos_residuals`` and ``lanczos_matvecs``."""
 
     Options = LanczosOptions
     options: LanczosOptions
 
-    def __init__(self, name: str, options: dlf.AnalyzerOptions, run: dlf.RunContext) -> None:
+    def __init__(self, name: str, options: plugin.AnalyzerOptions, run: plugin.RunContext) -> None:
         super().__init__(name, options, run)
         self.steps: list[int] = []
         self.records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -67,8 +67,8 @@ class LanczosAnalyzer(dlf.Analyzer):
     def due(self, step: int) -> bool:
         return step % self.options.every == 0 or self.density_due(step)
 
-    @dlf.hookimpl
-    def dlf_step_end(self, state: dlf.StepState) -> None:
+    @plugin.hookimpl
+    def dlf_step_end(self, state: plugin.StepState) -> None:
         opts = self.options
         inactive = ~state.active
         if state.step % opts.every == 0:
@@ -94,8 +94,8 @@ class LanczosAnalyzer(dlf.Analyzer):
                 )
             )
 
-    @dlf.hookimpl
-    def dlf_trace_contribute(self, run: dlf.RunContext) -> dict[str, xr.DataArray]:
+    @plugin.hookimpl
+    def dlf_trace_contribute(self, run: plugin.RunContext) -> dict[str, xr.DataArray]:
         opts = self.options
         m = run.n_members
         k = min(opts.k, run.model.n_params)

@@ -6,13 +6,13 @@ under ``analyzers: landscape:`` (see :class:`~dlf_landscape.analyzer.LandscapeOp
 
 from __future__ import annotations
 
-import dlf
+from dlf import plugin
 
 from .analyzer import LandscapeAnalyzer, LandscapeOptions
 
 __all__ = ["LandscapeAnalyzer", "LandscapeOptions"]
 
 
-@dlf.hookimpl
-def dlf_register(registries: dlf.Registries) -> None:
+@plugin.hookimpl
+def dlf_register(registries: plugin.Registries) -> None:
     registries.analyzers.add("landscape", LandscapeAnalyzer)

@@ -23,20 +23,20 @@ import torch
 import xarray as xr
 from pydantic import Field, field_validator, model_validator
 
-import dlf
-from dlf.curvature.helper import DEFAULT_TOL
+from dlf import plugin
+from dlf.plugin import DEFAULT_TOL
 
 from .directions import curvature_along, filter_normalized_pair, principal_plane
 from .grid import evaluate_plane, plane_coordinates, rows_per_chunk
 
 if TYPE_CHECKING:
-    from dlf.analysis import BifurcationDetector
+    from dlf.plugin import BifurcationDetector
 
 COORDS = ("a", "b")
 BIFURCATION = "bifurcation"  # the analyzer whose detector triggers slices at onsets
 
 
-class LandscapeOptions(dlf.AnalyzerOptions):
+class LandscapeOptions(plugin.AnalyzerOptions):
     """When to slice, which members, along which directions, and how fine."""
 
     every: int | None = Field(None, ge=0, description="also slice every n steps; 0 or null: off")
@@ -108,28 +108,28 @@ class Plane:
     gamma: torch.Tensor  # (C,) Γ(t)
 
 
-class LandscapeAnalyzer(dlf.Analyzer):
+class LandscapeAnalyzer(plugin.Analyzer):
     """Slices F at configured steps and follows the trajectory for ``future`` steps after each."""
 
     Options = LandscapeOptions
 
-    def __init__(self, name: str, options: LandscapeOptions, run: dlf.RunContext) -> None:
+    def __init__(self, name: str, options: LandscapeOptions, run: plugin.RunContext) -> None:
         super().__init__(name, options, run)
         self.options: LandscapeOptions = options
         out_of_range = [m for m in options.members if m >= run.n_members]
         if out_of_range:
-            raise dlf.ConfigError(
+            raise plugin.ConfigError(
                 f"analyzers.{name}.members",
                 f"no member {out_of_range[0]}; allowed: 0..{run.n_members - 1}",
             )
         late = [s for s in options.steps if s >= run.total_steps]
         if late:
-            raise dlf.ConfigError(
+            raise plugin.ConfigError(
                 f"analyzers.{name}.steps",
                 f"step {late[0]} is not < train.steps ({run.total_steps})",
             )
         if options.at_bifurcations and BIFURCATION not in run.config.analyzers:
-            raise dlf.ConfigError(
+            raise plugin.ConfigError(
                 f"analyzers.{name}.at_bifurcations",
                 f"needs the {BIFURCATION} analyzer: add `{BIFURCATION}: {{}}` under analyzers",
             )
@@ -186,13 +186,13 @@ class LandscapeAnalyzer(dlf.Analyzer):
 
     # --- events -----------------------------------------------------------------------------
 
-    @dlf.hookimpl
-    def dlf_run_start(self, run: dlf.RunContext) -> None:
+    @plugin.hookimpl
+    def dlf_run_start(self, run: plugin.RunContext) -> None:
         if self.options.at_bifurcations:
             self._detector = run.analyzers[BIFURCATION].detector
 
-    @dlf.hookimpl
-    def dlf_step_end(self, state: dlf.StepState) -> None:
+    @plugin.hookimpl
+    def dlf_step_end(self, state: plugin.StepState) -> None:
         self._follow(state)
         onsets: dict[int, int] = {}  # member → earliest newly reported onset
         for member, start in self._new_onsets:
@@ -204,7 +204,7 @@ class LandscapeAnalyzer(dlf.Analyzer):
         if self._snapshot_at(state.step):
             self._history.append(state.theta[self.options.members].clone())
 
-    def _follow(self, state: dlf.StepState) -> None:
+    def _follow(self, state: plugin.StepState) -> None:
         """Record θ_t of the slices whose future is being followed, in their planes."""
         still = []
         for record, plane in self._pending:
@@ -221,7 +221,7 @@ class LandscapeAnalyzer(dlf.Analyzer):
                 still.append((record, plane))
         self._pending = still
 
-    def _slice(self, state: dlf.StepState, members: list[int], onsets: dict[int, int]) -> None:
+    def _slice(self, state: plugin.StepState, members: list[int], onsets: dict[int, int]) -> None:
         members = [m for m in members if bool(state.active[m])]
         planes = self._directions(state, members) if members else None
         if planes is None:
@@ -255,7 +255,7 @@ class LandscapeAnalyzer(dlf.Analyzer):
         self._recording_until = max(self._recording_until, state.step + k)
 
     def _directions(
-        self, state: dlf.StepState, members: list[int]
+        self, state: plugin.StepState, members: list[int]
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Directions ``(L, 2, n)`` and the curvature along them ``(L, 2)`` for ``members``.
 
@@ -286,8 +286,8 @@ class LandscapeAnalyzer(dlf.Analyzer):
 
     # --- trace ------------------------------------------------------------------------------
 
-    @dlf.hookimpl
-    def dlf_trace_contribute(self, run: dlf.RunContext) -> dict[str, xr.DataArray]:
+    @plugin.hookimpl
+    def dlf_trace_contribute(self, run: plugin.RunContext) -> dict[str, xr.DataArray]:
         """The slices so far (trajectories NaN where not reached yet); nothing before the first."""
         if not self.slices:
             return {}

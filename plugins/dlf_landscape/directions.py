@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-import dlf
-from dlf.numerics.models import MLP
+from dlf import plugin
+from dlf.plugin import MLP
 
 
 def filter_normalized(model: MLP, theta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -62,7 +62,7 @@ def principal_plane(displacements: torch.Tensor) -> torch.Tensor:
 
 
 def curvature_along(
-    curvature: dlf.Curvature, members: list[int], directions: torch.Tensor, n_members: int
+    curvature: plugin.Curvature, members: list[int], directions: torch.Tensor, n_members: int
 ) -> torch.Tensor:
     """Rayleigh quotients dᵀH d / dᵀd of the selected members' ``directions (L, 2, n)``: ``(L, 2)``.
 

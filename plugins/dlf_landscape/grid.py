@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import torch
 
-import dlf
+from dlf import plugin
 
 CHUNK_BYTES = 64 * 2**20  # activation memory one forward pass of grid points may use
 
 
-def rows_per_chunk(objective: dlf.Objective, budget_bytes: int = CHUNK_BYTES) -> int:
+def rows_per_chunk(objective: plugin.Objective, budget_bytes: int = CHUNK_BYTES) -> int:
     """How many θ rows fit in ``budget_bytes`` of forward-pass memory (at least one).
 
     Per row the pass holds the row itself and, per layer, about three (sample × units) tensors
@@ -28,7 +28,7 @@ def rows_per_chunk(objective: dlf.Objective, budget_bytes: int = CHUNK_BYTES) ->
 
 
 def evaluate_plane(
-    objective: dlf.Objective,
+    objective: plugin.Objective,
     center: torch.Tensor,
     directions: torch.Tensor,
     gamma: torch.Tensor,

@@ -6,13 +6,13 @@ Registered through the ``dlf`` entry-point group (``ntk = "dlf_ntk"``). Configur
 
 from __future__ import annotations
 
-import dlf
+from dlf import plugin
 
 from .analyzer import NTKAnalyzer, NTKOptions
 
 __all__ = ["NTKAnalyzer", "NTKOptions"]
 
 
-@dlf.hookimpl
-def dlf_register(registries: dlf.Registries) -> None:
+@plugin.hookimpl
+def dlf_register(registries: plugin.Registries) -> None:
     registries.analyzers.add("ntk", NTKAnalyzer)

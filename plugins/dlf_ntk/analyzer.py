@@ -14,11 +14,11 @@ import torch
 import xarray as xr
 from pydantic import Field
 
-import dlf
-from dlf.curvature.ntk import choose_method
+from dlf import plugin
+from dlf.plugin import choose_ntk_method
 
 
-class NTKOptions(dlf.AnalyzerOptions):
+class NTKOptions(plugin.AnalyzerOptions):
     """How many eigenvalues, on which samples, with which Gram matrix, and how often."""
 
     k: int = Field(1, ge=1, description="number of top eigenvalues recorded")
@@ -32,13 +32,13 @@ class NTKOptions(dlf.AnalyzerOptions):
     )
 
 
-class NTKAnalyzer(dlf.Analyzer):
+class NTKAnalyzer(plugin.Analyzer):
     """Records ``ntk_eigenvalues`` (member, ntk_step, ntk_index) with attribute ``method``."""
 
     Options = NTKOptions
     options: NTKOptions
 
-    def __init__(self, name: str, options: dlf.AnalyzerOptions, run: dlf.RunContext) -> None:
+    def __init__(self, name: str, options: plugin.AnalyzerOptions, run: plugin.RunContext) -> None:
         super().__init__(name, options, run)
         x = run.objective.x
         size = self.options.subset
@@ -48,19 +48,21 @@ class NTKAnalyzer(dlf.Analyzer):
             x = x[rows.to(x.device)]
         self.x = x
         model = run.model
-        self.method = choose_method(x.shape[0], model.n_out, model.n_params, self.options.method)
+        self.method = choose_ntk_method(
+            x.shape[0], model.n_out, model.n_params, self.options.method
+        )
         self.k = min(self.options.k, x.shape[0], model.n_out * model.n_params)
         self.steps: list[int] = []
         self.values: list[torch.Tensor] = []
 
-    @dlf.hookimpl
-    def dlf_step_end(self, state: dlf.StepState) -> None:
+    @plugin.hookimpl
+    def dlf_step_end(self, state: plugin.StepState) -> None:
         result = state.curvature.ntk(self.k, self.x, self.method)  # type: ignore[arg-type]
         self.steps.append(state.step)
         self.values.append(result.values.masked_fill(~state.active[:, None], float("nan")))
 
-    @dlf.hookimpl
-    def dlf_trace_contribute(self, run: dlf.RunContext) -> dict[str, xr.DataArray]:
+    @plugin.hookimpl
+    def dlf_trace_contribute(self, run: plugin.RunContext) -> dict[str, xr.DataArray]:
         step = self.var("step")
         if self.values:
             values = torch.stack(self.values, dim=1).cpu().numpy()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     plugins = load_plugins()
     print("plugins:")
     for name, _ in plugins.manager.list_name_plugin():
+        print(f"  {name:<24} {plugins.source_of(name)}")
+    for name in sorted(plugins.broken):
         print(f"  {name:<24} {plugins.source_of(name)}")
     for kind, registry in plugins.registries.items():
         print(f"{kind}:")
@@ -122,8 +125,13 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *_: object) -> str:
+    return f"dlf-study: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning  # e.g. a broken plugin: one line, not a stack
     try:
         return int(args.func(args))
     except DlfError as exc:

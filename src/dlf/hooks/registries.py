@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from pydantic import BaseModel
+
 from dlf.errors import ConfigError
 
 T = TypeVar("T")
@@ -16,6 +18,7 @@ class Registry(Generic[T]):
     """A name → object table that remembers which plugin added each entry."""
 
     kind: str
+    broken: dict[str, str] = field(default_factory=dict)  # plugins that failed to load → why
     _entries: dict[str, T] = field(default_factory=dict)
     _sources: dict[str, str] = field(default_factory=dict)
 
@@ -32,14 +35,23 @@ class Registry(Generic[T]):
         self._sources[name] = self.current_source
 
     def get(self, name: str, field_path: str) -> T:
-        """The entry ``name``; if absent, a ConfigError naming ``field_path`` and the choices."""
+        """The entry ``name``; if absent, a ConfigError naming ``field_path`` and the choices
+        (and, where an installed plugin failed to load, which one and why)."""
         try:
             return self._entries[name]
         except KeyError:
             allowed = ", ".join(sorted(self._entries)) or "(none installed)"
-            raise ConfigError(
-                field_path, f"unknown {self.kind} {name!r}; allowed: {allowed}"
-            ) from None
+            message = f"unknown {self.kind} {name!r}; allowed: {allowed}"
+            if name in self.broken:
+                message = f"{self.kind} {name!r} is not available: plugin {self.broken[name]}"
+            elif self.broken:
+                message += f" (plugins that failed to load: {', '.join(sorted(self.broken))})"
+            raise ConfigError(field_path, message) from None
+
+    def withdraw(self, source: str) -> None:
+        """Remove every entry ``source`` added (its registration failed half-way)."""
+        for name in [n for n, s in self._sources.items() if s == source]:
+            del self._entries[name], self._sources[name]
 
     def source(self, name: str) -> str:
         return self._sources[name]
@@ -51,6 +63,14 @@ class Registry(Generic[T]):
         return iter(sorted(self._entries))
 
 
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A registered data set: its options model and the factory that builds it."""
+
+    options: type[BaseModel]
+    build: Any
+
+
 @dataclass
 class Registries:
     """The four registries handed to every ``dlf_register`` implementation."""
@@ -59,11 +79,21 @@ class Registries:
     losses: Registry[Any] = field(default_factory=lambda: Registry("loss"))
     schedules: Registry[Any] = field(default_factory=lambda: Registry("schedule"))
     analyzers: Registry[Any] = field(default_factory=lambda: Registry("analyzer"))
+    broken: dict[str, str] = field(default_factory=dict)  # shared by the four registries
+
+    def __post_init__(self) -> None:
+        for _, registry in self.items():
+            registry.broken = self.broken
 
     def asked_by(self, plugin_name: str) -> None:
         """Attribute the next ``add`` calls to ``plugin_name`` (set by the plugin manager)."""
         for _, registry in self.items():
             registry.current_source = plugin_name
+
+    def withdraw(self, plugin_name: str) -> None:
+        """Take back what ``plugin_name`` registered."""
+        for _, registry in self.items():
+            registry.withdraw(plugin_name)
 
     def items(self) -> Iterator[tuple[str, Registry[Any]]]:
         yield from (

@@ -30,6 +30,15 @@ def dlf_register(registries: Registries) -> None:
     """
 
 
+@hookspec(historic=True)
+def dlf_addhooks(pluginmanager: pluggy.PluginManager) -> None:
+    """Add hook specifications of your own (``pluginmanager.add_hookspecs(module)``), so that
+    other plugins can implement events your plugin announces (as pytest's ``pytest_addhooks``).
+
+    Called for every plugin as it is registered, before :func:`dlf_register`.
+    """
+
+
 @hookspec
 def dlf_run_start(run: RunContext) -> None:
     """A run is about to take its first step; ``run`` describes members, data and model."""

@@ -7,13 +7,9 @@ the trainer moves them to the run's device and dtype. Plugins add more through `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-
-from dlf.hooks.registries import Registries
-from dlf.hooks.specs import hookimpl
 
 
 @dataclass(frozen=True)
@@ -95,17 +91,3 @@ def digits(options: DigitsOptions) -> Dataset:
         y_val.astype(np.int64),
         10,
     )
-
-
-@dataclass(frozen=True)
-class DatasetEntry:
-    """A registered data set: its options model and the factory that builds it."""
-
-    options: type[BaseModel]
-    build: Any
-
-
-@hookimpl
-def dlf_register(registries: Registries) -> None:
-    registries.datasets.add("spiral", DatasetEntry(SpiralOptions, spiral))
-    registries.datasets.add("digits", DatasetEntry(DigitsOptions, digits))

@@ -20,9 +20,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dlf.hooks.registries import Registries
-from dlf.hooks.specs import hookimpl
-
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -85,9 +82,3 @@ BUILTIN_LOSSES = (
     Loss("dmse1", weighted_squared_error, dynamical=True, static_name="mse"),
     Loss("dmse2", scaled_target_squared_error, dynamical=True, static_name="mse"),
 )
-
-
-@hookimpl
-def dlf_register(registries: Registries) -> None:
-    for loss in BUILTIN_LOSSES:
-        registries.losses.add(loss.name, loss)

@@ -13,9 +13,6 @@ from collections.abc import Callable
 
 import torch
 
-from dlf.hooks.registries import Registries
-from dlf.hooks.specs import hookimpl
-
 Schedule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
@@ -71,9 +68,3 @@ def weights(
     gamma = schedule(steps, amplitude, period, n_classes)
     static = steps[:, None] >= static_from[None, :]
     return torch.where(static[..., None], torch.ones_like(gamma), gamma)
-
-
-@hookimpl
-def dlf_register(registries: Registries) -> None:
-    registries.schedules.add("triangle", triangle)
-    registries.schedules.add("sine", sine)

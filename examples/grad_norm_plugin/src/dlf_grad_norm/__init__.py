@@ -12,30 +12,30 @@ import torch
 import xarray as xr
 from pydantic import Field
 
-import dlf
+from dlf import plugin
 
 
-class GradNormOptions(dlf.AnalyzerOptions):
-    """``analyzers: grad_norm:`` options (``every`` comes from :class:`dlf.AnalyzerOptions`)."""
+class GradNormOptions(plugin.AnalyzerOptions):
+    """``analyzers: grad_norm:`` options (``every`` comes from :class:`plugin.AnalyzerOptions`)."""
 
     relative: bool = Field(False, description="divide each class's norm by the total's norm")
 
 
-class GradNormAnalyzer(dlf.Analyzer):
+class GradNormAnalyzer(plugin.Analyzer):
     """Records ``grad_norm_by_class`` (member, grad_norm_step, class_index) and
     ``grad_norm_total`` (member, grad_norm_step)."""
 
     Options = GradNormOptions
     options: GradNormOptions
 
-    def __init__(self, name: str, options: dlf.AnalyzerOptions, run: dlf.RunContext) -> None:
+    def __init__(self, name: str, options: plugin.AnalyzerOptions, run: plugin.RunContext) -> None:
         super().__init__(name, options, run)
         self.steps: list[int] = []
         self.by_class: list[np.ndarray] = []
         self.total: list[np.ndarray] = []
 
-    @dlf.hookimpl
-    def dlf_step_end(self, state: dlf.StepState) -> None:
+    @plugin.hookimpl
+    def dlf_step_end(self, state: plugin.StepState) -> None:
         objective = state.run.objective
         theta = state.theta.detach().requires_grad_(True)
         norms = []
@@ -55,8 +55,8 @@ class GradNormAnalyzer(dlf.Analyzer):
         self.by_class.append(by_class.detach().cpu().numpy())
         self.total.append(total.detach().cpu().numpy())
 
-    @dlf.hookimpl
-    def dlf_trace_contribute(self, run: dlf.RunContext) -> dict[str, xr.DataArray]:
+    @plugin.hookimpl
+    def dlf_trace_contribute(self, run: plugin.RunContext) -> dict[str, xr.DataArray]:
         step = self.var("step")
         coords = {step: np.array(self.steps, dtype=np.int64)}
         m, c = run.n_members, run.objective.n_classes
@@ -76,6 +76,6 @@ class GradNormAnalyzer(dlf.Analyzer):
         }
 
 
-@dlf.hookimpl
-def dlf_register(registries: dlf.Registries) -> None:
+@plugin.hookimpl
+def dlf_register(registries: plugin.Registries) -> None:
     registries.analyzers.add("grad_norm", GradNormAnalyzer)

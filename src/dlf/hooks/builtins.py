@@ -1,0 +1,23 @@
+"""The core's own data sets, losses and schedules, registered like any plugin's.
+
+The plugin manager loads this module by name first (as pytest loads its default plugins), so a
+built-in name and a plugin's name live in the same registries and collide the same way.
+"""
+
+from __future__ import annotations
+
+from dlf.hooks.registries import DatasetEntry, Registries
+from dlf.hooks.specs import hookimpl
+from dlf.numerics.data import DigitsOptions, SpiralOptions, digits, spiral
+from dlf.numerics.losses import BUILTIN_LOSSES
+from dlf.numerics.schedules import sine, triangle
+
+
+@hookimpl
+def dlf_register(registries: Registries) -> None:
+    registries.datasets.add("spiral", DatasetEntry(SpiralOptions, spiral))
+    registries.datasets.add("digits", DatasetEntry(DigitsOptions, digits))
+    for loss in BUILTIN_LOSSES:
+        registries.losses.add(loss.name, loss)
+    registries.schedules.add("triangle", triangle)
+    registries.schedules.add("sine", sine)

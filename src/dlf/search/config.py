@@ -24,7 +24,8 @@ from dlf.plugin_manager import load_plugins
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # NaN and ±∞ are refused as in the run config: an infinite range breaks the sampler late
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class LogRange(Section):

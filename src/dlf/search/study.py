@@ -29,6 +29,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from dlf.budget import check_budget
 from dlf.config import Member, RunConfig
 from dlf.errors import ConfigError, DlfError
 from dlf.plugin_manager import load_plugins
@@ -324,8 +325,11 @@ def _work(config: StudyConfig, index: int, threads: int, parent: int) -> None:
             sys.exit(130)
 
 
-def check_study(config: StudyConfig) -> None:
-    """Everything a trial's run could reject, checked once before any trial starts."""
+def check_study(config: StudyConfig, workers: int = 1) -> None:
+    """Everything a trial's run could reject (and the worker count), checked once before any
+    trial starts and before the storage is opened, so a rejected study writes nothing."""
+    if workers < 1:
+        raise ConfigError("--workers", f"must be >= 1 (got {workers})")
     plugins = load_plugins(config.run.plugins)
     loss = plugins.registries.losses.get(config.run.loss.name, "loss.name")
     if not loss.dynamical:
@@ -341,6 +345,13 @@ def check_study(config: StudyConfig) -> None:
     )
     lr = config.run.train.lr[0]
     build_context(run, plugins, [Member(seed=0, amplitude=1.0, period=1.0, lr=lr)])
+    widest = config.run.model.model_copy(update={"width": config.search.width.ladder()[-1]})
+    members = config.search.batch * len(config.search.seeds)
+    try:
+        check_budget(config.run.model_copy(update={"model": widest}), members)
+    except ConfigError as exc:  # the width is the ladder's: name the search's field
+        field = "search.width.high" if exc.field == "model.width" else exc.field
+        raise ConfigError(field, exc.message) from None
 
 
 def progress_wanted(config: StudyConfig) -> bool:

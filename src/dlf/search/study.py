@@ -13,12 +13,10 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-import signal
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -33,7 +31,7 @@ from dlf.budget import check_budget
 from dlf.config import Member, RunConfig
 from dlf.errors import ConfigError, DlfError
 from dlf.plugin_manager import load_plugins
-from dlf.run import build_context
+from dlf.run import build_context, terminate_as_interrupt
 from dlf.search.config import StudyConfig
 from dlf.search.evaluate import Candidate, run_batch, tell
 from dlf.search.ladder import FINISHED, PENDING, Bracket, bracket, next_width, rungs, trial_width
@@ -51,7 +49,7 @@ from dlf.search.liveness import (
 from dlf.search.lock import StudyLock
 from dlf.search.proposals import fixed_proposal, make_sampler
 from dlf.search.pruning import make_pruner
-from dlf.search.storage import open_storage, open_studies, study_dir
+from dlf.search.storage import open_storage, open_studies, storage_url, study_dir
 
 POLL_SECONDS = 2.0  # how often an idle worker looks whether others finished
 
@@ -140,7 +138,7 @@ class Worker:
         # Optuna's samplers (tpe, random) get seeds that differ between the workers of one
         # command by their index, and against a shared storage URL (the same command started
         # on several machines, all with index 0) also by this process's id.
-        self.stream = 0 if config.search.storage is None else zlib.crc32(self.id.encode())
+        self.stream = 0 if storage_url(config) is None else zlib.crc32(self.id.encode())
         self.started = time.monotonic()
         self.batch_seconds: list[float] = []
 
@@ -298,21 +296,6 @@ class Worker:
 
 def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
-
-
-@contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a batch system's stop, ``kill``) is handled like Ctrl-C: lost trials are
-    released for a retry and the study's results are written."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _work(config: StudyConfig, index: int, threads: int, parent: int) -> None:

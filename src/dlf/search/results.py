@@ -21,6 +21,7 @@ from dlf.errors import DlfError
 from dlf.search.config import StudyConfig
 from dlf.search.ladder import FINISHED, Bracket, bracket, rungs, trial_width
 from dlf.search.liveness import RETRY_OF
+from dlf.search.storage import redact
 from dlf.trace import ENGINE, write_netcdf
 
 STUDY_FILE = "study.nc"
@@ -218,7 +219,10 @@ def study_dataset(
             "config": json.dumps(
                 {
                     **config.run.model_dump(mode="json"),
-                    "search": config.search.model_dump(mode="json"),
+                    "search": {
+                        **config.search.model_dump(mode="json"),
+                        "storage": config.search.storage and redact(config.search.storage),
+                    },
                 }
             ),
         }

@@ -365,8 +365,8 @@ def load_raw(path: Path) -> dict[str, Any]:
     if "\x00" in text:
         raise ConfigError("", f"{path} holds NUL bytes; is it a config file?")
     raw = parse_yaml(text, str(path))
-    if raw is None:
-        return {}
+    if raw is None:  # an empty file would silently run every default: surely a mistake
+        raise ConfigError("", f"{path} is empty (or only comments); not a config")
     if not isinstance(raw, dict):
         raise ConfigError("", f"{path} must hold a mapping of sections")
     if not all(isinstance(k, str) for k in raw):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +127,25 @@ def prepare(
     return plugins, members, run
 
 
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a batch system's stop, ``kill``) is handled like Ctrl-C: a run writes its
+    trace of the finished steps, a study releases its trials for a retry and writes its results.
+    Only the main thread can handle signals; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def execute(
     config: RunConfig,
     *,
@@ -146,7 +168,7 @@ def execute(
         progress = mode == "always" or (mode == "auto" and sys.stderr.isatty())
     schedule = plugins.registries.schedules.get(config.schedule.name, "schedule.name")
     pm = plugins.manager
-    with TraceLock(path):
+    with TraceLock(path), terminate_as_interrupt():
         recorder = Recorder(run, path, config.output.checkpoint_seconds)
         contributions = Contributions(pm, run, recorder)
         for name, analyzer in run.analyzers.items():

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dlf.config import RunConfig, validate
-from dlf.engine.run import TRACE_NAME, execute
+from dlf.engine.run import TRACE_NAME, execute, prepare
 from dlf.engine.trace import open_trace
 from dlf.errors import ConfigError
 
@@ -149,6 +149,8 @@ def is_complete(path: Path, config: RunConfig) -> bool:
 def run_points(points: Sequence[SweepPoint], root: Path) -> list[Path]:
     """Run every point into ``<root>/<label>/trace.nc``, skipping points whose trace is already
     complete for their config (so a rerun resumes); the traces' paths, in order."""
+    for point in points:  # every point's plugins, options and budget, before any is written
+        prepare(point.config)
     paths = []
     for i, point in enumerate(points, start=1):
         path = point.trace_path(root)

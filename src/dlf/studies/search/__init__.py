@@ -64,7 +64,7 @@ def run_study(config: StudyConfig, out_dir: Path | None = None, workers: int = 1
     ``workers`` processes, then write its results."""
     if out_dir is not None:
         config = config.with_root(out_dir)
-    check_study(config)
+    check_study(config, workers)
     studies = open_studies(config, open_storage(config))  # refuses another setup's study
     kept = sum(
         t.state.is_finished()

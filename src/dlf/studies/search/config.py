@@ -24,7 +24,8 @@ from dlf.hooks.manager import load_plugins
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # NaN and ±∞ are refused as in the run config: an infinite range breaks the sampler late
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class LogRange(Section):
@@ -132,7 +133,9 @@ class SearchConfig(Section):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
     storage: str | None = Field(
-        None, description="None: a journal file in the study folder; a path; or an RDB URL"
+        None,
+        description="None: DLF_STORAGE_URL if set, else a journal file in the study folder; "
+        "a path; or an RDB URL (its password is shown and stored as ***)",
     )
     heartbeat_seconds: float = Field(10.0, gt=0, description="how often running trials say alive")
     grace_seconds: float = Field(60.0, gt=0, description="silence after which a trial is retried")

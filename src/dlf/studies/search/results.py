@@ -22,6 +22,7 @@ from dlf.errors import DlfError
 from dlf.studies.search.config import StudyConfig
 from dlf.studies.search.ladder import FINISHED, Bracket, bracket, rungs, trial_width
 from dlf.studies.search.liveness import RETRY_OF
+from dlf.studies.search.storage import redact
 
 STUDY_FILE = "study.nc"
 
@@ -218,7 +219,10 @@ def study_dataset(
             "config": json.dumps(
                 {
                     **config.run.model_dump(mode="json"),
-                    "search": config.search.model_dump(mode="json"),
+                    "search": {
+                        **config.search.model_dump(mode="json"),
+                        "storage": config.search.storage and redact(config.search.storage),
+                    },
                 }
             ),
         }

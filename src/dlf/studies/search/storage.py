@@ -10,18 +10,23 @@ setup is a :class:`dlf.ConfigError` that leaves the stored study untouched.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
+from optuna.storages.journal._file import get_lock_file
 
 from dlf.errors import ConfigError
 from dlf.studies.search.config import StudyConfig, setup_fingerprint
 
 JOURNAL_NAME = "optuna.journal"
+STORAGE_ENV = "DLF_STORAGE_URL"  # the storage URL when search.storage is unset
 SETUP_ATTR = "dlf_setup"
 CONFIG_ATTR = "dlf_config"
 KINDS = ("static", "dynamical")  # the static baseline and the dynamical loss, one study each
@@ -33,28 +38,43 @@ def study_dir(config: StudyConfig) -> Path:
     return Path(config.run.output.root) / config.name
 
 
-def storage_label(config: StudyConfig) -> str:
-    """The storage as users may name it (passwords hidden), for messages and the report."""
-    url = config.search.storage
-    if url is None:
-        return str(study_dir(config) / JOURNAL_NAME)
+def storage_url(config: StudyConfig) -> str | None:
+    """``search.storage``, else the environment's :data:`STORAGE_ENV` (which keeps a database
+    password out of config files), else None: the journal file in the study folder."""
+    return config.search.storage or os.environ.get(STORAGE_ENV) or None
+
+
+def redact(url: str) -> str:
+    """``url`` with its credentials (the password, and a ``password=`` query value) as ``***``,
+    for everything that is printed or stored; a path is returned as it is."""
     if "://" not in url:
         return url
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("://", 1)[0] + "://…"
+        parsed = make_url(url)
+        secret = {k: "***" for k in parsed.query if k.lower() in ("password", "passwd")}
+        shown = parsed.update_query_dict(secret).render_as_string(hide_password=True)
+        return shown.replace("%2A%2A%2A", "***")
+    except Exception:  # not a URL SQLAlchemy can parse: keep only its scheme
+        return url.split("://", 1)[0] + "://***"
+
+
+def storage_label(config: StudyConfig) -> str:
+    """The storage as users may name it (credentials hidden), for messages and the report."""
+    url = storage_url(config)
+    return str(study_dir(config) / JOURNAL_NAME) if url is None else redact(url)
 
 
 def open_storage(config: StudyConfig) -> BaseStorage:
-    """The configured storage; one that cannot be opened is a ConfigError on search.storage."""
-    url = config.search.storage
+    """The configured storage; one that cannot be opened is a ConfigError on search.storage
+    (whose message never shows the password)."""
+    url = storage_url(config)
     try:
         if url is None or "://" not in url:
             path = study_dir(config) / JOURNAL_NAME if url is None else Path(url)
             path.parent.mkdir(parents=True, exist_ok=True)
+            repair_journal(path)
             return JournalStorage(JournalFileBackend(str(path)))
         engine_kwargs: dict[str, Any] = {}
         if url.startswith("postgresql"):
@@ -62,9 +82,55 @@ def open_storage(config: StudyConfig) -> BaseStorage:
         return RDBStorage(with_installed_driver(url), engine_kwargs=engine_kwargs)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        password = _password(url)
+        if password:
+            reason = reason.replace(password, "***")
         raise ConfigError(
             "search.storage", f"cannot open {storage_label(config)}: {reason}"
         ) from None
+
+
+def _password(url: str | None) -> str | None:
+    if url is None or "://" not in url:
+        return None
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return None
+    query = {k.lower(): v for k, v in parsed.query.items()}
+    found = parsed.password or query.get("password") or query.get("passwd")
+    return str(found) if isinstance(found, str) else None
+
+
+def repair_journal(path: Path) -> None:
+    """Cut a torn last record (a full disk or a kill mid-append) off the journal, saving its
+    bytes to ``<journal>.torn`` and saying so on stderr; Optuna would otherwise append after
+    it and fail to read the journal ever after. Done under the journal's own lock."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with get_lock_file(JournalFileSymlinkLock(str(path))):
+        data = path.read_bytes()
+        keep = data.rfind(b"\n", 0, len(data) - 1) + 1 if data.endswith(b"\n") else None
+        if keep is None:
+            keep = data.rfind(b"\n") + 1
+        else:
+            try:
+                json.loads(data[keep:])
+                return
+            except ValueError:
+                pass
+        torn = data[keep:]
+        backup = path.with_name(path.name + ".torn")
+        with backup.open("ab") as file:
+            file.write(torn if torn.endswith(b"\n") else torn + b"\n")
+        os.truncate(path, keep)
+    print(
+        f"dlf-study: warning: {path} ended in a torn record ({len(torn)} bytes, from a full "
+        f"disk or a kill); moved it to {backup}, the records before it are kept",
+        file=sys.stderr,
+    )
 
 
 def with_installed_driver(url: str) -> str:

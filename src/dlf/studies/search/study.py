@@ -14,12 +14,10 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-import signal
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -31,7 +29,8 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from dlf.config import Member, RunConfig
-from dlf.engine.run import build_context
+from dlf.engine.budget import check_budget
+from dlf.engine.run import build_context, terminate_as_interrupt
 from dlf.errors import ConfigError, DlfError
 from dlf.hooks.manager import load_plugins
 from dlf.studies.search.config import StudyConfig
@@ -59,7 +58,7 @@ from dlf.studies.search.liveness import (
 from dlf.studies.search.lock import StudyLock
 from dlf.studies.search.proposals import fixed_proposal, make_sampler
 from dlf.studies.search.pruning import make_pruner
-from dlf.studies.search.storage import open_storage, open_studies, study_dir
+from dlf.studies.search.storage import open_storage, open_studies, storage_url, study_dir
 
 POLL_SECONDS = 2.0  # how often an idle worker looks whether others finished
 
@@ -148,7 +147,7 @@ class Worker:
         # Optuna's samplers (tpe, random) get seeds that differ between the workers of one
         # command by their index, and against a shared storage URL (the same command started
         # on several machines, all with index 0) also by this process's id.
-        self.stream = 0 if config.search.storage is None else zlib.crc32(self.id.encode())
+        self.stream = 0 if storage_url(config) is None else zlib.crc32(self.id.encode())
         self.started = time.monotonic()
         self.batch_seconds: list[float] = []
 
@@ -308,21 +307,6 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
-@contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a batch system's stop, ``kill``) is handled like Ctrl-C: lost trials are
-    released for a retry and the study's results are written."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _work(config: StudyConfig, index: int, threads: int, parent: int) -> None:
     """Entry point of a worker process: stops between batches once its parent is gone."""
     torch.set_num_threads(threads)
@@ -333,8 +317,11 @@ def _work(config: StudyConfig, index: int, threads: int, parent: int) -> None:
             sys.exit(130)
 
 
-def check_study(config: StudyConfig) -> None:
-    """Everything a trial's run could reject, checked once before any trial starts."""
+def check_study(config: StudyConfig, workers: int = 1) -> None:
+    """Everything a trial's run could reject (and the worker count), checked once before any
+    trial starts and before the storage is opened, so a rejected study writes nothing."""
+    if workers < 1:
+        raise ConfigError("--workers", f"must be >= 1 (got {workers})")
     plugins = load_plugins(config.run.plugins)
     loss = plugins.registries.losses.get(config.run.loss.name, "loss.name")
     if not loss.dynamical:
@@ -350,6 +337,13 @@ def check_study(config: StudyConfig) -> None:
     )
     lr = config.run.train.lr[0]
     build_context(run, plugins, [Member(seed=0, amplitude=1.0, period=1.0, lr=lr)])
+    widest = config.run.model.model_copy(update={"width": config.search.width.ladder()[-1]})
+    members = config.search.batch * len(config.search.seeds)
+    try:
+        check_budget(config.run.model_copy(update={"model": widest}), members)
+    except ConfigError as exc:  # the width is the ladder's: name the search's field
+        field = "search.width.high" if exc.field == "model.width" else exc.field
+        raise ConfigError(field, exc.message) from None
 
 
 def progress_wanted(config: StudyConfig) -> bool:

@@ -1,0 +1,224 @@
+"""Fault tests of runs and studies killed, diverging or stored badly, through the command line
+(docs/reliability.md): kill -9 at random moments leaves a readable prefix and a re-run works,
+SIGTERM is Ctrl-C, a diverging member harms no other, a torn journal is survived, and a
+database password is never shown or stored."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+PASSWORD = "hunter2-s3cret"
+
+
+def cli() -> list[str]:
+    exe = shutil.which("dlf-study")
+    return [exe] if exe else [sys.executable, "-m", "dlf.cli"]
+
+
+def write(tmp_path: Path, raw: dict[str, Any], name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def run_config(out: Path, **train: Any) -> dict[str, Any]:
+    """A run of a few seconds that rewrites its trace every 50 ms (checkpoints all the time)."""
+    return {
+        "name": "k",
+        "data": {"name": "spiral", "points_per_class": 20},
+        "model": {"width": 8},
+        "schedule": {"amplitude": [1, 5], "period": 20},
+        "train": {"steps": 4000, "seeds": 2, "eval_every": 100, **train},
+        "output": {"root": str(out), "progress": "never", "checkpoint_seconds": 0.05},
+    }
+
+
+def study_config(out: Path, **search: Any) -> dict[str, Any]:
+    """A study of seconds: 3 widths, 2 seeds, 2 trials per width, 2 trials per run."""
+    return {
+        "name": "st",
+        "data": {"name": "spiral", "points_per_class": 20},
+        "loss": {"name": "dce"},
+        "train": {"steps": 80, "eval_every": 20},
+        "output": {"root": str(out), "progress": "never"},
+        "search": {
+            "target": 0.6,
+            "seeds": 2,
+            "width": {"low": 2, "high": 8, "per_octave": 1},
+            "amplitude": {"low": 2, "high": 10},
+            "period": {"low": 10, "high": 40},
+            "trials_per_width": 2,
+            "batch": 2,
+            "trials": 6,
+            "pruner": {"startup_trials": 2},
+            **search,
+        },
+    }
+
+
+def check_prefix(trace: Path) -> int:
+    """The trace opens, and its steps are 0, 1, …, n-1 with finite losses; returns n."""
+    with xr.open_dataset(trace, engine="netcdf4") as ds:
+        steps = ds.step.values
+        assert (steps == np.arange(len(steps))).all()
+        assert ds.attrs["steps_completed"] == len(steps)
+        assert np.isfinite(ds.loss.values).all()
+        return len(steps)
+
+
+def kill_9_and_rerun(tmp_path: Path, delays: list[float]) -> list[int | None]:
+    """For each delay: start a run, kill -9 it that long after its trace first appears (a
+    negative delay: that long after start, before any trace), check what it left, and run the
+    same command again to the end. Returns the steps each killed run left (None: no trace)."""
+    steps = 10_000
+    config = write(tmp_path, run_config(tmp_path / "out", steps=steps))
+    trace = tmp_path / "out" / "k" / "trace.nc"
+    command = [*cli(), "run", str(config)]
+    seen = []
+    for delay in delays:
+        shutil.rmtree(tmp_path / "out", ignore_errors=True)
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if delay < 0:
+            time.sleep(-delay)
+        else:
+            while not trace.exists() and proc.poll() is None:
+                time.sleep(0.005)
+            time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        seen.append(check_prefix(trace) if trace.exists() else None)
+        rerun = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert rerun.returncode == 0, rerun.stderr
+        assert check_prefix(trace) == steps
+        assert not list(trace.parent.glob(".*.tmp"))  # the dead writer's temp file is gone
+    return seen
+
+
+def test_kill_9_at_random_moments_leaves_a_prefix_and_the_rerun_succeeds(tmp_path):
+    rng = random.Random(16)  # during start-up, then at checkpoints every 50 ms in training
+    delays = [-1.0, *(rng.uniform(0.0, 0.6) for _ in range(4))]
+    seen = kill_9_and_rerun(tmp_path, delays)
+    assert any(n is not None and n < 10_000 for n in seen), seen  # kills landed in training
+
+
+@pytest.mark.slow
+def test_kill_9_twenty_times(tmp_path):
+    rng = random.Random(13)
+    kill_9_and_rerun(tmp_path, [rng.uniform(0.0, 1.0) for _ in range(20)])
+
+
+def test_sigterm_of_a_run_is_ctrl_c(tmp_path):
+    config = write(tmp_path, run_config(tmp_path / "out", steps=200_000))
+    trace = tmp_path / "out" / "k" / "trace.nc"
+    proc = subprocess.Popen(
+        [*cli(), "run", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while not trace.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.splitlines() == ["dlf-study: interrupted; finished steps are in the trace"]
+    with xr.open_dataset(trace, engine="netcdf4") as ds:
+        assert ds.attrs["status"] == "interrupted"
+        assert 0 < ds.attrs["steps_completed"] < 200_000
+
+
+def test_a_diverging_member_leaves_the_others_bit_identical(tmp_path):
+    traces = {}
+    for label, lrs in (("alone", [0.5]), ("with-blow-up", [0.5, 1e6])):
+        raw = run_config(tmp_path / label, steps=200, lr=lrs, diverge_above=100.0)
+        done = subprocess.run(
+            [*cli(), "run", str(write(tmp_path, raw, f"{label}.yaml"))], capture_output=True
+        )
+        assert done.returncode == 0, done.stderr
+        traces[label] = xr.load_dataset(tmp_path / label / "k" / "trace.nc", engine="netcdf4")
+    alone, mixed = traces["alone"], traces["with-blow-up"]
+    blown = mixed.eta.values == 1e6
+    assert (mixed.diverged_step.values[blown] >= 0).all()  # the blow-up happened and is recorded
+    assert np.isnan(mixed.val_accuracy.values[blown][:, -1]).all()
+    kept = mixed.isel(member=np.flatnonzero(~blown))
+    for name in ("loss", "static_loss", "train_accuracy", "gamma", "val_loss", "val_accuracy"):
+        np.testing.assert_array_equal(kept[name].values, alone[name].values, err_msg=name)
+    assert (kept.diverged_step.values == -1).all()
+
+
+def test_a_torn_last_journal_record_is_survived_and_reported(tmp_path):
+    raw = study_config(tmp_path / "out")
+    config = write(tmp_path, raw)
+    first = subprocess.run([*cli(), "run", str(config)], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    journal = tmp_path / "out" / "st" / "optuna.journal"
+    with xr.open_dataset(tmp_path / "out" / "st" / "study.nc", engine="netcdf4") as ds:
+        finished = int((ds.state.values == "COMPLETE").sum() + (ds.state.values == "PRUNED").sum())
+    assert finished > 0
+    with journal.open("ab") as file:  # a record cut short by a full disk
+        file.write(b'{"op_code": 5, "worker_id": "dead-worker", "trial_id": 1, "sta')
+    raw["search"]["trials"] = 8  # room for more, so the re-run appends to the journal
+    again = subprocess.run(
+        [*cli(), "run", str(write(tmp_path, raw))], capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr
+    warnings = [line for line in again.stderr.splitlines() if "torn record" in line]
+    assert len(warnings) == 1 and str(journal) in warnings[0]
+    assert f"{finished} finished trials kept" in again.stderr
+    assert b"dead-worker" in (journal.parent / "optuna.journal.torn").read_bytes()
+    for line in journal.read_bytes().splitlines():
+        json.loads(line)  # every record left is whole
+
+
+def test_a_database_password_is_never_printed(tmp_path):
+    for url in (
+        f"postgresql://dlf:{PASSWORD}@127.0.0.1:1/db",
+        f"postgresql://dlf@127.0.0.1:1/db?password={PASSWORD}",
+    ):
+        raw = study_config(tmp_path / "out", storage=url)
+        done = subprocess.run(
+            [*cli(), "run", str(write(tmp_path, raw))], capture_output=True, text=True
+        )
+        assert done.returncode == 2
+        assert len(done.stderr.splitlines()) == 1 and "search.storage: cannot open" in done.stderr
+        assert PASSWORD not in done.stderr and "***" in done.stderr
+
+
+def test_the_storage_url_may_come_from_the_environment(tmp_path):
+    raw = study_config(tmp_path / "out")
+    env = {**os.environ, "DLF_STORAGE_URL": f"postgresql://dlf:{PASSWORD}@127.0.0.1:1/db"}
+    done = subprocess.run(
+        [*cli(), "run", str(write(tmp_path, raw))], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 2
+    assert "cannot open postgresql://dlf:***@127.0.0.1:1/db" in done.stderr
+    assert PASSWORD not in done.stderr
+
+
+def test_a_stored_study_keeps_no_password(tmp_path):
+    db = tmp_path / "trials.db"
+    raw = study_config(tmp_path / "out", storage=f"sqlite:///{db}?password={PASSWORD}")
+    done = subprocess.run(
+        [*cli(), "run", str(write(tmp_path, raw))], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert db.exists()
+    folder = tmp_path / "out" / "st"
+    with xr.open_dataset(folder / "study.nc", engine="netcdf4") as ds:
+        stored = json.loads(ds.attrs["config"])["search"]["storage"]
+    assert stored == f"sqlite:///{db}?password=***"
+    for text in (done.stdout, done.stderr, (folder / "report.md").read_text()):
+        assert PASSWORD not in text

@@ -9,6 +9,7 @@ H_m v_m at once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -26,6 +27,15 @@ DEFAULT_TOL = 1e-3  # relative Ritz residual; eigenvalues are then good to about
 DEFAULT_MAX_ITER = 100
 
 
+@dataclass(frozen=True)
+class LatestSpectrum:
+    """A solved spectrum and where it was solved: the step, and its tolerance (0 = exact)."""
+
+    step: int
+    result: LanczosResult  # values, vectors, residuals and matvecs per member
+    tol: float
+
+
 class Curvature:
     """Hessian of F(·; Γ_t) at θ_t for every member, computed on demand and cached per step.
 
@@ -41,6 +51,7 @@ class Curvature:
         self._fused: dict[str, fused_hvp.FusedHVP] = {}
         self.uses_fused_hvp = fused_hvp.supports(objective)
         self._previous_vectors: dict[str, torch.Tensor] = {}  # kept across steps: warm starts
+        self._latest: dict[str, LatestSpectrum] = {}
         self.generator = torch.Generator().manual_seed(seed)
         self.cache: dict[object, object] = {}
 
@@ -146,7 +157,15 @@ class Curvature:
             used_tol = tol
         self.cache[("spectrum", loss)] = (result, used_tol)
         self._previous_vectors[loss] = result.vectors
+        self._latest[loss] = LatestSpectrum(self.step, result, used_tol)
         return result
+
+    def latest_spectrum(self, loss: LossKind = "dynamical") -> LatestSpectrum | None:
+        """The most recent spectrum solved for ``loss`` (any step, any analyzer), or None.
+
+        Lets an analyzer read what another one computed without replaying its options.
+        """
+        return self._latest.get(loss)
 
     def _exact(self, k: int, loss: LossKind) -> LanczosResult:
         """Dense Hessian and ``eigh``: exact top-k pairs (members with a non-finite H are NaN)."""

@@ -94,7 +94,9 @@ def test_one_solve_per_step_and_warm_start_across_steps(monkeypatch):
     assert calls > used
     # Next step, a small move: the warm start from this step's vectors is no worse than a cold
     # start (its random half, which guards against crossing eigenvalues, costs most of the gain).
-    theta = curvature.theta + 1e-4 * torch.randn_like(curvature.theta)
+    gen = torch.Generator().manual_seed(0)
+    move = torch.randn(curvature.theta.shape, generator=gen, dtype=curvature.theta.dtype)
+    theta = curvature.theta + 1e-4 * move
     warm = curvature.at(1, theta, curvature.gamma).spectrum(3, tol=1e-8)
     cold = Curvature(curvature.objective).at(1, theta, curvature.gamma).spectrum(3, tol=1e-8)
     torch.testing.assert_close(warm.values, cold.values, rtol=1e-10, atol=0)

@@ -16,7 +16,7 @@ import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
 
 from dlf import plugin
-from dlf.plugin import DEFAULT_MAX_ITER, DEFAULT_TOL
+from dlf.plugin import DEFAULT_MAX_ITER, DEFAULT_TOL, LambdaMaxTracker
 
 
 class DensityOptions(BaseModel):
@@ -45,6 +45,12 @@ class LanczosOptions(plugin.AnalyzerOptions):
         "dynamical", description="Hessian of F at the current Γ (the papers) or of the static loss"
     )
     density: DensityOptions | None = Field(None, description="spectral density; null: off")
+    track: bool | None = Field(
+        None,
+        description="λmax by the tracker (≈ one HVP per step, k = 1 only); null: when k = 1, "
+        "every = 1 and mode = lanczos",
+    )
+    track_period: int = Field(50, ge=1, description="steps between the tracker's full solves")
 
 
 class LanczosAnalyzer(plugin.Analyzer):
@@ -59,6 +65,17 @@ class LanczosAnalyzer(plugin.Analyzer):
         self.records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.density_steps: list[int] = []
         self.densities: list[tuple[torch.Tensor, torch.Tensor]] = []
+        opts = self.options
+        track = opts.track
+        if track is None:
+            track = opts.k == 1 and opts.every == 1 and opts.mode == "lanczos"
+        if track and (opts.k != 1 or opts.mode != "lanczos"):
+            raise ValueError("lanczos: track needs k = 1 and mode = lanczos")
+        self.tracker = (
+            LambdaMaxTracker(opts.tol, opts.max_iter, opts.loss, opts.track_period)
+            if track
+            else None
+        )
 
     def density_due(self, step: int) -> bool:
         density = self.options.density
@@ -72,9 +89,12 @@ class LanczosAnalyzer(plugin.Analyzer):
         opts = self.options
         inactive = ~state.active
         if state.step % opts.every == 0:
-            result = state.curvature.spectrum(
-                opts.k, tol=opts.tol, max_iter=opts.max_iter, loss=opts.loss, mode=opts.mode
-            )
+            if self.tracker is not None:
+                result = self.tracker(state.curvature)
+            else:
+                result = state.curvature.spectrum(
+                    opts.k, tol=opts.tol, max_iter=opts.max_iter, loss=opts.loss, mode=opts.mode
+                )
             self.steps.append(state.step)
             self.records.append(
                 (

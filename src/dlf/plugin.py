@@ -18,6 +18,7 @@ from dlf.analysis import (
 )
 from dlf.curvature.helper import DEFAULT_MAX_ITER, DEFAULT_TOL, Curvature
 from dlf.curvature.ntk import choose_method as choose_ntk_method
+from dlf.curvature.tracker import LambdaMaxTracker
 from dlf.errors import ConfigError, DlfError, PluginError
 from dlf.hooks.analyzer import Analyzer, AnalyzerOptions
 from dlf.hooks.registries import DatasetEntry, Registries, Registry
@@ -43,6 +44,7 @@ __all__ = [
     "DlfError",
     "EvalState",
     "Event",
+    "LambdaMaxTracker",
     "Loss",
     "Objective",
     "PluginError",

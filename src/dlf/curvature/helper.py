@@ -9,11 +9,12 @@ H_m v_m at once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from dlf.curvature import lanczos, ntk
+from dlf.curvature import fused_hvp, lanczos, ntk
 from dlf.curvature.lanczos import LanczosResult, SpectralDensity
 from dlf.curvature.ntk import Method as NTKMethod
 from dlf.curvature.ntk import NTKResult
@@ -24,6 +25,15 @@ Mode = Literal["lanczos", "exact"]
 
 DEFAULT_TOL = 1e-3  # relative Ritz residual; eigenvalues are then good to about tol² · ‖H‖/gap
 DEFAULT_MAX_ITER = 100
+
+
+@dataclass(frozen=True)
+class LatestSpectrum:
+    """A solved spectrum and where it was solved: the step, and its tolerance (0 = exact)."""
+
+    step: int
+    result: LanczosResult  # values, vectors, residuals and matvecs per member
+    tol: float
 
 
 class Curvature:
@@ -38,7 +48,10 @@ class Curvature:
         self.theta = torch.empty(0)
         self.gamma = torch.empty(0)
         self._grad_graphs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._fused: dict[str, fused_hvp.FusedHVP] = {}
+        self.uses_fused_hvp = fused_hvp.supports(objective)
         self._previous_vectors: dict[str, torch.Tensor] = {}  # kept across steps: warm starts
+        self._latest: dict[str, LatestSpectrum] = {}
         self.generator = torch.Generator().manual_seed(seed)
         self.cache: dict[object, object] = {}
 
@@ -49,6 +62,7 @@ class Curvature:
             self.theta = theta.detach()
             self.gamma = gamma.detach()
             self._grad_graphs = {}
+            self._fused = {}
             self.cache = {}
         return self
 
@@ -71,6 +85,20 @@ class Curvature:
 
     def hvp(self, v: torch.Tensor, loss: LossKind = "dynamical") -> torch.Tensor:
         """H_m v_m for every member: ``v`` and the result are ``(member, n_params)``.
+
+        The R-operator (:mod:`~dlf.curvature.fused_hvp`) for the built-in MLP and losses, else
+        autograd.
+        """
+        if not self.uses_fused_hvp:
+            return self.autograd_hvp(v, loss)
+        if loss not in self._fused:
+            self._fused[loss] = fused_hvp.FusedHVP(
+                self.objective, self.theta, self.gamma, static=loss == "static"
+            )
+        return self._fused[loss](v)
+
+    def autograd_hvp(self, v: torch.Tensor, loss: LossKind = "dynamical") -> torch.Tensor:
+        """H_m v_m by autograd (the fallback for plugin models and losses).
 
         Double backward through a gradient graph built once per step (measured faster on CPU
         than torch.func's forward-over-reverse jvp of grad, which rebuilds it each call; see
@@ -130,7 +158,15 @@ class Curvature:
             used_tol = tol
         self.cache[("spectrum", loss)] = (result, used_tol)
         self._previous_vectors[loss] = result.vectors
+        self._latest[loss] = LatestSpectrum(self.step, result, used_tol)
         return result
+
+    def latest_spectrum(self, loss: LossKind = "dynamical") -> LatestSpectrum | None:
+        """The most recent spectrum solved for ``loss`` (any step, any analyzer), or None.
+
+        Lets an analyzer read what another one computed without replaying its options.
+        """
+        return self._latest.get(loss)
 
     def _exact(self, k: int, loss: LossKind) -> LanczosResult:
         """Dense Hessian and ``eigh``: exact top-k pairs (members with a non-finite H are NaN)."""

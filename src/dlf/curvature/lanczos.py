@@ -77,12 +77,14 @@ def warm_start(
     like: torch.Tensor,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A start vector per member, Σ of the previous eigenvectors ``(M, k, n)`` where usable.
+    """A start vector per member, Σ of the previous eigenvectors ``(M, k, n)`` plus a random one.
 
     The Krylov space of that sum contains the old top-k subspace after k steps, so a slowly
-    changing operator converges in a few more. Rows without usable previous vectors (first call,
-    non-finite, or a shape change) start from a random vector. Returns the start ``(M, n)`` and
-    which rows are warm ``(M,)``.
+    changing operator converges in a few more. The random half (equal weight) keeps every other
+    direction in the space: without it a nearly invariant old subspace is accepted at j = k with
+    residual ≈ 0 while a new top eigenvector orthogonal to it (eigenvalues crossing) is missed.
+    Rows without usable previous vectors (first call, non-finite, or a shape change) start from
+    the random vector alone. Returns the start ``(M, n)`` and which rows are warm ``(M,)``.
     """
     start = random_vectors(shape, like, generator)
     if previous is None or previous.shape[0] != shape[0] or previous.shape[-1] != shape[1]:
@@ -90,7 +92,8 @@ def warm_start(
     guess = previous.to(like).sum(dim=1)
     norm = guess.norm(dim=-1, keepdim=True)
     usable = torch.isfinite(norm) & (norm > 0)
-    warm = torch.where(usable, guess / torch.where(usable, norm, 1.0), start)
+    mixed = guess / torch.where(usable, norm, 1.0) + start
+    warm = torch.where(usable, mixed / mixed.norm(dim=-1, keepdim=True), start)
     return warm, usable[:, 0]
 
 

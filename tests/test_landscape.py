@@ -225,6 +225,31 @@ def test_slices_at_each_reported_bifurcation_onset(make_config, tmp_path):
     assert np.isfinite(trace.landscape_trajectory).all()
 
 
+class InstabilitySpy:
+    """A third-party plugin that only implements the bifurcation analyzer's announced event."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, int]] = []
+
+    @dlf.hookimpl
+    def dlf_instability(self, run: dlf.RunContext, member: int, onset: int, step: int) -> None:
+        self.calls.append((member, onset, step))
+
+
+def test_onsets_are_announced_to_any_plugin_through_a_hook(make_config, tmp_path):
+    plugins, spy = load_plugins(), InstabilitySpy()
+    plugins.manager.register(spy)
+    config = make_config(
+        train={"steps": 300, "seeds": 1, "lr": 2.0},
+        schedule={"amplitude": 1},
+        analyzers={"bifurcation": {}},
+    )
+    trace = dlf.execute(config, plugins=plugins, trace_path=tmp_path / "i.nc").open()
+    onsets = [(0, int(start)) for start in trace.bifurcation_start.values]
+    assert onsets and [(m, o) for m, o, _ in spy.calls] == onsets
+    assert all(step >= onset for _, onset, step in spy.calls)
+
+
 def tiny_objective() -> Objective:
     x, y = spiral_points(3, 7, 0.2, 2.0, seed=3)
     loss = Loss("dce", weighted_cross_entropy, dynamical=True, static_name="ce")

@@ -7,11 +7,19 @@ add ``lanczos`` to record λmax, λ2, λ3 at the onsets.
 
 from __future__ import annotations
 
+import pluggy
+
 from dlf import plugin
 
+from . import hookspecs
 from .analyzer import BifurcationAnalyzer, BifurcationOptions
 
 __all__ = ["BifurcationAnalyzer", "BifurcationOptions"]
+
+
+@plugin.hookimpl
+def dlf_addhooks(pluginmanager: pluggy.PluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 @plugin.hookimpl

@@ -3,9 +3,10 @@
 It reads F_t of every member at every step into a small device buffer and hands it to
 :class:`dlf.analysis.BifurcationDetector` a block at a time, so memory stays bounded and the
 training loop never waits for the host. Where the ``lanczos`` analyzer (or another named by
-``spectrum``) records eigenvalues, it reads them from the shared curvature cache at those steps,
-after that analyzer ran. The events equal what :func:`dlf.analysis.find_bifurcations` finds on the
-finished trace.
+``spectrum``) solves the spectrum, it reads the eigenvalues from the curvature helper
+(``latest_spectrum``) at those steps, after that analyzer ran. The events equal what
+:func:`dlf.analysis.find_bifurcations` finds on the finished trace; each new onset is announced
+to other plugins through the ``dlf_instability`` event (:mod:`dlf_bifurcation.hookspecs`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ class BifurcationOptions(plugin.AnalyzerOptions, BifurcationSettings):
     """The detector's thresholds (see :class:`dlf.analysis.BifurcationSettings`) and λ's source."""
 
     spectrum: str | None = Field(
-        "lanczos", description="analyzer whose eigenvalues give λ at the onsets; null: none"
+        "lanczos",
+        description="analyzer whose spectrum (of F, read from the curvature helper) gives λ at "
+        "the onsets; null: none",
     )
 
     @field_validator("every")
@@ -49,13 +52,10 @@ class BifurcationAnalyzer(plugin.Analyzer):
         self._lr = torch.empty(shape, dtype=run.dtype, device=run.device)
         self._first = 0  # step of the buffer's first row
         self._rows = 0
+        self._announced: set[tuple[int, int]] = set()  # (member, onset) told to other plugins
 
     def due(self, step: int) -> bool:
         return True
-
-    def _spectrum_source(self) -> plugin.Analyzer | None:
-        name = self.options.spectrum
-        return None if name is None else self.run.analyzers.get(name)
 
     @plugin.hookimpl(trylast=True)  # after the spectrum analyzer, whose solve is then cached
     def dlf_step_end(self, state: plugin.StepState) -> None:
@@ -67,11 +67,10 @@ class BifurcationAnalyzer(plugin.Analyzer):
         self._rows += 1
         if self._rows == BLOCK:
             self._flush()
-        source = self._spectrum_source()
-        if source is not None and state.step % source.options.every == 0:
-            values = _recorded_spectrum(source, state)
-            if values is not None:
-                values = values.masked_fill(~state.active[:, None], float("nan"))
+        if self.options.spectrum in self.run.analyzers:
+            latest = state.curvature.latest_spectrum()
+            if latest is not None and latest.step == state.step:  # solved at this step
+                values = latest.result.values.masked_fill(~state.active[:, None], float("nan"))
                 self.detector.add_spectrum(state.step, values.cpu().double().numpy())
 
     def _flush(self) -> None:
@@ -79,7 +78,18 @@ class BifurcationAnalyzer(plugin.Analyzer):
             loss = self._loss[: self._rows].cpu().double().numpy()
             lr = self._lr[: self._rows].cpu().double().numpy()
             self.detector.add_loss(self._first, loss, lr)
+            self._announce(self._first + self._rows - 1)
             self._rows = 0
+
+    def _announce(self, step: int) -> None:
+        """Tell other plugins (``dlf_instability``) about onsets the detector newly found."""
+        for event in self.detector.events():
+            onset = (event.member, event.start)
+            if onset not in self._announced:
+                self._announced.add(onset)
+                self.run.hook.dlf_instability(
+                    run=self.run, member=event.member, onset=event.start, step=step
+                )
 
     @plugin.hookimpl
     def dlf_run_end(self, run: plugin.RunContext) -> None:
@@ -97,16 +107,3 @@ class BifurcationAnalyzer(plugin.Analyzer):
             prefix=self.name,
         )
         return {str(name): value for name, value in events.data_vars.items()}
-
-
-def _recorded_spectrum(source: plugin.Analyzer, state: plugin.StepState) -> torch.Tensor | None:
-    """The eigenvalues ``source`` computed at this step, from the shared curvature cache.
-
-    Asking with the source's own options returns its cached solve (no new Lanczos run). Only a
-    ``lanczos``-like analyzer (options k, tol, max_iter, loss, mode) is understood.
-    """
-    names = ("k", "tol", "max_iter", "loss", "mode")
-    if not all(hasattr(source.options, name) for name in names):
-        return None
-    k, tol, max_iter, loss, mode = (getattr(source.options, name) for name in names)
-    return state.curvature.spectrum(k, tol=tol, max_iter=max_iter, loss=loss, mode=mode).values

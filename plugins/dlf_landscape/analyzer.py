@@ -9,14 +9,14 @@ plane: the coordinates (a, b) of θ_{t+j} − θ_t, how far it is off the plane,
 training actually saw). It only reads θ: training is the same with or without it.
 
 Slices are taken at listed steps, every n steps, and, with ``at_bifurcations``, for a member as
-soon as the ``bifurcation`` analyzer's detector reports a new onset of it.
+soon as the ``bifurcation`` analyzer announces a new onset of it (its ``dlf_instability`` event).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,11 +29,8 @@ from dlf.plugin import DEFAULT_TOL
 from .directions import curvature_along, filter_normalized_pair, principal_plane
 from .grid import evaluate_plane, plane_coordinates, rows_per_chunk
 
-if TYPE_CHECKING:
-    from dlf.plugin import BifurcationDetector
-
 COORDS = ("a", "b")
-BIFURCATION = "bifurcation"  # the analyzer whose detector triggers slices at onsets
+BIFURCATION = "bifurcation"  # the analyzer whose announced onsets trigger slices
 
 
 class LandscapeOptions(plugin.AnalyzerOptions):
@@ -143,8 +140,6 @@ class LandscapeAnalyzer(plugin.Analyzer):
         self._recording_until = -1
         self._history: deque[torch.Tensor] = deque(maxlen=options.pca_window)
         self._generator = torch.Generator().manual_seed(options.seed)
-        self._detector: BifurcationDetector | None = None
-        self._detector_seen = -1  # the detector's steps_seen when its events were last read
         self._known_onsets: set[tuple[int, int]] = set()  # (member, onset step)
         self._new_onsets: list[tuple[int, int]] = []  # reported but not sliced yet
 
@@ -157,23 +152,6 @@ class LandscapeAnalyzer(plugin.Analyzer):
     def _snapshot_at(self, step: int) -> bool:
         return self.options.directions == "pca" and step % self.options.pca_every == 0
 
-    def _onsets_reported(self) -> bool:
-        """Whether the bifurcation detector reported onsets of chosen members not sliced yet.
-
-        The detector reads the loss in blocks, so it reports an onset some steps (up to a block
-        and its ``min_length``) after it happened; its events are only re-read when it has
-        taken in new steps.
-        """
-        detector = self._detector
-        if detector is not None and detector.steps_seen != self._detector_seen:
-            self._detector_seen = detector.steps_seen
-            for event in detector.events():
-                onset = (event.member, event.start)
-                if event.member in self.options.members and onset not in self._known_onsets:
-                    self._known_onsets.add(onset)
-                    self._new_onsets.append(onset)
-        return bool(self._new_onsets)
-
     def due(self, step: int) -> bool:
         """At slice steps, on the ``future`` steps after each, at pca snapshot steps, and at the
         first step after the bifurcation detector reports an onset (``at_bifurcations``)."""
@@ -181,15 +159,18 @@ class LandscapeAnalyzer(plugin.Analyzer):
             step <= self._recording_until
             or self.slicing_at(step)
             or self._snapshot_at(step)
-            or self._onsets_reported()
+            or bool(self._new_onsets)
         )
 
     # --- events -----------------------------------------------------------------------------
 
     @plugin.hookimpl
-    def dlf_run_start(self, run: plugin.RunContext) -> None:
-        if self.options.at_bifurcations:
-            self._detector = run.analyzers[BIFURCATION].detector
+    def dlf_instability(self, run: plugin.RunContext, member: int, onset: int, step: int) -> None:
+        """An onset announced by the bifurcation analyzer: slice that member at the next step."""
+        known = (member, onset) in self._known_onsets
+        if self.options.at_bifurcations and member in self.options.members and not known:
+            self._known_onsets.add((member, onset))
+            self._new_onsets.append((member, onset))
 
     @plugin.hookimpl
     def dlf_step_end(self, state: plugin.StepState) -> None:

@@ -156,10 +156,15 @@ class Curvature:
                 lambda v: self.hvp(v, loss), start, k, tol, max_iter, self.generator, min_iter
             )
             used_tol = tol
-        self.cache[("spectrum", loss)] = (result, used_tol)
-        self._previous_vectors[loss] = result.vectors
-        self._latest[loss] = LatestSpectrum(self.step, result, used_tol)
+        self.share(result, used_tol, loss)
         return result
+
+    def share(self, result: LanczosResult, tol: float, loss: LossKind = "dynamical") -> None:
+        """Make ``result`` (solved at this step to ``tol``, e.g. by a tracker) this step's
+        spectrum: later :meth:`spectrum` calls it satisfies and :meth:`latest_spectrum` see it."""
+        self.cache[("spectrum", loss)] = (result, tol)
+        self._previous_vectors[loss] = result.vectors
+        self._latest[loss] = LatestSpectrum(self.step, result, tol)
 
     def latest_spectrum(self, loss: LossKind = "dynamical") -> LatestSpectrum | None:
         """The most recent spectrum solved for ``loss`` (any step, any analyzer), or None.

@@ -38,6 +38,7 @@ class LambdaMaxTracker:
                 self.max_iter,
                 curvature.generator,
             )
+            curvature.share(result, self.tol, self.loss)
         else:
             result = curvature.spectrum(1, tol=self.tol, max_iter=self.max_iter, loss=self.loss)
             self.last_full = step

@@ -84,6 +84,7 @@ def build_context(config: RunConfig, plugins: Plugins, members: Sequence[Member]
         lr=tensor([m.lr for m in members]),
         static_from=tensor(static_from),
         total_steps=steps,
+        hook=plugins.manager.hook,
     )
 
 

@@ -33,6 +33,7 @@ class RunContext:
     total_steps: int
     analyzers: dict[str, Analyzer] = field(default_factory=dict)
     stop_reason: str | None = None
+    hook: Any = None  # the plugin manager's hook relay: announce events other plugins implement
 
     def request_stop(self, reason: str) -> None:
         """Ask the trainer to end the run early (from any hook implementation).

@@ -1,5 +1,6 @@
 """The hand-written forward/backward pass against autograd, and its use by the trainer."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -199,3 +200,31 @@ def test_rows_in_several_passes_equal_one_pass(monkeypatch, depth):
     got = (*split(theta, gamma, active, obj.x, obj.y), *split.metrics())
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_trace_records_the_gradient_path_and_a_missing_compiler_is_told(
+    tmp_path, monkeypatch, make_config
+):
+    """With no C compiler the run falls back to the fused pass, warns once and says why."""
+    import dlf
+    from dlf.engine.gradients import FastPathWarning
+
+    config = make_config(train={"steps": 5})
+    normal = dlf.execute(config, trace_path=tmp_path / "a.nc").open()
+    expected = "kernel" if kernel_function(torch.float64) else "fused"
+    assert normal.attrs["gradient_path"] == expected
+
+    monkeypatch.setenv("CC", "no-such-compiler-dlf")
+    kernel_function.cache_clear()
+    try:
+        with pytest.warns(FastPathWarning, match="no C compiler 'no-such-compiler-dlf'"):
+            fallback = dlf.execute(config, trace_path=tmp_path / "b.nc").open()
+    finally:
+        monkeypatch.undo()
+        kernel_function.cache_clear()
+    assert fallback.attrs["gradient_path"] == "fused"
+    assert "no C compiler" in fallback.attrs["gradient_path_reason"]
+    np.testing.assert_allclose(fallback.loss.values, normal.loss.values, rtol=1e-10)
+
+    tanh = make_config(train={"steps": 5}, model={"activation": "tanh"})
+    assert dlf.execute(tanh, trace_path=tmp_path / "c.nc").open().attrs["gradient_path"] == "fused"

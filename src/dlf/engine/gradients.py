@@ -31,6 +31,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -68,6 +69,8 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor, dim: int = -1) -> torch
 class Gradient(Protocol):
     """F and ∂F/∂θ per member, and the step's metrics at the same point."""
 
+    name: str  # kernel, fused or autograd: recorded in the trace
+
     def __call__(
         self,
         theta: torch.Tensor,
@@ -101,8 +104,29 @@ def gradient_for(objective: Objective) -> Gradient:
     return AutogradGradient(objective)
 
 
+def why_chosen(objective: Objective) -> str:
+    """Why :func:`gradient_for` picked its path for ``objective`` (the trace records it)."""
+    if KernelGradient.supports(objective):
+        problem = KERNEL_PROBLEMS.get(objective.x.dtype)
+        if problem is None:
+            return "one hidden ReLU layer on a CPU: the compiled C kernel (minibatches: fused)"
+        return f"the C kernel could not be built ({problem})"
+    if FusedGradient.supports(objective):
+        return (
+            f"the C kernel covers one hidden ReLU layer, <= {KERNEL_MAX_INPUTS} inputs, float32 or "
+            "float64, on a CPU; this run is outside that"
+        )
+    return "the model or a loss is not one the hand-fused passes cover"
+
+
+class FastPathWarning(UserWarning):
+    """Training runs, but slower than it could on this machine (e.g. no C compiler)."""
+
+
 class AutogradGradient:
     """The reference: forward through ``objective``, one ``torch.autograd.grad`` per step."""
+
+    name = "autograd"
 
     def __init__(self, objective: Objective) -> None:
         self.objective = objective
@@ -169,6 +193,8 @@ class FusedGradient:
         self._inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._labels: tuple[torch.Tensor, torch.Tensor] | None = None
         self._last: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor] | None = None
+
+    name = "fused"
 
     @staticmethod
     def supports(objective: Objective) -> bool:
@@ -603,6 +629,9 @@ def _machine() -> str:
     return "".join(sorted({line for line in lines if line.startswith(("model name", "flags"))}))
 
 
+KERNEL_PROBLEMS: dict[torch.dtype, str] = {}  # why the kernel is unavailable, per dtype
+
+
 @functools.cache
 def kernel_function(dtype: torch.dtype) -> Callable[..., int] | None:
     """The C kernel's entry point for ``dtype``, compiled on first use; None where it cannot be
@@ -611,7 +640,13 @@ def kernel_function(dtype: torch.dtype) -> Callable[..., int] | None:
         return None
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
-        log.info("no C compiler found: training uses the torch fused pass")
+        KERNEL_PROBLEMS[dtype] = f"no C compiler {os.environ.get('CC', 'cc')!r} on PATH"
+        warnings.warn(
+            f"{KERNEL_PROBLEMS[dtype]}: training uses the slower torch fused pass "
+            "(install a C compiler, or set $CC, for the kernel)",
+            FastPathWarning,
+            stacklevel=2,
+        )
         return None
     real, mask, suffix = KERNEL_TYPES[dtype]
     defines = (f"-DREAL={real}", f"-DMASK={mask}", f"-DSUFFIX={suffix}")
@@ -633,7 +668,8 @@ def kernel_function(dtype: torch.dtype) -> Callable[..., int] | None:
                 os.replace(built, path)  # atomic: concurrent builders never see half a file
         function = getattr(ctypes.CDLL(str(path)), f"mlp_step_{suffix}")
     except (OSError, subprocess.CalledProcessError) as exc:
-        detail = getattr(exc, "stderr", "") or exc
+        detail = str(getattr(exc, "stderr", "") or exc).strip().splitlines()
+        KERNEL_PROBLEMS[dtype] = (detail[0] if detail else "the build failed")[:200]
         log.info("C kernel not built (%s): training uses the torch fused pass", detail)
         return None
     function.argtypes = [ctypes.c_int] * 7 + [ctypes.c_void_p] * 7 + [ctypes.c_int]
@@ -654,6 +690,8 @@ class KernelGradient:
         self.minibatches = FusedGradient(objective)
         self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self._last: torch.Tensor | None = None  # (R, 3): F, static loss, accuracy
+
+    name = "kernel"
 
     @staticmethod
     def supports(objective: Objective) -> bool:

@@ -97,6 +97,7 @@ class Recorder:
         self.steps_completed = 0
         self.status = "running"
         self.stop_reason: str | None = None
+        self.gradient_path: tuple[str, str] | None = None  # (kernel|fused|autograd, why)
         remove_stale_temp_files(self.path)
 
     # --- collecting
@@ -231,6 +232,8 @@ class Recorder:
         )
         if self.stop_reason is not None:
             ds.attrs["stop_reason"] = self.stop_reason
+        if self.gradient_path is not None:
+            ds.attrs["gradient_path"], ds.attrs["gradient_path_reason"] = self.gradient_path
         return ds
 
     def write(self, contributions: Mapping[str, Any] | None = None) -> Path:

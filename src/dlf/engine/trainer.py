@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from dlf.curvature.helper import Curvature
-from dlf.engine.gradients import gradient_for
+from dlf.engine.gradients import gradient_for, why_chosen
 from dlf.engine.trace import ContributionError, Recorder
 from dlf.errors import PluginError
 from dlf.hooks.analyzer import Analyzer
@@ -81,6 +81,7 @@ class Trainer:
         self.progress = progress
         self.curvature = Curvature(run.objective)
         self.gradient = gradient_for(run.objective)
+        recorder.gradient_path = (self.gradient.name, why_chosen(run.objective))
         self._callers: dict[tuple[str, ...], object] = {}
 
     # --- per-block precomputation

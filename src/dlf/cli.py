@@ -7,8 +7,9 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from dlf.errors import ConfigError, DlfError
+from dlf.errors import ConfigError, DlfError, DlfWarning
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -125,13 +126,21 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _one_line_warning(message: Warning | str, category: type[Warning], *_: object) -> str:
-    return f"dlf-study: warning: {message}\n"
+_format_warning = warnings.formatwarning
+
+
+def _one_line_warning(
+    message: Warning | str, category: type[Warning], *rest: Any, **kwargs: Any
+) -> str:
+    """dlf's own warnings as one line; anyone else's as Python formats them."""
+    if issubclass(category, DlfWarning):
+        return f"dlf-study: warning: {message}\n"
+    return _format_warning(message, category, *rest, **kwargs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    warnings.formatwarning = _one_line_warning  # e.g. a broken plugin: one line, not a stack
+    warnings.formatwarning = _one_line_warning  # a broken plugin: one line, not a stack
     try:
         return int(args.func(args))
     except DlfError as exc:

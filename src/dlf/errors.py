@@ -43,3 +43,7 @@ class OutputError(DlfError):
         else:
             why = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
         super().__init__(f"cannot write {path}: {why}; the previous version of it is kept")
+
+
+class DlfWarning(UserWarning):
+    """Something the user should know, that does not stop the command (one line on the CLI)."""

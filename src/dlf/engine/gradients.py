@@ -38,6 +38,7 @@ from typing import Protocol
 
 import torch
 
+from dlf.errors import DlfWarning
 from dlf.numerics.losses import (
     scaled_target_squared_error,
     weighted_cross_entropy,
@@ -119,7 +120,7 @@ def why_chosen(objective: Objective) -> str:
     return "the model or a loss is not one the hand-fused passes cover"
 
 
-class FastPathWarning(UserWarning):
+class FastPathWarning(DlfWarning):
     """Training runs, but slower than it could on this machine (e.g. no C compiler)."""
 
 

@@ -177,8 +177,8 @@ def execute(
         theta0 = run.model.init([m.seed for m in members], config.model.init, run.dtype, run.device)
         trainer = Trainer(run, plugins, schedule, recorder, contributions, progress)
         try:
-            recorder.write()  # the first checkpoint: a run killed now still leaves a trace
             try:
+                recorder.write()  # the first checkpoint: a run killed now still leaves a trace
                 theta = trainer.train(theta0)
             except (PluginError, KeyboardInterrupt) as exc:
                 recorder.status = "failed" if isinstance(exc, PluginError) else "interrupted"

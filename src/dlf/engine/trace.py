@@ -12,9 +12,12 @@ import errno
 import json
 import os
 import re
+import signal
+import threading
 import time
 import uuid
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -277,6 +280,28 @@ def remove_stale_temp_files(path: Path) -> list[Path]:
     return removed
 
 
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C or SIGTERM during a file write takes effect once the write is done: HDF5 is not
+    safe to interrupt (a write cut short could hang the next one). The signal is then raised
+    again for its own handler. Only the main thread receives signals; elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in signals
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    if received:
+        signal.raise_signal(received[0])
+
+
 def write_netcdf(ds: xr.Dataset, path: Path) -> None:
     """Write ``ds`` to ``path`` with compression, atomically: readers never see half a file.
 
@@ -295,9 +320,10 @@ def write_netcdf(ds: xr.Dataset, path: Path) -> None:
         if var.dtype.kind in "fiu" and var.ndim > 0
     }
     try:
-        ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
-        _fsync(tmp)
-        os.replace(tmp, path)
+        with interrupts_deferred():
+            ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
+            _fsync(tmp)
+            os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(path, exc) from None
     except RuntimeError as exc:  # netCDF4 reports a failed HDF5 write as RuntimeError

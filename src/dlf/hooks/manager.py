@@ -17,7 +17,7 @@ from types import ModuleType, TracebackType
 
 import pluggy
 
-from dlf.errors import ConfigError
+from dlf.errors import ConfigError, DlfWarning
 from dlf.hooks import specs
 from dlf.hooks.registries import Registries
 
@@ -25,7 +25,7 @@ ENTRY_POINT_GROUP = "dlf"
 CORE_MODULES = ("dlf.hooks.builtins",)
 
 
-class PluginLoadWarning(UserWarning):
+class PluginLoadWarning(DlfWarning):
     """An installed plugin could not be loaded; commands that do not use it go on."""
 
 

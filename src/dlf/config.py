@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -173,6 +174,10 @@ class OutputConfig(Section):
     root: Path = Field(Path("studies"), description="each run writes under root/<name>/")
     checkpoint_seconds: float = Field(60.0, gt=0, description="rewrite the trace this often")
     progress: Literal["auto", "always", "never"] = Field("auto", description="auto: on a terminal")
+
+    def wants_progress(self) -> bool:
+        """Whether to draw a progress bar: ``always``, or ``auto`` when stderr is a terminal."""
+        return self.progress == "always" or (self.progress == "auto" and sys.stderr.isatty())
 
 
 class RunConfig(Section):

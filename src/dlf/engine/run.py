@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ import xarray as xr
 
 from dlf.config import Member, RunConfig, members_of, validate
 from dlf.engine.budget import check_budget, n_members
-from dlf.engine.trace import ContributionError, Recorder, TraceLock
+from dlf.engine.trace import TRACE_NAME, ContributionError, Recorder, TraceLock
 from dlf.engine.trainer import Trainer
 from dlf.errors import ConfigError, PluginError
 from dlf.hooks.analyzer import Analyzer
@@ -24,8 +23,6 @@ from dlf.hooks.manager import Plugins, load_plugins
 from dlf.hooks.state import RunContext
 from dlf.numerics.models import MLP
 from dlf.numerics.objective import Objective
-
-TRACE_NAME = "trace.nc"
 
 
 @dataclass
@@ -165,8 +162,7 @@ def execute(
     plugins, members, run = prepare(config, members=members, plugins=plugins)
     path = trace_path or config.output.root / config.name / TRACE_NAME
     if progress is None:
-        mode = config.output.progress
-        progress = mode == "always" or (mode == "auto" and sys.stderr.isatty())
+        progress = config.output.wants_progress()
     schedule = plugins.registries.schedules.get(config.schedule.name, "schedule.name")
     pm = plugins.manager
     with TraceLock(path), terminate_as_interrupt():

@@ -36,6 +36,7 @@ except ImportError:  # not POSIX: runs aimed at one trace are not guarded
     fcntl = None  # type: ignore[assignment]
 
 ENGINE = "netcdf4"
+TRACE_NAME = "trace.nc"  # a run's trace in its folder: <output.root>/<name>/trace.nc
 CHUNK = 512  # records buffered on the device before one copy to the host
 
 SERIES = {

@@ -11,7 +11,7 @@ import matplotlib
 import xarray as xr
 from matplotlib.figure import Figure
 
-from dlf.engine.trace import open_trace
+from dlf.engine.trace import TRACE_NAME, open_trace
 from dlf.errors import ConfigError, DlfError
 from dlf.plots.dynamics import Zoom, dynamics
 from dlf.plots.landscape import landscape
@@ -23,7 +23,6 @@ from dlf.plots.width import width
 
 FORMATS = ("png", "svg", "pdf")
 DPI = 110  # PNG resolution: sharp on screen, a few hundred kB at most
-TRACE_NAME = "trace.nc"
 #: Result files that stand for their directory: a min-width study, a threshold study.
 RESULT_NAMES = ("study.nc", "threshold.nc")
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from dlf.config import RunConfig, validate
-from dlf.engine.run import TRACE_NAME, execute, prepare
-from dlf.engine.trace import open_trace
+from dlf.engine.run import execute, prepare
+from dlf.engine.trace import TRACE_NAME, open_trace
 from dlf.errors import ConfigError
 
 SECTIONS = ("sweep", "variants")

@@ -346,11 +346,6 @@ def check_study(config: StudyConfig, workers: int = 1) -> None:
         raise ConfigError(field, exc.message) from None
 
 
-def progress_wanted(config: StudyConfig) -> bool:
-    mode = config.run.output.progress
-    return mode == "always" or (mode == "auto" and sys.stderr.isatty())
-
-
 def run_workers(config: StudyConfig, workers: int) -> None:
     """Run the job loop here (one worker) or in ``workers`` processes sharing the storage.
 
@@ -360,7 +355,7 @@ def run_workers(config: StudyConfig, workers: int) -> None:
         raise ConfigError("--workers", f"must be >= 1 (got {workers})")
     with terminate_as_interrupt():
         if workers == 1:
-            Worker(config, 0, progress_wanted(config)).run()
+            Worker(config, 0, config.run.output.wants_progress()).run()
             return
         threads = max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")

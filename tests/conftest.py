@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -28,6 +29,25 @@ def tiny_config(tmp_path, **sections: Any) -> dict[str, Any]:
             raw[key] = {**raw[key], **value}
         else:
             raw[key] = value
+    return raw
+
+
+def study_raw(root: Path, name: str = "tiny", **search: Any) -> dict[str, Any]:
+    """A seconds-long study: 3 widths, 2 seeds, 2 trials per width, 2 trials per run."""
+    raw = tiny_config(root, name=name, train={"steps": 80, "eval_every": 20})
+    del raw["schedule"], raw["model"]["width"], raw["train"]["seeds"]
+    raw["search"] = {
+        "target": 0.6,
+        "seeds": 2,
+        "width": {"low": 2, "high": 8, "per_octave": 1},
+        "amplitude": {"low": 2, "high": 10},
+        "period": {"low": 10, "high": 40},
+        "trials_per_width": 2,
+        "batch": 2,
+        "trials": 6,
+        "pruner": {"startup_trials": 2},
+        **search,
+    }
     return raw
 
 

@@ -21,6 +21,8 @@ import pytest
 import xarray as xr
 import yaml
 
+from tests.conftest import study_raw
+
 PASSWORD = "hunter2-s3cret"
 
 
@@ -44,29 +46,6 @@ def run_config(out: Path, **train: Any) -> dict[str, Any]:
         "schedule": {"amplitude": [1, 5], "period": 20},
         "train": {"steps": 4000, "seeds": 2, "eval_every": 100, **train},
         "output": {"root": str(out), "progress": "never", "checkpoint_seconds": 0.05},
-    }
-
-
-def study_config(out: Path, **search: Any) -> dict[str, Any]:
-    """A study of seconds: 3 widths, 2 seeds, 2 trials per width, 2 trials per run."""
-    return {
-        "name": "st",
-        "data": {"name": "spiral", "points_per_class": 20},
-        "loss": {"name": "dce"},
-        "train": {"steps": 80, "eval_every": 20},
-        "output": {"root": str(out), "progress": "never"},
-        "search": {
-            "target": 0.6,
-            "seeds": 2,
-            "width": {"low": 2, "high": 8, "per_octave": 1},
-            "amplitude": {"low": 2, "high": 10},
-            "period": {"low": 10, "high": 40},
-            "trials_per_width": 2,
-            "batch": 2,
-            "trials": 6,
-            "pruner": {"startup_trials": 2},
-            **search,
-        },
     }
 
 
@@ -160,7 +139,7 @@ def test_a_diverging_member_leaves_the_others_bit_identical(tmp_path):
 
 
 def test_a_torn_last_journal_record_is_survived_and_reported(tmp_path):
-    raw = study_config(tmp_path / "out")
+    raw = study_raw(tmp_path / "out", name="st")
     config = write(tmp_path, raw)
     first = subprocess.run([*cli(), "run", str(config)], capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
@@ -188,7 +167,7 @@ def test_a_database_password_is_never_printed(tmp_path):
         f"postgresql://dlf:{PASSWORD}@127.0.0.1:1/db",
         f"postgresql://dlf@127.0.0.1:1/db?password={PASSWORD}",
     ):
-        raw = study_config(tmp_path / "out", storage=url)
+        raw = study_raw(tmp_path / "out", name="st", storage=url)
         done = subprocess.run(
             [*cli(), "run", str(write(tmp_path, raw))], capture_output=True, text=True
         )
@@ -198,7 +177,7 @@ def test_a_database_password_is_never_printed(tmp_path):
 
 
 def test_the_storage_url_may_come_from_the_environment(tmp_path):
-    raw = study_config(tmp_path / "out")
+    raw = study_raw(tmp_path / "out", name="st")
     env = {**os.environ, "DLF_STORAGE_URL": f"postgresql://dlf:{PASSWORD}@127.0.0.1:1/db"}
     done = subprocess.run(
         [*cli(), "run", str(write(tmp_path, raw))], capture_output=True, text=True, env=env
@@ -210,7 +189,7 @@ def test_the_storage_url_may_come_from_the_environment(tmp_path):
 
 def test_a_stored_study_keeps_no_password(tmp_path):
     db = tmp_path / "trials.db"
-    raw = study_config(tmp_path / "out", storage=f"sqlite:///{db}?password={PASSWORD}")
+    raw = study_raw(tmp_path / "out", name="st", storage=f"sqlite:///{db}?password={PASSWORD}")
     done = subprocess.run(
         [*cli(), "run", str(write(tmp_path, raw))], capture_output=True, text=True
     )

@@ -35,7 +35,7 @@ from dlf.studies.search.lock import StudyLock
 from dlf.studies.search.proposals import fixed_proposal
 from dlf.studies.search.pruning import FULL_LENGTH, TargetPruner, make_pruner
 from dlf.studies.search.storage import JOURNAL_NAME, open_storage, open_studies, study_dir
-from tests.conftest import tiny_config
+from tests.conftest import study_raw
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,25 +47,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def study_raw(root: Path, name: str = "tiny", **search: Any) -> dict[str, Any]:
-    """A seconds-long study: 3 widths, 2 seeds, 2 trials per width, 2 trials per run."""
-    raw = tiny_config(root, name=name, train={"steps": 80, "eval_every": 20})
-    del raw["schedule"], raw["model"]["width"], raw["train"]["seeds"]
-    raw["search"] = {
-        "target": 0.6,
-        "seeds": 2,
-        "width": {"low": 2, "high": 8, "per_octave": 1},
-        "amplitude": {"low": 2, "high": 10},
-        "period": {"low": 10, "high": 40},
-        "trials_per_width": 2,
-        "batch": 2,
-        "trials": 6,
-        "pruner": {"startup_trials": 2},
-        **search,
-    }
-    return raw
 
 
 def study_config(root: Path, **search: Any):

@@ -25,11 +25,11 @@ from dlf.studies.search import load_study_config, open_study, run_study
 from dlf.studies.search.config import study_config_from_raw
 from dlf.studies.search.liveness import HEARTBEAT_ATTR, WORKER_ATTR, trial_id
 from dlf.studies.search.storage import open_storage
+from tests.conftest import study_raw
 from tests.test_search import (  # noqa: F401
     REPO,
     assert_no_duplicates_and_within_budget,
     one_thread,
-    study_raw,
     trials_of,
 )
 

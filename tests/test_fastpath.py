@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from dlf.engine import gradients as fastpath
+from dlf import kernels
 from dlf.engine.gradients import (
     AutogradGradient,
     FusedGradient,
     KernelGradient,
+    fused,
     gradient_for,
     kernel_function,
 )
@@ -194,7 +195,7 @@ def test_rows_in_several_passes_equal_one_pass(monkeypatch, depth):
     whole = FusedGradient(obj)
     expected = (*whole(theta, gamma, active, obj.x, obj.y), *whole.metrics())
     row_bytes = len(obj.y) * 6 * 8
-    monkeypatch.setattr(fastpath, "CACHE_BYTES", 2 * row_bytes)
+    monkeypatch.setattr(fused, "CACHE_BYTES", 2 * row_bytes)
     split = FusedGradient(obj)
     assert split.chunk_rows(theta, len(obj.y)) == 2
     got = (*split(theta, gamma, active, obj.x, obj.y), *split.metrics())
@@ -215,13 +216,13 @@ def test_the_trace_records_the_gradient_path_and_a_missing_compiler_is_told(
     assert normal.attrs["gradient_path"] == expected
 
     monkeypatch.setenv("CC", "no-such-compiler-dlf")
-    kernel_function.cache_clear()
+    kernels.load.cache_clear()
     try:
         with pytest.warns(FastPathWarning, match="no C compiler 'no-such-compiler-dlf'"):
             fallback = dlf.execute(config, trace_path=tmp_path / "b.nc").open()
     finally:
         monkeypatch.undo()
-        kernel_function.cache_clear()
+        kernels.load.cache_clear()
     assert fallback.attrs["gradient_path"] == "fused"
     assert "no C compiler" in fallback.attrs["gradient_path_reason"]
     np.testing.assert_allclose(fallback.loss.values, normal.loss.values, rtol=1e-10)

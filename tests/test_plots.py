@@ -166,9 +166,9 @@ def test_threshold_points_are_means_per_learning_rate(edge_trace):
 
 
 def test_threshold_from_a_threshold_study_result(edge_trace):
-    from dlf.analysis.threshold import member_onsets, summarise
+    from dlf.analysis.threshold import member_onsets, threshold_dataset
 
-    result = summarise(member_onsets(edge_trace, "first"), "first")
+    result = threshold_dataset(member_onsets(edge_trace, "first"), "first")
     fig = plots.threshold([result])
     (points,) = fig.axes[0].containers
     eta, mean = points.lines[0].get_data()

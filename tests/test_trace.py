@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -56,6 +57,14 @@ def test_record_every_decimates(make_config, tmp_path):
     assert list(ds.step.values) == list(range(0, 60, 7))
 
 
+def steps_written(trace: Path) -> int:
+    """``steps_completed`` of the trace's last checkpoint (0 while there is none)."""
+    if not trace.exists():
+        return 0
+    with xr.open_dataset(trace, engine="netcdf4") as ds:
+        return int(ds.attrs["steps_completed"])
+
+
 def test_killed_run_leaves_valid_trace_of_finished_steps(tmp_path):
     raw = tiny_config(
         tmp_path,
@@ -67,11 +76,11 @@ def test_killed_run_leaves_valid_trace_of_finished_steps(tmp_path):
     trace = tmp_path / "tiny" / "trace.nc"
     proc = subprocess.Popen([sys.executable, "-m", "dlf.cli", "run", str(config_path)])
     try:
+        # the first checkpoint comes before step 0: wait for one with finished steps
         deadline = time.monotonic() + 120
-        while not trace.exists() and time.monotonic() < deadline:
+        while steps_written(trace) == 0 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert trace.exists(), "no checkpoint was written"
-        time.sleep(1.0)
+        assert steps_written(trace) > 0, "no checkpoint with finished steps was written"
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -21,6 +21,8 @@ from dlf.errors import ConfigError
 
 
 class Section(BaseModel):
+    """The base of every config section (run and search): unknown keys and NaN/±∞ refused."""
+
     # NaN and ±∞ are refused for every float field: a NaN learning rate or period would train
     # (NaN compares False to every bound) and an infinite range breaks the search afterwards
     model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)

@@ -91,7 +91,7 @@ def member_onsets(trace: xr.Dataset, onset: Literal["first", "mean"]) -> xr.Data
     )
 
 
-def summarise(
+def threshold_dataset(
     members: xr.Dataset, onset: Literal["first", "mean"], attrs: Mapping[str, str] | None = None
 ) -> xr.Dataset:
     """Per-member onsets (from :func:`member_onsets` with ``onset``), per-η mean ± sem, the fit

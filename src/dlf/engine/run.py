@@ -175,11 +175,12 @@ def execute(
         try:
             try:
                 recorder.write()  # the first checkpoint: a run killed now still leaves a trace
-                theta = trainer.train(theta0)
+                theta, ending = trainer.train(theta0)
             except (PluginError, KeyboardInterrupt) as exc:
-                recorder.status = "failed" if isinstance(exc, PluginError) else "interrupted"
+                recorder.finish("failed" if isinstance(exc, PluginError) else "interrupted")
                 contributions.write_after_failure()
                 raise
+            recorder.finish(ending, run.stop_reason)
             contributions.write_final()
         finally:
             for name in run.analyzers:
@@ -225,11 +226,11 @@ class Contributions:
         try:
             recorder.write(self())
         except ContributionError as exc:
-            recorder.status = "failed"
+            recorder.finish("failed")
             recorder.write()
             self.raise_for(exc)
         except PluginError:
-            recorder.status = "failed"
+            recorder.finish("failed")
             recorder.write()
             raise
 

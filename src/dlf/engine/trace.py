@@ -66,6 +66,16 @@ class ContributionError(ValueError):
         super().__init__(f"trace variable {name!r}: {message}")
 
 
+STATUSES = {  # the trace's `status` attribute: every value and when it is set
+    "running": "a checkpoint of a live run, or of one killed before it could say more",
+    "complete": "every step was taken",
+    "diverged": "every member diverged, so the run ended early",
+    "stopped": "a hook called run.request_stop (the reason is in stop_reason)",
+    "failed": "a plugin raised; the trace holds the steps before",
+    "interrupted": "Ctrl-C or SIGTERM",
+}
+
+
 class Recorder:
     """Collects the core series of one run and writes the run's NetCDF trace."""
 
@@ -103,6 +113,12 @@ class Recorder:
         self.stop_reason: str | None = None
         self.gradient_path: tuple[str, str] | None = None  # (kernel|fused|autograd, why)
         remove_stale_temp_files(self.path)
+
+    def finish(self, status: str, stop_reason: str | None = None) -> None:
+        """Say how the run ended (one of :data:`STATUSES`); the next write records it."""
+        if status not in STATUSES:
+            raise ValueError(f"status {status!r} is not one of {sorted(STATUSES)}")
+        self.status, self.stop_reason = status, stop_reason
 
     # --- collecting
 

@@ -151,23 +151,21 @@ class Trainer:
         }
         self.recorder.record_eval(step, values)
         state = EvalState(
-            step,
-            theta,
-            values["val_loss"],
-            values["val_accuracy"],
-            values["eval_train_accuracy"],
-            run,
-            active,
+            step=step,
+            theta=theta,
+            val_loss=values["val_loss"],
+            val_accuracy=values["val_accuracy"],
+            train_accuracy=values["eval_train_accuracy"],
+            run=run,
+            active=active,
         )
         self._call("dlf_evaluate", step, state=state)
 
-    def train(self, theta: torch.Tensor) -> torch.Tensor:
-        """Run all steps from ``theta (member, n)``; returns the final parameters.
-
-        The run ends early when every member diverged (status ``diverged``) or when a hook asked
-        for it through ``run.request_stop`` (status ``stopped``).
-        """
-        run, rec = self.run, self.recorder
+    def train(self, theta: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """Run all steps from ``theta (member, n)``; returns the final parameters and how the run
+        ended: ``complete``, ``diverged`` (every member did) or ``stopped`` (a hook asked for it
+        through ``run.request_stop``). The caller records that in the trace."""
+        run = self.run
         self._call("dlf_run_start", None, run=run)
         self.active = torch.ones(run.n_members, dtype=torch.bool, device=run.device)
         with tqdm(
@@ -175,12 +173,14 @@ class Trainer:
         ) as bar:
             theta = self._steps(theta, bar)
         if run.stop_reason is not None:
-            rec.status, rec.stop_reason = "stopped", run.stop_reason
-        elif rec.status != "diverged":
+            ending = "stopped"
+        elif not bool(self.active.any()):
+            ending = "diverged"
+        else:
             self.evaluate(run.total_steps, theta, self.active)
-            rec.status = "complete"
+            ending = "complete"
         self._call("dlf_run_end", None, run=run)
-        return theta
+        return theta, ending
 
     def _steps(self, theta: torch.Tensor, bar: tqdm) -> torch.Tensor:
         """The step loop; returns θ after the last step taken."""
@@ -222,17 +222,17 @@ class Trainer:
                         rec.record(loss, static, acc, lr, gamma)
                     if due:
                         state = StepState(
-                            t,
-                            theta,
-                            grad,
-                            gamma,
-                            loss,
-                            static,
-                            acc,
-                            lr,
-                            active,
-                            run,
-                            self.curvature,
+                            step=t,
+                            theta=theta,
+                            grad=grad,
+                            gamma=gamma,
+                            loss=loss,
+                            static_loss=static,
+                            train_accuracy=acc,
+                            lr=lr,
+                            active=active,
+                            run=run,
+                            _curvature=self.curvature,
                         )
                         self._call("dlf_step_end", t, only=due, state=state)
                 step = lr[:, None] * opt.direction(grad)
@@ -244,7 +244,6 @@ class Trainer:
             if run.stop_reason is not None:
                 break
             if not bool(active.any()):
-                rec.status = "diverged"
                 break
             if rec.checkpoint_due():
                 try:

@@ -62,7 +62,7 @@ class RunContext:
         return self.amplitude.dtype
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StepState:
     """Step t: θ_t where F was evaluated, its gradient, Γ(t); θ is updated after the hook."""
 
@@ -84,7 +84,7 @@ class StepState:
         return self._curvature.at(self.step, self.theta, self.gamma)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvalState:
     """Validation metrics of every member at ``step`` (θ_t, before that step's update).
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dlf.analysis.threshold import member_onsets, summarise
+from dlf.analysis.threshold import member_onsets, threshold_dataset
 from dlf.config import load_raw, validate
 from dlf.engine.trace import open_trace, write_netcdf
 from dlf.errors import ConfigError
@@ -127,7 +127,7 @@ def run_threshold_study(
     root = points[0].config.output.root / str(raw.get("name", "sweep"))
     tables = [member_onsets(open_trace(path), settings.onset) for path in run_points(points, root)]
     attrs = {"settings": settings.model_dump_json(), "scale": settings.scale}
-    result = summarise(xr.concat(tables, dim="member"), settings.onset, attrs)
+    result = threshold_dataset(xr.concat(tables, dim="member"), settings.onset, attrs)
     write_netcdf(result, root / "threshold.nc")
     threshold_figure([result]).savefig(root / "threshold.png", dpi=150)
     print(

@@ -29,7 +29,7 @@ __all__ = [
     "load_study_config",
     "open_study",
     "run_study",
-    "summarise",
+    "write_results",
 ]
 
 
@@ -43,7 +43,7 @@ class StudyResult:
     findings: dict[str, Finding]
 
 
-def summarise(config: StudyConfig) -> StudyResult:
+def write_results(config: StudyConfig) -> StudyResult:
     """Write ``study.nc``, ``report.md`` and the figures from what the storage holds now."""
     from dlf.studies.search.report import (
         write_report,  # seaborn: imported only when a report is due
@@ -80,9 +80,9 @@ def run_study(config: StudyConfig, out_dir: Path | None = None, workers: int = 1
     try:
         run_workers(config, workers)
     except KeyboardInterrupt:
-        summarise(config)  # what finished so far, then the interrupt goes on to the CLI
+        write_results(config)  # what finished so far, then the interrupt goes on to the CLI
         raise
-    return summarise(config)
+    return write_results(config)
 
 
 def cli_run(config_path: Path, overrides: Sequence[str], out: Path | None, workers: int) -> int:

@@ -16,16 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from dlf.config import RunConfig, apply_overrides, load_raw, validate
+from dlf.config import RunConfig, Section, apply_overrides, load_raw, validate
 from dlf.errors import ConfigError
 from dlf.hooks.manager import load_plugins
-
-
-class Section(BaseModel):
-    # NaN and ±∞ are refused as in the run config: an infinite range breaks the sampler late
-    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class LogRange(Section):

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 
 from dlf.curvature import fused_hvp, kernel_hvp, lanczos, ntk
-from dlf.curvature.lanczos import LanczosResult, SpectralDensity
+from dlf.curvature.lanczos import LanczosResult, Matvec, SpectralDensity
 from dlf.curvature.ntk import Method as NTKMethod
 from dlf.curvature.ntk import NTKResult
 from dlf.numerics.objective import Objective
@@ -95,13 +95,31 @@ class Curvature:
             return self.autograd_hvp(v, loss)
         product = self._products.get(loss)
         if product is None:
-            static = loss == "static"
-            if kernel_hvp.supports(self.objective, self.theta.dtype):
-                product = kernel_hvp.KernelHVP(self.objective, self.theta, self.gamma, static)
-            else:
-                product = fused_hvp.FusedHVP(self.objective, self.theta, self.gamma, static)
-            self._products[loss] = product
+            product = self._products[loss] = self._product(self.theta, self.gamma, loss)
         return product(v)
+
+    def matvec(self, rows: torch.Tensor, loss: LossKind = "dynamical") -> Matvec:
+        """The HVP of the members ``rows`` (indices) alone, as a function of ``v (len(rows), n)``.
+
+        A kernel or fused product costs in proportion to its rows, so a solve that only some
+        members still need (a tracker's few unconverged ones) is computed for those alone.
+        """
+        if not self.uses_fused_hvp:  # autograd's graph is the whole ensemble's: pad and pick
+            def padded(v: torch.Tensor) -> torch.Tensor:
+                full = v.new_zeros(self.theta.shape)
+                full[rows] = v
+                return self.autograd_hvp(full, loss)[rows]
+
+            return padded
+        return self._product(self.theta[rows], self.gamma[rows], loss)
+
+    def _product(
+        self, theta: torch.Tensor, gamma: torch.Tensor, loss: LossKind
+    ) -> fused_hvp.FusedHVP | kernel_hvp.KernelHVP:
+        static = loss == "static"
+        if kernel_hvp.supports(self.objective, theta.dtype):
+            return kernel_hvp.KernelHVP(self.objective, theta, gamma, static)
+        return fused_hvp.FusedHVP(self.objective, theta, gamma, static)
 
     def autograd_hvp(self, v: torch.Tensor, loss: LossKind = "dynamical") -> torch.Tensor:
         """H_m v_m by autograd (the fallback for plugin models and losses).

@@ -105,6 +105,7 @@ class Curvature:
         members still need (a tracker's few unconverged ones) is computed for those alone.
         """
         if not self.uses_fused_hvp:  # autograd's graph is the whole ensemble's: pad and pick
+
             def padded(v: torch.Tensor) -> torch.Tensor:
                 full = v.new_zeros(self.theta.shape)
                 full[rows] = v

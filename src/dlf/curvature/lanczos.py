@@ -136,9 +136,10 @@ def _iterate(
     """Lanczos with full re-orthogonalisation; yields the state after each of ``steps`` steps.
 
     ``first``, if given, is A applied to the normalised start, already computed by the caller (a
-    tracker that tried the start alone). On breakdown (an invariant subspace found) the next basis vector is a
-    random one orthogonal to the basis and the coupling β is 0, so T stays exact and the process
-    can go on. The basis grows by doubling: most solves stop after a few of ``steps``.
+    tracker that tried the start alone). On breakdown (an invariant subspace found) the next
+    basis vector is a random one orthogonal to the basis and the coupling β is 0, so T stays
+    exact and the process can go on. The basis grows by doubling: most solves stop after a few of
+    ``steps``.
     """
     m, n = start.shape
     steps = min(steps, n)

@@ -7,7 +7,7 @@ import torch
 
 from dlf import kernels
 
-NAMES = ["mlp_step"]
+NAMES = ["mlp_step", "mlp_hvp"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -3,8 +3,10 @@
 The trainer owns one :class:`Curvature` per run and points it at (θ_t, Γ_t) at steps where an
 analyzer is due. Whatever one analyzer computes there (eigenpairs, NTK eigenvalues) is cached for
 the others at the same step; eigenvectors are kept across steps to warm-start the next solve.
-Because members are independent rows of θ, one double-backward of Σ_m F_m gives every member's
-H_m v_m at once.
+Because members are independent rows of θ, one pass gives every member's H_m v_m at once: the C
+kernel (:mod:`~dlf.curvature.kernel_hvp`) for the papers' network on a CPU, the fused torch pass
+(:mod:`~dlf.curvature.fused_hvp`) for the other built-in MLPs, autograd's double backward for
+plugin models and losses.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from typing import Literal
 
 import torch
 
-from dlf.curvature import fused_hvp, lanczos, ntk
-from dlf.curvature.lanczos import LanczosResult, SpectralDensity
+from dlf.curvature import fused_hvp, kernel_hvp, lanczos, ntk
+from dlf.curvature.lanczos import LanczosResult, Matvec, SpectralDensity
 from dlf.curvature.ntk import Method as NTKMethod
 from dlf.curvature.ntk import NTKResult
 from dlf.numerics.objective import Objective
@@ -48,7 +50,7 @@ class Curvature:
         self.theta = torch.empty(0)
         self.gamma = torch.empty(0)
         self._grad_graphs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._fused: dict[str, fused_hvp.FusedHVP] = {}
+        self._products: dict[str, fused_hvp.FusedHVP | kernel_hvp.KernelHVP] = {}
         self.uses_fused_hvp = fused_hvp.supports(objective)
         self._previous_vectors: dict[str, torch.Tensor] = {}  # kept across steps: warm starts
         self._latest: dict[str, LatestSpectrum] = {}
@@ -62,7 +64,7 @@ class Curvature:
             self.theta = theta.detach()
             self.gamma = gamma.detach()
             self._grad_graphs = {}
-            self._fused = {}
+            self._products = {}
             self.cache = {}
         return self
 
@@ -86,16 +88,39 @@ class Curvature:
     def hvp(self, v: torch.Tensor, loss: LossKind = "dynamical") -> torch.Tensor:
         """H_m v_m for every member: ``v`` and the result are ``(member, n_params)``.
 
-        The R-operator (:mod:`~dlf.curvature.fused_hvp`) for the built-in MLP and losses, else
-        autograd.
+        The R-operator for the built-in MLP and losses — in the C kernel where it applies (one
+        hidden ReLU layer, few inputs, CPU), else as fused torch ops — else autograd.
         """
         if not self.uses_fused_hvp:
             return self.autograd_hvp(v, loss)
-        if loss not in self._fused:
-            self._fused[loss] = fused_hvp.FusedHVP(
-                self.objective, self.theta, self.gamma, static=loss == "static"
-            )
-        return self._fused[loss](v)
+        product = self._products.get(loss)
+        if product is None:
+            product = self._products[loss] = self._product(self.theta, self.gamma, loss)
+        return product(v)
+
+    def matvec(self, rows: torch.Tensor, loss: LossKind = "dynamical") -> Matvec:
+        """The HVP of the members ``rows`` (indices) alone, as a function of ``v (len(rows), n)``.
+
+        A kernel or fused product costs in proportion to its rows, so a solve that only some
+        members still need (a tracker's few unconverged ones) is computed for those alone.
+        """
+        if not self.uses_fused_hvp:  # autograd's graph is the whole ensemble's: pad and pick
+
+            def padded(v: torch.Tensor) -> torch.Tensor:
+                full = v.new_zeros(self.theta.shape)
+                full[rows] = v
+                return self.autograd_hvp(full, loss)[rows]
+
+            return padded
+        return self._product(self.theta[rows], self.gamma[rows], loss)
+
+    def _product(
+        self, theta: torch.Tensor, gamma: torch.Tensor, loss: LossKind
+    ) -> fused_hvp.FusedHVP | kernel_hvp.KernelHVP:
+        static = loss == "static"
+        if kernel_hvp.supports(self.objective, theta.dtype):
+            return kernel_hvp.KernelHVP(self.objective, theta, gamma, static)
+        return fused_hvp.FusedHVP(self.objective, theta, gamma, static)
 
     def autograd_hvp(self, v: torch.Tensor, loss: LossKind = "dynamical") -> torch.Tensor:
         """H_m v_m by autograd (the fallback for plugin models and losses).

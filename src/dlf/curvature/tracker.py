@@ -1,12 +1,18 @@
 """λmax of every member along a trajectory for about one Hessian-vector product per step.
 
-Between full solves, each step runs Lanczos from the previous step's top eigenvector v alone
-(no random half, see :func:`dlf.curvature.lanczos.warm_start`). Its first product w = H v gives the
-Rayleigh quotient θ = vᵀw and the residual ‖w − θ v‖; where that is ≤ tol·|θ| (the test a full
-solve stops on) the member stops after that one product, with an eigenvalue error of at most
-residual²/gap as for a full solve; otherwise Lanczos goes on from v until it is. Every
-``period`` steps a full solve with the crossing guard runs instead, since a new top direction
-nearly orthogonal to v (eigenvalues crossing) shows in no residual of v.
+Each step applies H once to every member's start vector v (unit): w = H v gives the Rayleigh
+quotient θ = vᵀw and the residual ‖w − θ v‖. Where that is ≤ tol·|θ| — the test a full solve
+stops on, so the eigenvalue error is at most residual²/gap as for a full solve — the member is
+done after that one product. The others (the residual grew: the top eigenvector turned faster
+than usual, as near an avoided crossing) go on with Lanczos from v, reusing w, for those members
+alone, until their residual meets tol. The next step starts from w/‖w‖ (one power step, free: it
+damps the bulk of the spectrum, which is most of a drifting vector's residual) or from the
+Lanczos Ritz vector.
+
+A new top direction orthogonal to v (an exact crossing, which a generic one-parameter family of
+Hessians avoids) shows in no residual of v: every ``period`` steps, and after a member's product
+was not finite, the helper's full solve runs instead, whose warm start carries a random half
+(see :func:`dlf.curvature.lanczos.warm_start`).
 """
 
 from __future__ import annotations
@@ -23,27 +29,43 @@ class LambdaMaxTracker:
 
     def __init__(self, tol: float, max_iter: int, loss: LossKind, period: int) -> None:
         self.tol, self.max_iter, self.loss, self.period = tol, max_iter, loss, period
-        self.vectors: torch.Tensor | None = None  # (M, 1, n): the last step's eigenvectors
+        self.start: torch.Tensor | None = None  # (M, n) unit: where the next step begins
         self.last_full = -period
 
     def __call__(self, curvature: Curvature) -> LanczosResult:
         """The top eigenpair at the helper's current step (values, vectors, residuals, matvecs)."""
         step = curvature.step
-        if self.vectors is not None and step - self.last_full < self.period:
-            result = lanczos.top_eigenpairs(
-                lambda v: curvature.hvp(v, self.loss),
-                self.vectors[:, 0],
+        if self.start is None or step - self.last_full >= self.period:
+            result = curvature.spectrum(1, tol=self.tol, max_iter=self.max_iter, loss=self.loss)
+            self.last_full = step
+            self.start = result.vectors[:, 0]
+        else:
+            result = self._track(curvature, self.start)
+            curvature.share(result, self.tol, self.loss)
+        if not bool(torch.isfinite(result.values).all()):
+            self.last_full = step - self.period  # a member failed: solve afresh next step
+        return result
+
+    def _track(self, curvature: Curvature, v: torch.Tensor) -> LanczosResult:
+        w = curvature.hvp(v, self.loss)
+        theta = (v * w).sum(dim=-1)
+        residual = (w - theta[:, None] * v).norm(dim=-1)
+        matvecs = torch.ones(v.shape[0], dtype=torch.long, device=v.device)
+        values, vectors, residuals = theta[:, None], v[:, None], residual[:, None]
+        self.start = w / w.norm(dim=-1, keepdim=True)
+        rest = (~(residual <= self.tol * theta.abs())).nonzero()[:, 0]  # NaN: not converged
+        if len(rest):
+            more = lanczos.top_eigenpairs(
+                curvature.matvec(rest, self.loss),
+                v[rest],
                 1,
                 self.tol,
                 self.max_iter,
                 curvature.generator,
+                first=w[rest],
             )
-            curvature.share(result, self.tol, self.loss)
-        else:
-            result = curvature.spectrum(1, tol=self.tol, max_iter=self.max_iter, loss=self.loss)
-            self.last_full = step
-        if bool(torch.isfinite(result.values).all()):
-            self.vectors = result.vectors
-        else:
-            self.last_full = step - self.period  # a member failed: solve afresh next step
-        return result
+            values, vectors, residuals = values.clone(), vectors.clone(), residuals.clone()
+            values[rest], vectors[rest], residuals[rest] = more.values, more.vectors, more.residuals
+            matvecs[rest] = more.matvecs
+            self.start[rest] = more.vectors[:, 0]
+        return LanczosResult(values, vectors, residuals, matvecs)

@@ -1,0 +1,94 @@
+"""Hessian-vector products in the C kernel ``dlf/kernels/mlp_hvp.c``: the papers' network on a CPU.
+
+One hidden ReLU layer, few inputs, built-in losses, full batch, float32/float64 on a CPU — the
+case where training runs in ``mlp_step.c`` too. There a torch HVP (:mod:`~dlf.curvature.fused_hvp`)
+costs some 15 training steps, nearly all of it per-op overhead; the kernel does the whole
+R-operator pass (forward, tangent, loss Hessian, backward) in one call batched over members on
+torch's OpenMP threads. Elsewhere (GPU, tanh, depth 2) the fused torch pass stays, and autograd
+for plugin models and losses.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from collections.abc import Callable
+
+import torch
+
+from dlf import kernels
+from dlf.curvature import fused_hvp
+from dlf.numerics.losses import (
+    scaled_target_squared_error,
+    weighted_cross_entropy,
+    weighted_squared_error,
+)
+from dlf.numerics.objective import Objective
+
+KIND_CODES = {weighted_cross_entropy: 0, weighted_squared_error: 1, scaled_target_squared_error: 2}
+# The backward pass updates (inputs + 1) accumulators per sample and block of hidden units: as for
+# the training kernel, beyond a few inputs batched matrix products (the fused pass) are faster.
+MAX_INPUTS = 8
+
+
+@functools.cache
+def kernel_function(dtype: torch.dtype) -> Callable[..., int] | None:
+    """The kernel's entry point for ``dtype`` with its ctypes signature (None if not built)."""
+    function = kernels.load("mlp_hvp", dtype)
+    if function is not None:
+        function.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p] * 6 + [ctypes.c_int]
+        function.restype = ctypes.c_int
+    return function
+
+
+def supports(objective: Objective, dtype: torch.dtype) -> bool:
+    """Whether the kernel covers this objective at parameters of ``dtype`` (and builds here)."""
+    model = objective.model
+    return (
+        fused_hvp.supports(objective)
+        and len(model.hidden) == 1
+        and model.activation == "relu"
+        and model.n_in <= MAX_INPUTS
+        and objective.x.device.type == "cpu"
+        and dtype in kernels.TYPES
+        and kernel_function(dtype) is not None
+    )
+
+
+class KernelHVP:
+    """``H v`` at fixed (θ, Γ) of F or of the static loss; call it with ``v (M, n)``."""
+
+    def __init__(
+        self, objective: Objective, theta: torch.Tensor, gamma: torch.Tensor, static: bool
+    ) -> None:
+        loss = objective.static if static else objective.loss
+        self.kind = KIND_CODES[loss.fn]
+        self.function = kernel_function(theta.dtype)
+        x = objective.x.to(theta.dtype)
+        self.inputs = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1).contiguous()
+        self.labels = objective.y.contiguous()
+        self.theta = theta.contiguous()
+        self.gamma = (torch.ones_like(gamma) if static else gamma).contiguous()
+        self.width = objective.model.width
+        self.pointers = [t.data_ptr() for t in (self.inputs, self.labels, self.theta, self.gamma)]
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """``(H_m v_m)_m`` for ``v (M, n)``."""
+        v = v.contiguous()
+        out = torch.empty_like(v)
+        (samples, inputs), (rows, classes) = self.inputs.shape, self.gamma.shape
+        status = self.function(
+            rows,
+            samples,
+            inputs,
+            classes,
+            self.width,
+            self.kind,
+            *self.pointers,
+            v.data_ptr(),
+            out.data_ptr(),
+            torch.get_num_threads(),
+        )
+        if status != 0:
+            raise MemoryError("the C HVP kernel could not allocate its scratch memory")
+        return out

@@ -192,7 +192,8 @@ def builtin_analyzers() -> dict[str, type]:
 def render() -> str:
     """The whole configuration reference as markdown."""
     from dlf.config import RunConfig
-    from dlf.numerics.data import DigitsOptions, SpiralOptions
+    from dlf.numerics.data import Cifar10Options, DigitsOptions, SpiralOptions
+    from dlf.numerics.networks import Myrtle5Options
     from dlf.studies.search.config import SearchConfig
     from dlf.studies.threshold import ThresholdStudySettings
 
@@ -210,9 +211,20 @@ def render() -> str:
         "Keys of `data` beside `name` are the chosen data set's options.",
         "",
     ]
-    for dataset, model in (("spiral", SpiralOptions), ("digits", DigitsOptions)):
+    datasets = (("spiral", SpiralOptions), ("digits", DigitsOptions), ("cifar10", Cifar10Options))
+    for dataset, model in datasets:
         lines += [f"### `data.name: {dataset}`", ""]
         lines += table(model, "data.")
+    lines += [
+        "## Model options",
+        "",
+        "`model.options` are the keyword arguments of the chosen model other than `mlp` (whose",
+        "settings are `model.width`, `depth`, `activation` and `init`); see docs/models.md.",
+        "",
+        "### `model.name: myrtle5`",
+        "",
+    ]
+    lines += table(Myrtle5Options, "model.options.")
     lines += [
         "## Analyzer options",
         "",

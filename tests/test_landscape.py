@@ -52,10 +52,10 @@ def quadratic_plugins() -> Plugins:
 def linear_model(monkeypatch):
     """Runs built while active use a network without hidden layer (F quadratic in θ)."""
 
-    def linear(n_in: int, hidden: tuple[int, ...], n_out: int, activation: str) -> MLP:
-        return MLP(n_in, (), n_out, activation)
+    def linear(config, models, data) -> MLP:
+        return MLP(data.n_features, (), data.n_classes, config.activation)
 
-    monkeypatch.setattr(dlf.engine.run, "MLP", linear)
+    monkeypatch.setattr(dlf.engine.run, "build_model", linear)
 
 
 class Quadratic:

@@ -105,5 +105,6 @@ class BifurcationAnalyzer(plugin.Analyzer):
             run.objective.n_classes,
             self.options,
             prefix=self.name,
+            factor=plugin.stability_factor(run.config.train.momentum, run.config.train.nesterov),
         )
         return {str(name): value for name, value in events.data_vars.items()}

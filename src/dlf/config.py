@@ -47,9 +47,21 @@ class DataConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
-class ModelConfig(Section):
-    """``model``: an MLP of ``depth`` hidden layers of ``width`` units."""
+MLP_FIELDS = ("width", "depth", "activation", "init")
 
+
+class ModelConfig(Section):
+    """``model``: the built-in MLP, or a registered or importable ``torch.nn.Module`` factory.
+
+    ``mlp`` has ``depth`` hidden layers of ``width`` units; any other model (``myrtle5``, a
+    plugin's, ``module.path:factory``) takes its keyword arguments from ``options``."""
+
+    name: str = Field(
+        "mlp", description="mlp, a registered model (myrtle5, a plugin's) or module.path:factory"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of a model other than mlp"
+    )
     width: int = Field(100, ge=1, description="units per hidden layer")
     depth: int = Field(1, ge=1, description="number of hidden layers")
     activation: Literal["relu", "tanh"] = "relu"
@@ -66,6 +78,17 @@ class ModelConfig(Section):
         if value != "cpu" and not (value == "cuda" or value.startswith("cuda:")):
             raise ValueError("must be cpu, cuda or cuda:N")
         return value
+
+    @model_validator(mode="after")
+    def _options_of_the_model(self) -> ModelConfig:
+        if self.name == "mlp" and self.options:
+            raise ValueError("mlp takes model.width, depth, activation and init, not options")
+        given = [f for f in MLP_FIELDS if f in self.model_fields_set]
+        if self.name != "mlp" and given:
+            raise ValueError(
+                f"{given[0]} applies to model mlp only; give {self.name}'s settings as options"
+            )
+        return self
 
 
 class LossConfig(Section):
@@ -118,8 +141,13 @@ class TrainConfig(Section):
     seeds: list[int] = Field([0], description="an int n means seeds 0..n-1; or a list")
     optimizer: Literal["gd", "sgd"] = Field("gd", description="gd: full batch; sgd: minibatches")
     batch_size: int | None = Field(None, ge=1, description="minibatch size for sgd")
-    momentum: float = Field(0.0, ge=0, lt=1)
+    momentum: float = Field(0.0, ge=0, lt=1, description="β of heavy-ball momentum")
     nesterov: bool = False
+    curvature_batch: int | None = Field(
+        None,
+        ge=1,
+        description="curvature analyzers measure on this many fixed training samples (null: all)",
+    )
     warmup_steps: int = Field(0, ge=0, description="linear warm-up of η from 0")
     decay: Literal["none", "linear"] = Field(
         "none", description="linear: η decays to final_lr_factor·η"

@@ -15,18 +15,19 @@ from dlf.analysis import (
     Event,
     events_dataset,
     find_bifurcations,
+    stability_factor,
 )
 from dlf.curvature.helper import DEFAULT_MAX_ITER, DEFAULT_TOL, Curvature
 from dlf.curvature.ntk import choose_method as choose_ntk_method
 from dlf.curvature.tracker import LambdaMaxTracker
 from dlf.errors import ConfigError, DlfError, PluginError
 from dlf.hooks.analyzer import Analyzer, AnalyzerOptions
-from dlf.hooks.registries import DatasetEntry, Registries, Registry
+from dlf.hooks.registries import DatasetEntry, ModelEntry, Registries, Registry
 from dlf.hooks.specs import hookimpl, hookspec
 from dlf.hooks.state import EvalState, RunContext, StepState
 from dlf.numerics.data import Dataset
 from dlf.numerics.losses import Loss
-from dlf.numerics.models import MLP
+from dlf.numerics.models import MLP, ModuleModel
 from dlf.numerics.objective import Objective
 
 __all__ = [
@@ -46,6 +47,8 @@ __all__ = [
     "Event",
     "LambdaMaxTracker",
     "Loss",
+    "ModelEntry",
+    "ModuleModel",
     "Objective",
     "PluginError",
     "Registries",
@@ -57,4 +60,5 @@ __all__ = [
     "find_bifurcations",
     "hookimpl",
     "hookspec",
+    "stability_factor",
 ]

@@ -2,6 +2,7 @@
 
 * :mod:`dlf.analysis.bifurcation`: period-doubling (edge-of-stability) events in loss series and
   the Hessian eigenvalues at their onsets.
+* :mod:`dlf.analysis.stability`: the optimiser's edge of stability, λ_c = c/η.
 * :mod:`dlf.analysis.threshold`: the curvature threshold of those onsets versus the learning rate
   (fit and per-member onsets; :mod:`dlf.studies.threshold` runs the study).
 """
@@ -13,6 +14,7 @@ from dlf.analysis.bifurcation import (
     events_dataset,
     find_bifurcations,
 )
+from dlf.analysis.stability import stability_factor, threshold_label, trace_stability_factor
 
 __all__ = [
     "BifurcationDetector",
@@ -20,4 +22,7 @@ __all__ = [
     "Event",
     "events_dataset",
     "find_bifurcations",
+    "stability_factor",
+    "threshold_label",
+    "trace_stability_factor",
 ]

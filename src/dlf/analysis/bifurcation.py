@@ -44,6 +44,8 @@ import numpy as np
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from dlf.analysis.stability import threshold_label, trace_stability_factor
+
 
 class BifurcationSettings(BaseModel):
     """The detector's thresholds; the defaults were tuned on the 2021 Fig. 4 run (see module)."""
@@ -378,13 +380,15 @@ def events_dataset(
     n_classes: int,
     settings: BifurcationSettings,
     prefix: str = "bifurcation",
+    factor: float = 2.0,
 ) -> xr.Dataset:
     """Events along ``<prefix>_event`` and per-member summaries, as the trace stores them.
 
     ``period (member,)`` and ``n_classes`` place each onset in its Γ cycle
     (floor(start / (C·T))) and name the class emphasised then (floor(start / T) mod C).
-    Summaries: ``mean_lambda_onset`` (mean λmax at the onsets), ``ratio`` (mean λ_onset·η_t/2,
-    1 at the edge of stability) and ``count``; NaN or 0 for members without events.
+    Summaries: ``mean_lambda_onset`` (mean λmax at the onsets), ``ratio`` (mean λ_onset·η_t/c,
+    1 at the optimiser's edge of stability c/η, :mod:`dlf.analysis.stability`) and ``count``;
+    NaN or 0 for members without events.
     """
     n_members = len(period)
     member = np.array([ev.member for ev in events], dtype=np.int64)
@@ -392,7 +396,7 @@ def events_dataset(
     lambdas = np.array([ev.lambdas for ev in events]).reshape(len(events), 3)
     eta = np.array([ev.eta for ev in events], dtype=np.float64)
     t = np.asarray(period, dtype=np.float64)[member]
-    ratio = lambdas[:, 0] * eta / 2
+    ratio = lambdas[:, 0] * eta / factor
     dim = f"{prefix}_event"
 
     def per_event(values: np.ndarray, long_name: str, units: str = "1") -> xr.DataArray:
@@ -427,7 +431,8 @@ def events_dataset(
             _member_nanmean(member, lambdas[:, 0], n_members), "mean λmax at the onsets"
         ),
         "ratio": per_member(
-            _member_nanmean(member, ratio, n_members), "mean λ_onset·η/2 (1: the 2/η threshold)"
+            _member_nanmean(member, ratio, n_members),
+            f"mean λ_onset·η/{factor:g} (1: the {threshold_label(factor)} threshold)",
         ),
         "count": per_member(np.bincount(member, minlength=n_members), "number of events"),
     }
@@ -474,5 +479,10 @@ def find_bifurcations(
             detector.add_spectrum(int(step), eig.values[:, i, :].astype(np.float64))
     detector.finish()
     return events_dataset(
-        detector.events(), trace["period"].values, trace.sizes["class_index"], settings, prefix
+        detector.events(),
+        trace["period"].values,
+        trace.sizes["class_index"],
+        settings,
+        prefix,
+        trace_stability_factor(trace),
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 import signal
 import threading
 from collections.abc import Iterator, Sequence
@@ -13,15 +16,17 @@ from typing import Any
 import torch
 import xarray as xr
 
-from dlf.config import Member, RunConfig, members_of, validate
+from dlf.config import Member, ModelConfig, RunConfig, members_of, validate
 from dlf.engine.budget import check_budget, n_members
 from dlf.engine.trace import TRACE_NAME, ContributionError, Recorder, TraceLock
 from dlf.engine.trainer import Trainer
 from dlf.errors import ConfigError, PluginError
 from dlf.hooks.analyzer import Analyzer
 from dlf.hooks.manager import Plugins, load_plugins
+from dlf.hooks.registries import ModelEntry, Registry
 from dlf.hooks.state import RunContext
-from dlf.numerics.models import MLP
+from dlf.numerics.data import Dataset
+from dlf.numerics.models import ModuleModel
 from dlf.numerics.objective import Objective
 
 
@@ -47,6 +52,57 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def import_factory(name: str) -> ModelEntry:
+    """The model ``module.path:factory`` names, imported (one-line errors naming model.name)."""
+    module_name, _, attribute = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import failure of the user's module is a config problem
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise ConfigError("model.name", f"cannot import {module_name!r} ({why})") from None
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ConfigError("model.name", f"{module_name!r} has no callable {attribute!r}")
+    return ModelEntry(factory)
+
+
+def build_model(config: ModelConfig, models: Registry[ModelEntry], data: Dataset) -> Any:
+    """The run's ensemble model: the flat MLP, or a module factory behind :class:`ModuleModel`.
+
+    A factory is called as ``build(input_shape, n_classes, **options)``; the options are
+    validated by the entry's options model, or checked against the factory's signature.
+    """
+    name = config.name
+    entry = import_factory(name) if ":" in name else models.get(name, "model.name")
+    if name == "mlp":
+        options = {"width": config.width, "depth": config.depth, "activation": config.activation}
+    elif entry.options is not None:
+        options = validate(entry.options, config.options, prefix="model.options").model_dump()
+    else:
+        options = config.options
+    try:
+        inspect.signature(entry.build).bind(data.input_shape, data.n_classes, **options)
+    except TypeError as exc:
+        raise ConfigError("model.options", f"{name} does not take them: {exc}") from None
+    factory = functools.partial(entry.build, data.input_shape, data.n_classes, **options)
+    try:
+        built = factory()
+        if not isinstance(built, torch.nn.Module):
+            return built  # an ensemble model over the flat θ itself, as the MLP
+        return ModuleModel(name, factory, data.input_shape, data.n_classes)
+    except ValueError as exc:  # the factory (or ModuleModel) refusing these inputs or options
+        raise ConfigError("model.name", f"{name}: {exc}") from None
+
+
+def fixed_samples(n_samples: int, size: int | None) -> torch.Tensor | None:
+    """The training samples of the curvature batch: a fixed random ``size`` of them (drawn
+    once, the same for every member and step; seed 0), or None for all."""
+    if size is None or size >= n_samples:
+        return None
+    order = torch.randperm(n_samples, generator=torch.Generator().manual_seed(0))
+    return order[:size].sort().values
+
+
 def build_context(config: RunConfig, plugins: Plugins, members: Sequence[Member]) -> RunContext:
     """Everything fixed during the run, on the configured device and dtype."""
     reg = plugins.registries
@@ -57,8 +113,7 @@ def build_context(config: RunConfig, plugins: Plugins, members: Sequence[Member]
     reg.schedules.get(config.schedule.name, "schedule.name")
     device = resolve_device(config.model.device)
     dtype = getattr(torch, config.model.dtype)
-    hidden = (config.model.width,) * config.model.depth
-    model = MLP(data.n_features, hidden, data.n_classes, config.model.activation)
+    model = build_model(config.model, reg.models, data)
 
     def tensor(values: object, kind: torch.dtype = dtype) -> torch.Tensor:
         return torch.as_tensor(values, dtype=kind, device=device)
@@ -69,6 +124,8 @@ def build_context(config: RunConfig, plugins: Plugins, members: Sequence[Member]
     objective = Objective(
         model, loss, static, tensor(data.x_train), tensor(data.y_train, torch.long)
     )
+    chosen = fixed_samples(len(data.y_train), config.train.curvature_batch)
+    curvature_objective = objective if chosen is None else objective.restricted(chosen)
     return RunContext(
         config=config,
         members=list(members),
@@ -81,6 +138,7 @@ def build_context(config: RunConfig, plugins: Plugins, members: Sequence[Member]
         lr=tensor([m.lr for m in members]),
         static_from=tensor(static_from),
         total_steps=steps,
+        curvature_objective=curvature_objective,
         hook=plugins.manager.hook,
     )
 

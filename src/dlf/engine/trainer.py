@@ -79,7 +79,7 @@ class Trainer:
         self.recorder = recorder
         self.contribute = contribute
         self.progress = progress
-        self.curvature = Curvature(run.objective)
+        self.curvature = Curvature(run.curvature_objective or run.objective)
         self.gradient = gradient_for(run.objective)
         recorder.gradient_path = (self.gradient.name, why_chosen(run.objective))
         self._callers: dict[tuple[str, ...], object] = {}

@@ -1,4 +1,4 @@
-"""The core's own data sets, losses and schedules, registered like any plugin's.
+"""The core's own data sets, models, losses and schedules, registered like any plugin's.
 
 The plugin manager loads this module by name first (as pytest loads its default plugins), so a
 built-in name and a plugin's name live in the same registries and collide the same way.
@@ -6,10 +6,19 @@ built-in name and a plugin's name live in the same registries and collide the sa
 
 from __future__ import annotations
 
-from dlf.hooks.registries import DatasetEntry, Registries
+from dlf.hooks.registries import DatasetEntry, ModelEntry, Registries
 from dlf.hooks.specs import hookimpl
-from dlf.numerics.data import DigitsOptions, SpiralOptions, digits, spiral
+from dlf.numerics.data import (
+    Cifar10Options,
+    DigitsOptions,
+    SpiralOptions,
+    cifar10,
+    digits,
+    spiral,
+)
 from dlf.numerics.losses import BUILTIN_LOSSES
+from dlf.numerics.models import mlp
+from dlf.numerics.networks import Myrtle5Options, myrtle5
 from dlf.numerics.schedules import sine, triangle
 
 
@@ -17,6 +26,9 @@ from dlf.numerics.schedules import sine, triangle
 def dlf_register(registries: Registries) -> None:
     registries.datasets.add("spiral", DatasetEntry(SpiralOptions, spiral))
     registries.datasets.add("digits", DatasetEntry(DigitsOptions, digits))
+    registries.datasets.add("cifar10", DatasetEntry(Cifar10Options, cifar10))
+    registries.models.add("mlp", ModelEntry(mlp))  # options: model.width, depth, activation
+    registries.models.add("myrtle5", ModelEntry(myrtle5, Myrtle5Options))
     for loss in BUILTIN_LOSSES:
         registries.losses.add(loss.name, loss)
     registries.schedules.add("triangle", triangle)

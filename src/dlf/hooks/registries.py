@@ -1,4 +1,4 @@
-"""Named registries of data sets, losses, schedules and analyzers that plugins extend."""
+"""Named registries of data sets, models, losses, schedules and analyzers that plugins extend."""
 
 from __future__ import annotations
 
@@ -71,15 +71,29 @@ class DatasetEntry:
     build: Any
 
 
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: ``build(input_shape, n_classes, **options)`` and the pydantic model
+    that ``model.options`` is validated with (None: the options go to ``build`` as given).
+
+    ``build`` returns a ``torch.nn.Module`` (one member, trained as an ensemble through
+    ``torch.func``) or an ensemble model over the flat θ itself, as the built-in ``mlp``.
+    """
+
+    build: Any
+    options: type[BaseModel] | None = None
+
+
 @dataclass
 class Registries:
-    """The four registries handed to every ``dlf_register`` implementation."""
+    """The registries handed to every ``dlf_register`` implementation."""
 
     datasets: Registry[Any] = field(default_factory=lambda: Registry("dataset"))
+    models: Registry[Any] = field(default_factory=lambda: Registry("model"))
     losses: Registry[Any] = field(default_factory=lambda: Registry("loss"))
     schedules: Registry[Any] = field(default_factory=lambda: Registry("schedule"))
     analyzers: Registry[Any] = field(default_factory=lambda: Registry("analyzer"))
-    broken: dict[str, str] = field(default_factory=dict)  # shared by the four registries
+    broken: dict[str, str] = field(default_factory=dict)  # shared by all registries
 
     def __post_init__(self) -> None:
         for _, registry in self.items():
@@ -98,6 +112,7 @@ class Registries:
     def items(self) -> Iterator[tuple[str, Registry[Any]]]:
         yield from (
             ("datasets", self.datasets),
+            ("models", self.models),
             ("losses", self.losses),
             ("schedules", self.schedules),
             ("analyzers", self.analyzers),

@@ -1,8 +1,8 @@
 """The hook events of dlf-study: what the core announces and what plugins may contribute.
 
 Plugins implement these with ``@dlf.hookimpl``. A plugin module found through the ``dlf``
-entry-point group usually implements :func:`dlf_register` to add analyzers, data sets, losses or
-schedules. Analyzer *objects* (one fresh set per run) implement the run-time events.
+entry-point group usually implements :func:`dlf_register` to add analyzers, data sets, models,
+losses or schedules. Analyzer *objects* (one fresh set per run) implement the run-time events.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ hookimpl = pluggy.HookimplMarker("dlf")
 
 @hookspec
 def dlf_register(registries: Registries) -> None:
-    """Add data sets, losses, schedules or analyzers to the registries.
+    """Add data sets, models, losses, schedules or analyzers to the registries.
 
     Called once when the plugin manager is built, for every plugin module.
     """

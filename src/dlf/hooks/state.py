@@ -31,6 +31,8 @@ class RunContext:
     lr: torch.Tensor  # (member,) base learning rate η
     static_from: torch.Tensor  # (member,) first step with Γ ≡ 1
     total_steps: int
+    # F on the curvature batch (train.curvature_batch), the objective the curvature helper uses
+    curvature_objective: Objective | None = None
     analyzers: dict[str, Analyzer] = field(default_factory=dict)
     stop_reason: str | None = None
     hook: Any = None  # the plugin manager's hook relay: announce events other plugins implement

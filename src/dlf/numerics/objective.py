@@ -7,19 +7,19 @@ trainer minimises.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
 from dlf.numerics.losses import Loss
-from dlf.numerics.models import MLP
 
 
 @dataclass(frozen=True)
 class Objective:
     """Model, loss and training data bound together; rows of θ are independent members."""
 
-    model: MLP
+    model: Any  # MLP or ModuleModel: forward(theta, x), init, n_params, n_out
     loss: Loss
     static: Loss
     x: torch.Tensor
@@ -36,6 +36,11 @@ class Objective:
         """The static counterpart (Γ ≡ 1) per row."""
         ones = torch.ones(theta.shape[0], self.n_classes, dtype=theta.dtype, device=theta.device)
         return self.static(self.logits(theta), self.y, ones)
+
+    def restricted(self, samples: torch.Tensor) -> Objective:
+        """The same model and losses on the training samples ``samples`` (indices) only."""
+        samples = samples.to(self.x.device)
+        return replace(self, x=self.x[samples], y=self.y[samples])
 
     @property
     def n_classes(self) -> int:

@@ -1,8 +1,9 @@
 """Learning dynamics of one member: Γ_i(t), F(t), F(t) − F(t−1), accuracy, Hessian and NTK λ.
 
 The 2021 paper's Fig. 4 (and the 2024 paper's Fig. 2, left): the Hessian panel carries the
-edge-of-stability line 2/η_t, and, where the bifurcation detector ran, the detected onsets (green)
-and ends (red) of the instabilities across the panels and the mean λmax at onset.
+edge-of-stability line c/η_t (2/η_t for gradient descent, (2 + 2β)/η_t with momentum), and,
+where the bifurcation detector ran, the detected onsets (green) and ends (red) of the
+instabilities across the panels and the mean λmax at onset.
 An optional zoom window repeats every panel for a stretch of steps in a second column.
 """
 
@@ -15,6 +16,7 @@ import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from dlf.analysis.stability import threshold_label, trace_stability_factor
 from dlf.errors import DlfError
 from dlf.plots.style import new_figure, require, run_name, styled
 
@@ -54,7 +56,8 @@ def _hessian(ax: Axes, d: xr.Dataset, n_eigenvalues: int) -> None:
     eig = d["lanczos_eigenvalues"]
     for k in range(min(n_eigenvalues, eig.sizes["eig_index"])):
         ax.plot(d["lanczos_step"], eig.isel(eig_index=k), lw=0.8, label=f"λ$_{k + 1}$")
-    ax.plot(d["step"], 2 / d["lr"], "k--", lw=1, label="2/η")
+    c = trace_stability_factor(d)  # the optimiser's edge of stability, c/η
+    ax.plot(d["step"], c / d["lr"], "k--", lw=1, label=threshold_label(c))
     if "bifurcation_mean_lambda_onset" in d:
         threshold = float(d["bifurcation_mean_lambda_onset"])
         if np.isfinite(threshold):

@@ -2,7 +2,8 @@
 
 Each line is the mean over the seeds of one (width, η) pair; widths come from separate traces
 (width is per run), learning rates from the members of each trace (``train.lr`` a list). The
-λmax panel carries the edge-of-stability line 2/η for each learning rate.
+λmax panel carries the edge-of-stability line c/η for each learning rate (c = 2 for gradient
+descent, 2 + 2β with heavy-ball momentum: :mod:`dlf.analysis.stability`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
+from dlf.analysis.stability import threshold_label, trace_stability_factor
 from dlf.errors import DlfError
 from dlf.plots.style import new_figure, require, styled
 from dlf.plots.tables import label
@@ -38,7 +40,8 @@ def seed_means(datasets: Sequence[xr.Dataset]) -> Iterator[tuple[dict[str, float
                     "lambda_max": members["lanczos_eigenvalues"].isel(eig_index=0).mean("member"),
                 }
             )
-            yield dict(zip(GROUPS, (int(ds["width"]), *values), strict=True)), mean
+            group = dict(zip(GROUPS, (int(ds["width"]), *values), strict=True))
+            yield {**group, "c": trace_stability_factor(ds)}, mean
 
 
 @styled
@@ -59,11 +62,11 @@ def sharpness(datasets: Sequence[xr.Dataset]) -> Figure:
         name = label(values, GROUPS, differ | {"width"})
         loss_ax.plot(mean["step"], mean["loss"], label=name, **style)
         lam_ax.plot(mean["lanczos_step"], mean["lambda_max"], label=name, **style)
-    for eta in etas:
-        lam_ax.axhline(2 / eta, color="k", ls=dashes[eta], lw=0.8, alpha=0.6)
+    for eta, c in sorted({(g["eta"], g["c"]) for g, _ in groups}):
+        lam_ax.axhline(c / eta, color="k", ls=dashes[eta], lw=0.8, alpha=0.6)
         lam_ax.annotate(
-            f"2/η = {2 / eta:g}",
-            (1, 2 / eta),
+            f"{threshold_label(c)} = {c / eta:g}",
+            (1, c / eta),
             xycoords=("axes fraction", "data"),
             ha="right",
             va="bottom",

@@ -3,8 +3,9 @@
 2021 Fig. 5 (series by width) and 2024 Fig. 4 (series by loss): per learning rate, the mean over
 members of each member's mean λmax at onset (the bifurcation detector's summary), with the error
 of the mean, the members themselves and the fit λ = c·η^b, against the edge-of-stability
-prediction 2/η. Also draws the result of a threshold study (``threshold.nc`` of
-``configs/threshold_vs_lr.yaml``; the study saves this figure as ``threshold.png``).
+prediction c/η (2/η for gradient descent, (2 + 2β)/η with heavy-ball momentum). Also draws the
+result of a threshold study (``threshold.nc`` of ``configs/threshold_vs_lr.yaml``; the study
+saves this figure as ``threshold.png``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from dlf.analysis.stability import threshold_label, trace_stability_factor
 from dlf.analysis.threshold import fit_threshold
 from dlf.errors import DlfError
 from dlf.plots.style import mean_sem, new_figure, styled
@@ -63,7 +65,8 @@ def onset_table(datasets: Sequence[xr.Dataset]) -> pd.DataFrame:
 @styled
 def threshold(datasets: Sequence[xr.Dataset]) -> Figure:
     """λmax at onset versus η on log-log axes: members, mean ± error of the mean per η and the
-    fit λ = c·η^b (exponent ± its error in the legend) per series, with the 2/η line."""
+    fit λ = c·η^b (exponent ± its error in the legend) per series, with the optimisers' c/η
+    lines."""
     table = onset_table(datasets)
     fig, axes = new_figure(size=(4.8, 3.8))
     ax = axes[0, 0]
@@ -83,7 +86,8 @@ def threshold(datasets: Sequence[xr.Dataset]) -> Figure:
             name = f"{name + ': ' if name else ''}fit η$^{{{exponent}}}$"
         etas = np.array(sorted(group["eta"].unique()))
         ax.errorbar(etas, mean, yerr=sem, fmt="o", ms=4, capsize=3, color=color, label=name)
-    ax.plot(grid, 2 / grid, "k--", lw=1, label="2/η")
+    for c in sorted({trace_stability_factor(ds) for ds in datasets}):
+        ax.plot(grid, c / grid, "k--", lw=1, label=threshold_label(c))
     ax.set_xscale("log")
     ax.set_yscale("log")
     plain = FuncFormatter(lambda value, _: f"{value:g}")

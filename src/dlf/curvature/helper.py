@@ -118,6 +118,7 @@ class Curvature:
     def _product(
         self, theta: torch.Tensor, gamma: torch.Tensor, loss: LossKind
     ) -> fused_hvp.FusedHVP | kernel_hvp.KernelHVP:
+        """The R-operator product bound to these rows: the C kernel where it applies, else torch."""
         static = loss == "static"
         if kernel_hvp.supports(self.objective, theta.dtype):
             return kernel_hvp.KernelHVP(self.objective, theta, gamma, static)

@@ -1,24 +1,30 @@
-"""Curvature benchmarks: HVP flavours, λmax tracking overhead, warm vs cold Lanczos, other solvers.
+"""Curvature benchmarks: HVP paths, λmax tracking overhead, warm vs cold, other solvers, the NTK.
 
-Run ``python benchmarks/bench_curvature.py`` (about 2–3 minutes on a laptop CPU; ``--quick`` for a
-smoke run). All ratios compare runs made in this one process on this machine. Set-up: the
-papers' spiral (300 points, 3 classes), a width-100 ReLU MLP (603 parameters), DCE with A = 10,
-T = 100, η = 1, float64, a 20-member ensemble.
+Run ``python benchmarks/bench_curvature.py`` (``--quick`` for a smoke run; ``--threads 1 --clock
+cpu`` on a shared machine, where torch's second thread spins and wall times mean little). All
+ratios compare runs made in this one process, interleaved and repeated (median). Set-up: the
+papers' spiral (300 points, 3 classes), ReLU MLPs of width 100 (603 parameters) and 1000, DCE with
+A = 10, T = 100, η = 1, float64, 20 members.
 
-1. Hessian-vector products: double backward through a gradient graph built once per step (what
-   ``dlf.Curvature.hvp`` does) against torch.func forward-over-reverse (``jvp`` of ``grad``), on
-   the whole ensemble at once and ``vmap``-ed over members.
-2. Overhead of the lanczos analyzer, as wall time of a run with it over the same run without:
-   λmax every step (k = 1) at the default tol and at 1e-2, and top-3 every 25 steps.
+1. One Hessian-vector product of all members against one training step (the C gradient kernel):
+   the C HVP kernel, the fused torch R-operator, autograd's double backward.
+2. Overhead of the lanczos analyzer: run time with it over the same run without. λmax every step
+   (k = 1: the tracker at tol 1e-3 and 1e-2, and full warm solves), top-3 every 25 steps; width
+   100 and 1000.
 3. Matvecs per tracked step along one trajectory, warm-started (the shared helper) vs cold.
-4. Accuracy and matvecs for the top-3 eigenvalues at a trained point against the dense Hessian:
-   this Lanczos, scipy ``eigsh`` on a per-member ``LinearOperator`` of the same HVP, and power
-   iteration with deflation at 100 iterations / tol 1e-3 (PyHessian's defaults).
+4. Top-3 eigenvalues at a trained point, per member, against dense eigvalsh: this Lanczos;
+   PyHessian's power iteration (the ``pyhessian`` package, float64); ``curvlinops``' Hessian
+   operator with scipy ``eigsh`` — both installed for the benchmark only (``pip install
+   --no-deps pyhessian curvlinops-for-pytorch einops einconv backpack-for-pytorch linear_operator
+   opt-einsum``), never as dependencies.
+5. NTK top eigenvalue: dense Gram against warm-started Lanczos.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,22 +33,25 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse.linalg as sla
 import torch
+import torch.nn.functional as F
 
 import dlf
-from dlf.curvature import fused_hvp
+from dlf.curvature import fused_hvp, kernel_hvp, ntk
 from dlf.curvature.helper import DEFAULT_TOL, Curvature
+from dlf.engine.gradients import gradient_for
 from dlf.engine.run import build_context
 from dlf.hooks.manager import load_plugins
 from dlf.numerics.schedules import triangle
 
 MEMBERS, WIDTH, AMPLITUDE, PERIOD = 20, 100, 10.0, 100.0
+CLOCK: Callable[[], float] = time.perf_counter
 
 
-def config(steps: int, analyzers: dict, root: str) -> dlf.RunConfig:
+def config(steps: int, analyzers: dict, root: str, width: int = WIDTH) -> dlf.RunConfig:
     return dlf.RunConfig.model_validate(
         {
             "name": "bench_curvature",
-            "model": {"width": WIDTH, "dtype": "float64"},
+            "model": {"width": width, "dtype": "float64"},
             "loss": {"name": "dce"},
             "schedule": {"amplitude": AMPLITUDE, "period": PERIOD, "static_last_period": False},
             "train": {"steps": steps, "lr": 1.0, "seeds": MEMBERS, "eval_every": 10**6},
@@ -52,13 +61,15 @@ def config(steps: int, analyzers: dict, root: str) -> dlf.RunConfig:
     )
 
 
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    best = float("inf")
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median time of each function over ``repeats`` rounds that call each once, in turn."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+        for name, fn in fns.items():
+            start = CLOCK()
+            fn()
+            times[name].append(CLOCK() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def gammas(steps: torch.Tensor) -> torch.Tensor:
@@ -68,121 +79,97 @@ def gammas(steps: torch.Tensor) -> torch.Tensor:
     return triangle(steps, amplitude, period, 3)
 
 
+def objective_of(width: int) -> tuple[dlf.Objective, torch.Tensor]:
+    cfg = config(1, {}, tempfile.gettempdir(), width)
+    run = build_context(cfg, load_plugins(), dlf.config.members_of(cfg))
+    return run.objective, run.model.init(range(MEMBERS))
+
+
 def trajectory(objective: dlf.Objective, theta: torch.Tensor, steps: int) -> list[torch.Tensor]:
     """θ_t for t < steps of full-batch GD at η = 1 (the trainer's update)."""
-    out, gamma = [], gammas(torch.arange(steps))
+    out, gamma, gradient = [], gammas(torch.arange(steps)), gradient_for(objective)
+    active = torch.ones(theta.shape[0], dtype=torch.bool)
     for t in range(steps):
         out.append(theta)
-        theta = theta.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(objective(theta, gamma[t]).sum(), theta)
-        theta = (theta - grad).detach()
+        _, grad = gradient(theta, gamma[t], active, objective.x, objective.y)
+        theta = theta - grad
     return out
 
 
-# --- 1. HVP flavours -----------------------------------------------------------------------------
+# --- 1. one HVP against one training step --------------------------------------------------------
 
 
-def bench_hvp(
-    objective: dlf.Objective, theta: torch.Tensor, gamma: torch.Tensor, reps: int
-) -> tuple[str, float, float]:
-    """The table, and the double-backward graph build and per-HVP costs in ms."""
+def bench_hvp(width: int, repeats: int) -> str:
+    objective, theta = objective_of(width)
+    gamma = gammas(torch.tensor([0]))[0]
     v = torch.randn_like(theta)
+    gradient = gradient_for(objective)
+    active = torch.ones(MEMBERS, dtype=torch.bool)
+    curvature = Curvature(objective).at(0, theta, gamma)
+    reference = curvature.autograd_hvp(v)
+    kernel = kernel_hvp.KernelHVP(objective, theta, gamma, static=False)
+    fused = fused_hvp.FusedHVP(objective, theta, gamma, static=False)
+    for product in (kernel, fused):
+        torch.testing.assert_close(product(v), reference, rtol=0, atol=1e-12)
 
-    def summed(t: torch.Tensor) -> torch.Tensor:
-        return objective(t, gamma).sum()
+    def autograd_four() -> None:
+        fresh = Curvature(objective).at(0, theta, gamma)  # the graph is built once per step
+        for _ in range(4):
+            fresh.autograd_hvp(v)
 
-    def func_summed() -> torch.Tensor:
-        return torch.func.jvp(torch.func.grad(summed), (theta,), (v,))[1]
-
-    def single(row: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        return objective(row[None], g[None])[0]
-
-    def func_vmap() -> torch.Tensor:
-        def one(row, g, w):
-            return torch.func.jvp(lambda r: torch.func.grad(single)(r, g), (row,), (w,))[1]
-
-        return torch.func.vmap(one)(theta, gamma, v)
-
-    curvature = Curvature(objective)
-    reference = curvature.at(0, theta, gamma).hvp(v)
-    for fn in (func_summed, func_vmap):
-        torch.testing.assert_close(fn(), reference)
-
-    def double_backward(n: int) -> None:
-        curvature.at(-1, theta, gamma)
-        curvature.at(0, theta, gamma)  # a fresh step: the graph is rebuilt
-        for _ in range(n):
-            curvature.hvp(v)
-
-    def repeat(fn: Callable[[], torch.Tensor]) -> Callable[[int], object]:
-        return lambda n: [fn() for _ in range(n)]
-
-    lines = ["1. Hessian-vector products, 20 members at once (ms, best of repeats)"]
-    lines.append(f"   {'method':44s} {'1 HVP':>8s} {'4 HVPs':>8s}")
-    rows = [
-        ("double backward, graph built once per step", double_backward),
-        (
-            "torch.func jvp(grad) on the summed ensemble",
-            lambda n: [func_summed() for _ in range(n)],
-        ),
-        ("torch.func vmap over members of jvp(grad)", lambda n: [func_vmap() for _ in range(n)]),
-    ]
-    costs = []
-    for name, fn in rows:
-        one = best_time(lambda fn=fn: fn(1), reps) * 1e3
-        four = best_time(lambda fn=fn: fn(4), reps) * 1e3
-        lines.append(f"   {name:44s} {one:8.2f} {four:8.2f}")
-        costs.append((one, four))
-    one, four = costs[0]
-    per_hvp = (four - one) / 3
-    graph = one - per_hvp
-    lines.append(f"   double backward: graph build {graph:.2f} ms, then {per_hvp:.2f} ms per HVP")
-    return "\n".join(lines), graph, per_hvp
+    t = interleaved(
+        {
+            f"training step ({gradient.name})": lambda: gradient(
+                theta, gamma, active, objective.x, objective.y
+            ),
+            "C kernel HVP (mlp_hvp.c)": lambda: kernel_hvp.KernelHVP(
+                objective, theta, gamma, False
+            )(v),
+            "fused torch R-operator HVP": lambda: fused_hvp.FusedHVP(
+                objective, theta, gamma, False
+            )(v),
+            "autograd, 4 HVPs on one graph (per HVP)": autograd_four,
+        },
+        repeats,
+    )
+    t["autograd, 4 HVPs on one graph (per HVP)"] /= 4
+    step = next(iter(t.values()))
+    lines = [f"1. One HVP of {MEMBERS} members, width {width}, float64 (median of {repeats})"]
+    lines += [f"   {name:42s} {s * 1e3:8.3f} ms  {s / step:6.2f}x a step" for name, s in t.items()]
+    return "\n".join(lines)
 
 
-# --- 2. overhead of tracking λmax every step -----------------------------------------------------
+# --- 2. overhead of the lanczos analyzer ---------------------------------------------------------
 
 
-def bench_overhead(steps: int, graph_ms: float, hvp_ms: float) -> str:
-    settings = [
-        ("every step, k=1, autograd HVP, full solves", {"every": 1, "k": 1, "track": False}),
-        ("every step, k=1, fused HVP, full solves", {"every": 1, "k": 1, "track": False}),
-        ("every step, k=1, tol 1e-3 (default: tracker)", {"every": 1, "k": 1}),
-        ("every step, k=1, tol 1e-2 (tracker)", {"every": 1, "k": 1, "tol": 1e-2}),
-        ("every 25 steps, k=3 (the papers' cadence)", {"every": 25, "k": 3}),
-    ]
+def bench_overhead(steps: int, width: int, settings: dict[str, dict], repeats: int) -> str:
     lines = [
-        f"2. Overhead of the lanczos analyzer, {MEMBERS} members, {steps} steps "
-        "(ratio = wall time with / without; target for λmax every step <= 2.5x)",
-        f"   {'setting':42s} {'ratio':>6s} {'matvecs':>8s} {'ms/tracked step':>16s} {'floor':>6s}",
+        f"2. lanczos analyzer overhead, {MEMBERS} members, width {width}, {steps} steps "
+        f"(wall-time ratio with / without, median of {repeats} interleaved; target <= 2.5x for "
+        "λmax every step)",
+        f"   {'setting':44s} {'ratio':>7s} {'matvecs/tracked step':>21s} (after the first)",
     ]
     with tempfile.TemporaryDirectory() as root:
-        dlf.execute(config(5, {"lanczos": {"k": 1}}, root), trace_path=Path(root) / "w.nc")
-        plain = config(steps, {}, root)
-        t_plain = best_time(lambda: dlf.execute(plain, trace_path=Path(root) / "p.nc"), 2)
-        lines.append(
-            f"   without analyzer: {t_plain:.2f} s = {t_plain / steps * 1e3:.2f} ms per step"
-        )
-        supports = fused_hvp.supports
-        for name, options in settings:
-            if "autograd" in name:  # force the curvature helper's fallback (the old path)
-                fused_hvp.supports = lambda objective: False
-            start = time.perf_counter()
-            result = dlf.execute(
-                config(steps, {"lanczos": options}, root), trace_path=Path(root) / "t.nc"
-            )
-            t_tracked = time.perf_counter() - start
-            fused_hvp.supports = supports
-            counts = dlf.open_trace(result.path).lanczos_matvecs.values
-            matvecs = counts[:, 1:].mean() if counts.shape[1] > 1 else counts.mean()
-            tracked = steps // options["every"]
-            extra = (t_tracked - t_plain) / tracked * 1e3
-            floor = graph_ms + matvecs * hvp_ms  # graph build + HVPs, nothing else
-            ratio = t_tracked / t_plain
-            lines.append(f"   {name:42s} {ratio:5.2f}x {matvecs:8.2f} {extra:16.2f} {floor:6.1f}")
-    lines.append(
-        "   (matvecs: mean per tracked step after the first; floor: graph + matvecs × HVP, ms)"
-    )
+        dlf.execute(config(5, {"lanczos": {"k": 1}}, root, width), trace_path=Path(root) / "w.nc")
+        counts: dict[str, float] = {}
+
+        def run(name: str, analyzers: dict) -> Callable[[], None]:
+            def go() -> None:
+                result = dlf.execute(
+                    config(steps, analyzers, root, width), trace_path=Path(root) / f"{name}.nc"
+                )
+                if analyzers:
+                    matvecs = dlf.open_trace(result.path).lanczos_matvecs.values
+                    counts[name] = float(matvecs[:, 1:].mean() if matvecs.shape[1] > 1 else 0)
+
+            return go
+
+        fns = {"without": run("without", {})}
+        fns.update({name: run(name, {"lanczos": opts}) for name, opts in settings.items()})
+        t = interleaved(fns, repeats)
+    lines.append(f"   without analyzer: {t['without'] / steps * 1e3:.3f} ms per step")
+    for name in settings:
+        lines.append(f"   {name:44s} {t[name] / t['without']:6.2f}x {counts[name]:21.2f}")
     return "\n".join(lines)
 
 
@@ -223,110 +210,193 @@ def bench_warm_cold(
     )
 
 
-# --- 4. against scipy eigsh and power iteration --------------------------------------------------
+# --- 4. against PyHessian and curvlinops + eigsh -------------------------------------------------
 
 
-def power_iteration(curvature: Curvature, k: int, iters: int = 100, tol: float = 1e-3):
-    """PyHessian-style: per eigenvalue, power iteration deflated against the found vectors."""
-    theta = curvature.theta
-    gen = torch.Generator().manual_seed(0)
-    found: list[torch.Tensor] = []
-    values, matvecs = [], torch.zeros(theta.shape[0])
-    for _ in range(k):
-        v = torch.randn(theta.shape, generator=gen, dtype=theta.dtype)
-        v = v / v.norm(dim=-1, keepdim=True)
-        value = torch.zeros(theta.shape[0], dtype=theta.dtype)
-        active = torch.ones(theta.shape[0], dtype=torch.bool)
-        for _ in range(iters):
-            for u in found:
-                v = v - (v * u).sum(-1, keepdim=True) * u
-            hv = curvature.hvp(v)
-            matvecs += active
-            new = (hv * v).sum(-1)
-            converged = (new - value).abs() / (value.abs() + 1e-6) < tol
-            value = torch.where(active, new, value)
-            v = torch.where(active[:, None], hv / hv.norm(dim=-1, keepdim=True), v)
-            active = active & ~converged
-            if not bool(active.any()):
-                break
-        found.append(v)
-        values.append(value)
-    return torch.stack(values, dim=1), matvecs
+def torch_module(objective: dlf.Objective, row: torch.Tensor) -> torch.nn.Module:
+    """One member as an ``nn.Sequential`` (the layout PyHessian and curvlinops take)."""
+    (w1, b1), (w2, b2) = objective.model.unflatten(row[None])
+    net = torch.nn.Sequential(
+        torch.nn.Linear(w1.shape[1], w1.shape[2]),
+        torch.nn.ReLU(),
+        torch.nn.Linear(w2.shape[1], w2.shape[2]),
+    ).double()
+    with torch.no_grad():
+        for layer, (w, b) in zip((net[0], net[2]), ((w1, b1), (w2, b2)), strict=True):
+            layer.weight.copy_(w[0].T)
+            layer.bias.copy_(b[0])
+    return net
 
 
-def scipy_eigsh(curvature: Curvature, k: int, tol: float):
-    """eigsh(which='LA') per member on a LinearOperator applying that member's HVP."""
-    theta = curvature.theta
-    values, matvecs = [], []
+class WeightedCE(torch.nn.Module):
+    """DCE of one member, (1/P) Σ_j Γ_{y_j} CE_j, as a loss module (reduction: mean)."""
+
+    reduction = "mean"
+
+    def __init__(self, gamma: torch.Tensor) -> None:
+        super().__init__()
+        self.gamma = gamma
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return (self.gamma[labels] * F.cross_entropy(logits, labels, reduction="none")).mean()
+
+
+def pyhessian_top(objective, theta, gamma, k: int) -> tuple[np.ndarray, float]:
+    """PyHessian's ``hessian.eigenvalues`` (power iteration with deflation, its defaults
+    maxIter = 100, tol = 1e-3) per member, counting its Hessian-vector products."""
+    # the benchmark's own install, never a dependency; the package's name `hessian` is its class
+    module = importlib.import_module("pyhessian.hessian")
+
+    original, count = module.hessian_vector_product, [0]
+
+    def counted(*args, **kwargs):
+        count[0] += 1
+        return original(*args, **kwargs)
+
+    values, default = [], torch.get_default_dtype()
+    module.hessian_vector_product = counted
+    torch.set_default_dtype(torch.float64)  # its random start vectors: float64 like θ
+    try:
+        for m in range(theta.shape[0]):
+            torch.manual_seed(m)
+            net = torch_module(objective, theta[m])
+            h = module.hessian(
+                net, WeightedCE(gamma[m]), data=(objective.x, objective.y), cuda=False
+            )
+            values.append(h.eigenvalues(maxIter=100, tol=1e-3, top_n=k)[0])
+    finally:
+        module.hessian_vector_product = original
+        torch.set_default_dtype(default)
+    return np.array(values), count[0] / theta.shape[0]
+
+
+def curvlinops_top(objective, theta, gamma, k: int) -> tuple[np.ndarray, float]:
+    from curvlinops import HessianLinearOperator  # the benchmark's own install
+
+    values, matvecs = [], 0
     for m in range(theta.shape[0]):
-        single = Curvature(curvature.objective).at(0, theta[m : m + 1], curvature.gamma[m : m + 1])
-        count = 0
+        net = torch_module(objective, theta[m])
+        operator = HessianLinearOperator(
+            net, WeightedCE(gamma[m]), list(net.parameters()), [(objective.x, objective.y)]
+        ).to_scipy()
+        count = [0]
 
-        def apply(x: np.ndarray, single: Curvature = single) -> np.ndarray:
-            nonlocal count
-            count += 1
-            v = torch.as_tensor(np.asarray(x).reshape(1, -1), dtype=theta.dtype)
-            return single.hvp(v)[0].numpy()
+        def apply(x, operator=operator, count=count):
+            count[0] += 1
+            return operator @ x
 
-        n = theta.shape[1]
-        operator = sla.LinearOperator((n, n), matvec=apply, dtype=np.float64)
-        v0 = np.random.default_rng(m).standard_normal(n)
-        found = sla.eigsh(operator, k=k, which="LA", tol=tol, v0=v0, return_eigenvectors=False)
-        values.append(np.sort(found)[::-1].copy())
-        matvecs.append(count)
-    return torch.tensor(np.array(values)), torch.tensor(matvecs, dtype=torch.float64)
+        linear = sla.LinearOperator(operator.shape, matvec=apply, dtype=np.float64)
+        v0 = np.random.default_rng(m).standard_normal(operator.shape[0])
+        found = sla.eigsh(linear, k=k, which="LA", tol=1e-3, v0=v0, return_eigenvectors=False)
+        values.append(np.sort(found)[::-1])
+        matvecs += count[0]
+    return np.array(values), matvecs / theta.shape[0]
 
 
 def bench_solvers(objective: dlf.Objective, thetas: list[torch.Tensor], members: int) -> str:
     t = len(thetas) - 1
     theta = thetas[t][:members]
     gamma = gammas(torch.tensor([t]))[0][:members]
-    curvature = Curvature(objective).at(t, theta, gamma)
-    exact = torch.linalg.eigvalsh(curvature.dense_hessian()).flip(-1)[:, :3]
-
-    def row(name: str, values: torch.Tensor, matvecs: torch.Tensor) -> str:
-        error = ((values - exact).abs() / exact.abs()).max().item()
-        return f"   {name:40s} {error:12.1e} {matvecs.double().mean().item():9.1f}"
-
+    exact = torch.linalg.eigvalsh(Curvature(objective).at(t, theta, gamma).dense_hessian())
+    exact = exact.flip(-1)[:, :3].numpy()
     lines = [
-        f"4. Top-3 eigenvalues at step {t}, {members} members, against dense eigvalsh",
-        f"   {'solver':40s} {'max rel err':>12s} {'matvecs':>9s}",
+        f"4. Top-3 Hessian eigenvalues at step {t}, {members} members (one at a time for the "
+        "others), against dense eigvalsh",
+        f"   {'solver':44s} {'max rel err':>12s} {'matvecs':>8s} {'ms per member':>14s}",
     ]
-    for tol in (DEFAULT_TOL, 1e-8):
-        fresh = Curvature(objective).at(t, theta, gamma).spectrum(3, tol=tol)
-        lines.append(row(f"this Lanczos, cold, tol {tol:g}", fresh.values, fresh.matvecs))
-    warm_helper = Curvature(objective)
-    warm_helper.at(t - 1, thetas[t - 1][:members], gammas(torch.tensor([t - 1]))[0][:members])
-    warm_helper.spectrum(3)
-    warm = warm_helper.at(t, theta, gamma).spectrum(3)
-    lines.append(
-        row(f"this Lanczos, warm from step {t - 1}, tol {DEFAULT_TOL:g}", warm.values, warm.matvecs)
+
+    def row(name: str, solve: Callable[[], tuple[np.ndarray, float]]) -> None:
+        start = CLOCK()
+        try:
+            values, matvecs = solve()
+        except ImportError as exc:
+            lines.append(f"   {name:44s} not installed ({exc.name})")
+            return
+        ms = (CLOCK() - start) / members * 1e3
+        error = np.abs(values - exact).max() / np.abs(exact).min()
+        lines.append(f"   {name:44s} {error:12.1e} {matvecs:8.1f} {ms:14.1f}")
+
+    def ours(tol: float, warm: bool) -> tuple[np.ndarray, float]:
+        helper = Curvature(objective)
+        if warm:
+            previous = thetas[t - 1][:members], gammas(torch.tensor([t - 1]))[0][:members]
+            helper.at(t - 1, *previous).spectrum(3, tol=tol)
+        result = helper.at(t, theta, gamma).spectrum(3, tol=tol)
+        return result.values.numpy(), float(result.matvecs.double().mean())
+
+    row("this Lanczos, cold, tol 1e-3 (all members)", lambda: ours(1e-3, False))
+    row("this Lanczos, warm from t-1, tol 1e-3 (+t-1)", lambda: ours(1e-3, True))
+    row("this Lanczos, cold, tol 1e-8", lambda: ours(1e-8, False))
+    row(
+        "PyHessian power iteration, 100 iter / 1e-3",
+        lambda: pyhessian_top(objective, theta, gamma, 3),
     )
-    for tol in (DEFAULT_TOL, 0.0):
-        values, matvecs = scipy_eigsh(curvature, 3, tol)
-        lines.append(row(f"scipy eigsh (ARPACK), tol {tol:g}", values, matvecs))
-    values, matvecs = power_iteration(curvature, 3)
-    lines.append(row("power iteration + deflation, 100 / 1e-3", values, matvecs))
+    row(
+        "curvlinops Hessian + scipy eigsh, tol 1e-3",
+        lambda: curvlinops_top(objective, theta, gamma, 3),
+    )
+    return "\n".join(lines)
+
+
+# --- 5. NTK --------------------------------------------------------------------------------------
+
+
+def bench_ntk(objective: dlf.Objective, thetas: list[torch.Tensor], repeats: int) -> str:
+    t = len(thetas) - 1
+    lines = [f"5. NTK top eigenvalue at step {t}, width {WIDTH}, float64 (median of {repeats})"]
+    for members in (1, MEMBERS):
+        theta, before = thetas[t][:members], thetas[t - 1][:members]
+        warm = ntk.ntk_lanczos(objective.model, before, objective.x, 1, None)
+        dense = ntk.ntk_eigenvalues(objective.model, theta, objective.x, 1, "sample").values
+        solved = ntk.ntk_lanczos(objective.model, theta, objective.x, 1, warm.vectors)
+        error = float(((solved.values - dense).abs() / dense).max())
+        times = interleaved(
+            {
+                "dense": lambda theta=theta: ntk.ntk_eigenvalues(
+                    objective.model, theta, objective.x, 1, "sample"
+                ),
+                "lanczos": lambda theta=theta, warm=warm: ntk.ntk_lanczos(
+                    objective.model, theta, objective.x, 1, warm.vectors
+                ),
+            },
+            repeats,
+        )
+        lines.append(
+            f"   {members:2d} members: dense P×P Gram {times['dense'] * 1e3:8.1f} ms, warm Lanczos "
+            f"{times['lanczos'] * 1e3:8.1f} ms ({float(solved.matvecs.double().mean()):.1f} "
+            f"products, rel err {error:.1e})"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
+    global CLOCK
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     parser.add_argument("--overhead-only", action="store_true", help="sections 1 and 2 only")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = parser.parse_args()
-    overhead_steps, track_steps, reps, members = (25, 26, 1, 2) if args.quick else (600, 201, 5, 5)
-
-    cfg = config(1, {}, tempfile.gettempdir())
-    run = build_context(cfg, load_plugins(), dlf.config.members_of(cfg))
-    objective = run.objective
-    theta0 = run.model.init(range(MEMBERS))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
-    table, graph_ms, hvp_ms = bench_hvp(objective, theta0, gammas(torch.tensor([0]))[0], reps)
-    print(table, flush=True)
-    print(bench_overhead(overhead_steps, graph_ms, hvp_ms), flush=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        CLOCK = time.process_time
+    steps, track_steps, repeats, members = (20, 26, 1, 2) if args.quick else (300, 201, 3, 5)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock")
+    for width in (WIDTH, 1000):
+        print(bench_hvp(width, 5 * repeats), flush=True)
+    every_step = {
+        "every step, k=1, tol 1e-3 (default: tracker)": {"every": 1, "k": 1},
+        "every step, k=1, tol 1e-2 (tracker)": {"every": 1, "k": 1, "tol": 1e-2},
+        "every step, k=1, tol 1e-3, full warm solves": {"every": 1, "k": 1, "track": False},
+        "every 25 steps, k=3 (the papers' cadence)": {"every": 25, "k": 3},
+    }
+    print(bench_overhead(steps, WIDTH, every_step, repeats), flush=True)
+    wide = {name: every_step[name] for name in list(every_step)[::3]}
+    print(bench_overhead(max(steps // 5, 20), 1000, wide, repeats), flush=True)
     if args.overhead_only:
         return
+    objective, theta0 = objective_of(WIDTH)
     thetas = trajectory(objective, theta0, track_steps)
     exact: dict[int, torch.Tensor] = {}
     print("3. Mean matvecs per tracked step along one trajectory, warm vs cold start")
@@ -334,6 +404,7 @@ def main() -> None:
     print(bench_warm_cold(objective, thetas, 1, 1, exact, tol=1e-2), flush=True)
     print(bench_warm_cold(objective, thetas, 25, 3, exact), flush=True)
     print(bench_solvers(objective, thetas, members), flush=True)
+    print(bench_ntk(objective, thetas, repeats), flush=True)
 
 
 if __name__ == "__main__":

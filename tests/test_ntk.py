@@ -9,7 +9,7 @@ import xarray as xr
 
 import dlf
 from dlf.curvature.helper import Curvature
-from dlf.curvature.ntk import choose_method, ntk_eigenvalues
+from dlf.curvature.ntk import choose_method, ntk_eigenvalues, ntk_lanczos
 from dlf.numerics.schedules import triangle
 from tests.curvature_fixtures import independent_hessian, tiny_gamma, tiny_objective
 
@@ -37,10 +37,36 @@ def test_top_eigenvalues_equal_the_dense_jacobian_gram(width):
         assert result.method == (expected_auto if method == "auto" else method)
 
 
-def test_choose_method_takes_the_smaller_gram():
-    assert choose_method(300, 3, 603) == "sample"
+def test_choose_method_takes_the_smaller_gram_or_lanczos_beyond_small_models():
+    assert choose_method(300, 3, 603) == "lanczos"  # the papers' network: no Gram
     assert choose_method(300, 3, 20) == "parameter"
+    assert choose_method(36, 3, 39) == "sample"
     assert choose_method(300, 3, 20, "sample") == "sample"
+    assert choose_method(36, 3, 39, "lanczos") == "lanczos"
+
+
+def test_warm_started_lanczos_equals_the_dense_gram_along_training():
+    """The helper's lanczos NTK at every step of a GD run against a dense Jacobian Gram; after
+    the first (cold) solve each starts from the previous eigenvectors and needs fewer products."""
+    objective = tiny_objective(width=20, points=20)
+    theta, gamma = objective.model.init(range(3)), tiny_gamma(3)
+    curvature = Curvature(objective)
+    for step in range(4):
+        result = curvature.at(step, theta, gamma).ntk(2, method="lanczos")
+        assert result.method == "lanczos"
+        exact = dense_ntk_eigenvalues(objective.model, theta, objective.x)[:, :2]
+        torch.testing.assert_close(result.values, exact, rtol=1e-9, atol=0)
+        previous = next(iter(curvature._previous_ntk_vectors.values()))
+        warm = ntk_lanczos(objective.model, theta, objective.x, 2, previous)
+        cold = ntk_lanczos(objective.model, theta, objective.x, 2, None)
+        torch.testing.assert_close(warm.values, exact, rtol=1e-9, atol=0)
+        assert bool((warm.matvecs < cold.matvecs).all()), (warm.matvecs, cold.matvecs)
+        theta = theta.requires_grad_(True)
+        (grad,) = torch.autograd.grad(objective(theta, gamma).sum(), theta)
+        theta = (theta - 0.5 * grad).detach()
+    theta[1, 0] = float("nan")
+    values = curvature.at(4, theta, gamma).ntk(1, method="lanczos").values
+    assert bool(values[1].isnan().all()) and bool(values[[0, 2]].isfinite().all())
 
 
 def test_curvature_helper_caches_ntk_and_masks_non_finite_rows():

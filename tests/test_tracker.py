@@ -40,6 +40,20 @@ def test_tracked_lambda_max_equals_dense_along_training_at_about_one_hvp_per_ste
     assert float(matvecs.double().mean()) < 4 * steps, matvecs
 
 
+@pytest.mark.parametrize("fallback", [False, True])
+def test_the_helper_computes_products_of_some_members_alone(fallback):
+    """What the tracker's Lanczos on its unconverged members uses, through the kernel and through
+    autograd (the fallback for plugin models), against autograd on the whole ensemble."""
+    objective = tiny_objective("dmse1")
+    theta, gamma = objective.model.init(range(4)), tiny_gamma(4)
+    curvature = Curvature(objective).at(0, theta, gamma)
+    curvature.uses_fused_hvp = not fallback
+    v = torch.randn_like(theta)
+    rows = torch.tensor([3, 1])
+    expected = curvature.autograd_hvp(v)[rows]
+    torch.testing.assert_close(curvature.matvec(rows)(v[rows]), expected, rtol=0, atol=1e-12)
+
+
 class PlantedCurvature(Curvature):
     """The curvature helper with planted symmetric matrices ``(M, n, n)`` in place of Hessians."""
 

@@ -1,8 +1,10 @@
 """The ``ntk`` analyzer: top eigenvalues of the empirical NTK of every member along training.
 
 Θ = Σ_c J_c J_cᵀ over the logits (as the 2021 paper's Fig. 4f), on the whole training set or a
-fixed random subset of it drawn once per run. The Gram matrix is formed in sample space (P × P) or
-parameter space (C·n × C·n), whichever is smaller unless ``method`` says; the trace says which.
+fixed random subset of it drawn once per run. For small models the Gram matrix is formed in sample
+space (P × P) or parameter space (C·n × C·n), whichever is smaller; beyond them (``auto``) Θ is
+only applied to vectors, by Lanczos warm-started from the previous step's eigenvectors. ``method``
+overrides the choice; the trace says which was used.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ class NTKOptions(plugin.AnalyzerOptions):
         None, ge=1, description="random training samples used; null: the whole training set"
     )
     seed: int = Field(0, description="seed of the subset draw")
-    method: Literal["auto", "sample", "parameter"] = Field(
+    method: Literal["auto", "sample", "parameter", "lanczos"] = Field(
         "auto",
-        description="sample: P×P Gram; parameter: C·n×C·n Gram of [J_1…J_C]; auto: the smaller",
+        description="sample: P×P Gram; parameter: C·n×C·n Gram of [J_1…J_C]; lanczos: no Gram, "
+        "warm-started Lanczos on Θ (tol 1e-6); auto: the smaller Gram for small models, else "
+        "lanczos",
     )
 
 

@@ -53,6 +53,7 @@ class Curvature:
         self._products: dict[str, fused_hvp.FusedHVP | kernel_hvp.KernelHVP] = {}
         self.uses_fused_hvp = fused_hvp.supports(objective)
         self._previous_vectors: dict[str, torch.Tensor] = {}  # kept across steps: warm starts
+        self._previous_ntk_vectors: dict[tuple[object, ...], torch.Tensor] = {}
         self._latest: dict[str, LatestSpectrum] = {}
         self.generator = torch.Generator().manual_seed(seed)
         self.cache: dict[object, object] = {}
@@ -117,6 +118,7 @@ class Curvature:
     def _product(
         self, theta: torch.Tensor, gamma: torch.Tensor, loss: LossKind
     ) -> fused_hvp.FusedHVP | kernel_hvp.KernelHVP:
+        """The R-operator product bound to these rows: the C kernel where it applies, else torch."""
         static = loss == "static"
         if kernel_hvp.supports(self.objective, theta.dtype):
             return kernel_hvp.KernelHVP(self.objective, theta, gamma, static)
@@ -247,12 +249,26 @@ class Curvature:
     def ntk(
         self, k: int = 1, x: torch.Tensor | None = None, method: NTKMethod = "auto"
     ) -> NTKResult:
-        """Top-k eigenvalues of the empirical NTK on ``x`` (default: the training set), cached."""
+        """Top-k eigenvalues of the empirical NTK on ``x`` (default: the training set), cached.
+
+        ``lanczos`` (``auto`` beyond small models, see :func:`dlf.curvature.ntk.choose_method`)
+        starts from the eigenvectors of the previous step's solve on the same inputs.
+        """
         inputs = self.objective.x if x is None else x
-        key = ("ntk", method, inputs.data_ptr(), tuple(inputs.shape))
+        model = self.objective.model
+        chosen = ntk.choose_method(inputs.shape[0], model.n_out, model.n_params, method)
+        key = ("ntk", chosen, inputs.data_ptr(), tuple(inputs.shape))
         cached = self.cache.get(key)
         if not (isinstance(cached, NTKResult) and cached.values.shape[1] >= k):
-            cached = ntk.ntk_eigenvalues(self.objective.model, self.theta, inputs, k, method)
+            if chosen == "lanczos":
+                previous = self._previous_ntk_vectors.get(key)
+                solved = ntk.ntk_lanczos(
+                    model, self.theta, inputs, k, previous, generator=self.generator
+                )
+                self._previous_ntk_vectors[key] = solved.vectors
+                cached = NTKResult(solved.values, chosen)
+            else:
+                cached = ntk.ntk_eigenvalues(model, self.theta, inputs, k, chosen)  # type: ignore[arg-type]
             self.cache[key] = cached
         return NTKResult(cached.values[:, :k], cached.method)
 

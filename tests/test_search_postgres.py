@@ -7,6 +7,7 @@ Needs ``DLF_TEST_POSTGRES_URL`` (``export DLF_TEST_POSTGRES_URL=$(.ci/postgres.s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from dlf.engine.trace import open_trace
 from dlf.studies.search import load_study_config, open_study, run_study
 from dlf.studies.search.config import study_config_from_raw
 from dlf.studies.search.liveness import HEARTBEAT_ATTR, WORKER_ATTR, trial_id
-from dlf.studies.search.storage import open_storage
+from dlf.studies.search.storage import open_storage, with_installed_driver
 from tests.conftest import study_raw
 from tests.test_search import (  # noqa: F401
     REPO,
@@ -40,9 +41,64 @@ pytestmark = [
 ]
 
 
-def fresh_raw(tmp_path, **search):
+def fresh_raw(tmp_path, url=None, **search):
     name = f"pg_{uuid.uuid4().hex[:10]}"
-    return study_raw(tmp_path, name=name, storage=URL, **search)
+    return study_raw(tmp_path, name=name, storage=url or URL, **search)
+
+
+@pytest.fixture
+def fresh_database():
+    """The URL of a new, empty database on the test server (Optuna's schema not created yet),
+    dropped afterwards."""
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(with_installed_driver(URL), isolation_level="AUTOCOMMIT")
+    name = f"fresh_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    yield URL.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as connection, contextlib.suppress(sqlalchemy.exc.DBAPIError):
+        connection.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+OPEN = textwrap.dedent(
+    """
+    import sys
+    from dlf.studies.search import load_study_config
+    from dlf.studies.search.storage import open_storage, open_studies
+    config = load_study_config(sys.argv[1])
+    open_studies(config, open_storage(config))
+    """
+)
+
+
+def test_commands_started_at_once_on_a_fresh_database_all_create_the_schema(tmp_path):
+    """Issue 16.3: of 3 commands started at once on a fresh database, 1–2 exited with
+    ``UniqueViolation`` while creating Optuna's tables (7 of 8 tries). 5 at once, 3 times."""
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(with_installed_driver(URL), isolation_level="AUTOCOMMIT")
+    for attempt in range(3):
+        database = f"fresh_{uuid.uuid4().hex[:10]}"
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f"CREATE DATABASE {database}"))
+        path = tmp_path / f"study{attempt}.yaml"
+        url = URL.rsplit("/", 1)[0] + "/" + database
+        path.write_text(yaml.safe_dump(fresh_raw(tmp_path, url=url)))
+        commands = [
+            subprocess.Popen([sys.executable, "-c", OPEN, str(path)], stderr=subprocess.PIPE)
+            for _ in range(5)
+        ]
+        for command in commands:
+            _, err = command.communicate(timeout=120)
+            assert command.returncode == 0, err.decode()[-2000:]
+        config = load_study_config(path)
+        names = optuna.get_all_study_names(open_storage(config))
+        assert sorted(names) == [f"{config.name}.dynamical", f"{config.name}.static"]
+        with admin.connect() as connection, contextlib.suppress(sqlalchemy.exc.DBAPIError):
+            connection.execute(sqlalchemy.text(f"DROP DATABASE {database} WITH (FORCE)"))
+    admin.dispose()
 
 
 def assert_nothing_lost_or_duplicated(config, directory):
@@ -91,11 +147,13 @@ RUN = textwrap.dedent(
 )
 
 
-def test_three_independent_commands_share_a_postgres_study_and_agree_with_one_worker(tmp_path):
-    """What three machines do: the same command started three times against one database
+def test_three_independent_commands_share_a_postgres_study_and_agree_with_one_worker(
+    tmp_path, fresh_database
+):
+    """What three machines do: the same command started three times against one fresh database
     (creating its schema at once). No trial lost, duplicated or over budget, and the same
     answer as one worker with the embedded journal on the same seeds."""
-    raw = fresh_raw(tmp_path, trials=6)
+    raw = fresh_raw(tmp_path, url=fresh_database, trials=6)
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(raw))
     commands = [

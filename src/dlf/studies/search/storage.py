@@ -14,6 +14,9 @@ import json
 import logging
 import os
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +82,7 @@ def open_storage(config: StudyConfig) -> BaseStorage:
         engine_kwargs: dict[str, Any] = {}
         if url.startswith("postgresql"):
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
-        return RDBStorage(with_installed_driver(url), engine_kwargs=engine_kwargs)
+        return open_rdb(with_installed_driver(url), engine_kwargs)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         password = _password(url)
@@ -88,6 +91,53 @@ def open_storage(config: StudyConfig) -> BaseStorage:
         raise ConfigError(
             "search.storage", f"cannot open {storage_label(config)}: {reason}"
         ) from None
+
+
+SCHEMA_LOCK_KEY = 0x646C665F736368  # "dlf_sch": PostgreSQL advisory lock of schema creation
+SCHEMA_ATTEMPTS = 5
+
+
+def open_rdb(url: str, engine_kwargs: dict[str, Any]) -> RDBStorage:
+    """Optuna's RDB storage, whose first opening creates its tables. Commands started at once
+    on a fresh database raced there (``UniqueViolation`` on PostgreSQL's catalogue): on
+    PostgreSQL they take turns under an advisory lock; on any database a creation that lost
+    such a race (an ``IntegrityError``) is simply tried again, finding the tables made."""
+    from sqlalchemy.exc import IntegrityError
+
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            with _schema_lock(url, engine_kwargs):
+                return RDBStorage(url, engine_kwargs=engine_kwargs)
+        except IntegrityError:
+            if attempt == SCHEMA_ATTEMPTS - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def _schema_lock(url: str, engine_kwargs: dict[str, Any]) -> Iterator[None]:
+    """Held while Optuna creates (or checks) its schema: a session-level advisory lock on
+    PostgreSQL, released with its connection however the holder ends; elsewhere nothing."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool, **engine_kwargs)
+    try:
+        with engine.connect() as connection:
+            key = {"key": SCHEMA_LOCK_KEY}
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), key)
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), key)
+                connection.commit()
+    finally:
+        engine.dispose()
 
 
 def _password(url: str | None) -> str | None:

@@ -11,10 +11,13 @@ same against PostgreSQL.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -31,6 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 from dlf.config import Member, RunConfig
 from dlf.engine.budget import check_budget
 from dlf.engine.run import build_context, terminate_as_interrupt
+from dlf.engine.trace import interrupts_deferred
 from dlf.errors import ConfigError, DlfError
 from dlf.hooks.manager import load_plugins
 from dlf.studies.search.config import StudyConfig
@@ -194,7 +198,16 @@ class Worker:
             return [self.ask(track, width, None if retries else first_slot + i) for i in range(n)]
 
     def ask(self, track: Track, width: int, slot: int | None) -> Candidate:
-        """One trial at ``width``: slot ``slot`` of its proposals, or (None) a waiting retry."""
+        """One trial at ``width``: slot ``slot`` of its proposals, or (None) a waiting retry.
+
+        Ctrl-C or SIGTERM waits until the trial is claimed and its parameters are drawn: landing
+        between Optuna's ask and the claim it left a RUNNING trial that no worker owned (so
+        :meth:`release_held` could not release it), and before the draw a released trial had no
+        parameters to retry with."""
+        with interrupts_deferred():
+            return self._ask(track, width, slot)
+
+    def _ask(self, track: Track, width: int, slot: int | None) -> Candidate:
         search = self.config.search
         fixed: dict[str, float] = {WIDTH: width}
         if track.dynamical and slot is not None:
@@ -250,19 +263,21 @@ class Worker:
             raise
         self.batch_seconds.append(time.monotonic() - start)
         n_seeds = len(search.seeds)
-        for i, (candidate, outcome) in enumerate(zip(candidates, outcomes, strict=True)):
-            members = list(range(i * n_seeds, (i + 1) * n_seeds))
-            try:
-                tell(
-                    track.study,
-                    candidate,
-                    outcome,
-                    search.target,
-                    trace=str(trace),
-                    members=members,
-                )
-            except UpdateFinishedTrialError:
-                self.say(f"trial {candidate.trial.number} was retried elsewhere; result dropped")
+        with interrupts_deferred():  # a finished batch is recorded whole before an interrupt
+            for i, (candidate, outcome) in enumerate(zip(candidates, outcomes, strict=True)):
+                members = list(range(i * n_seeds, (i + 1) * n_seeds))
+                try:
+                    tell(
+                        track.study,
+                        candidate,
+                        outcome,
+                        search.target,
+                        trace=str(trace),
+                        members=members,
+                    )
+                except UpdateFinishedTrialError:
+                    number = candidate.trial.number
+                    self.say(f"trial {number} was retried elsewhere; result dropped")
         best = max(o.mean for o in outcomes)
         pruned = sum(o.state == TrialState.PRUNED for o in outcomes)
         stopped = outcomes[0].measured_step
@@ -296,22 +311,58 @@ class Worker:
                 self.storage.set_trial_state_values(tid, TrialState.FAIL)
 
     def release_held(self) -> None:
-        """Every RUNNING trial this worker claimed is failed and re-enqueued for the next run."""
-        for track in self.tracks:
-            for trial in track.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if trial.system_attrs.get(WORKER_ATTR) == self.id:
-                    retry(track.study, self.storage, trial, "interrupted")
+        """Every RUNNING trial this worker claimed is failed and re-enqueued for the next run.
+
+        Read through a freshly opened storage: the interrupt may have cut short a read of this
+        worker's own storage object, whose cached copy of the journal could then miss a trial.
+        Interrupts wait until the release is done, so a second Ctrl-C cannot cut it in half."""
+        with interrupts_deferred():
+            storage = open_storage(self.config)
+            for track in self.tracks:
+                study = optuna.load_study(study_name=track.study.study_name, storage=storage)
+                for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    if trial.system_attrs.get(WORKER_ATTR) == self.id:
+                        retry(study, storage, trial, "interrupted")
 
 
 def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_POLL_SECONDS = 1.0
+
+
+def _die_with_parent(parent: int) -> None:
+    """Make this worker get SIGTERM (handled as Ctrl-C: release the trials, exit) as soon as
+    its parent is gone, even killed with SIGKILL: through the kernel on Linux
+    (``prctl(PR_SET_PDEATHSIG)``), and on every system from a thread that polls the parent."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
+        except (OSError, AttributeError):  # no libc prctl: a thread watches instead
+            armed = False
+        if armed:
+            if os.getppid() != parent:  # it died before the kernel was told
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="dlf-parent-watch", daemon=True).start()
+
+
 def _work(config: StudyConfig, index: int, threads: int, parent: int) -> None:
-    """Entry point of a worker process: stops between batches once its parent is gone."""
+    """Entry point of a worker process. Interrupted, or once its parent is gone, it releases
+    its trials for a retry and exits."""
     torch.set_num_threads(threads)
     with terminate_as_interrupt():
         try:
+            _die_with_parent(parent)
             Worker(config, index, keep_going=lambda: os.getppid() == parent).run()
         except KeyboardInterrupt:
             sys.exit(130)
@@ -350,7 +401,8 @@ def run_workers(config: StudyConfig, workers: int) -> None:
     """Run the job loop here (one worker) or in ``workers`` processes sharing the storage.
 
     Interrupting the parent (Ctrl-C, SIGTERM) interrupts its workers, which release their
-    trials for a retry; a parent killed outright leaves workers that stop after their batch."""
+    trials for a retry, and the study's results are written; a parent killed outright (kill -9)
+    takes its workers with it: they release their trials and exit."""
     if workers < 1:
         raise ConfigError("--workers", f"must be >= 1 (got {workers})")
     with terminate_as_interrupt():

@@ -47,9 +47,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dlf-study"
 
 
+HEADERS = ("vectors.h",)  # shared by every kernel
+
+
 def source(name: str) -> str:
-    """The C source of kernel ``name``, from the installed package."""
-    return resources.files(__package__).joinpath(f"{name}.c").read_text()
+    """The C source of kernel ``name`` (or a header's, given with its suffix), from the package."""
+    file = name if name.endswith(".h") else f"{name}.c"
+    return resources.files(__package__).joinpath(file).read_text()
 
 
 def command(dtype: torch.dtype, extra: tuple[str, ...] = ()) -> list[str] | None:
@@ -83,6 +87,8 @@ def build(name: str, dtype: torch.dtype, output: Path, extra: tuple[str, ...] = 
     with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
         code, built = Path(tmp) / f"{name}.c", Path(tmp) / f"{name}.so"
         code.write_text(source(name))
+        for header in HEADERS:
+            (Path(tmp) / header).write_text(source(header))
         done = subprocess.run(
             [*line, str(code), "-o", str(built), *LIBS], check=True, capture_output=True, text=True
         )
@@ -108,7 +114,9 @@ def load(name: str, dtype: torch.dtype) -> ctypes._CFuncPtr | None:
         )
         return None
     suffix = TYPES[dtype][2]
-    key = hashlib.sha256("\n".join([source(name), *line, _machine()]).encode()).hexdigest()
+    key = hashlib.sha256(
+        "\n".join([source(name), *map(source, HEADERS), *line, _machine()]).encode()
+    ).hexdigest()
     path = cache_dir() / f"{name}_{suffix}_{key[:16]}.so"
     try:
         if not path.exists():

@@ -11,30 +11,7 @@
  * Both passes are vectorised over hidden units; that is 30 multiply-adds per sample and hidden
  * unit (the training step, mlp_step.c: 18), and a training step's forward pass is not shared.
  * ReLU's second derivative is 0 (as in autograd), so no term in V1 ⊗ V1 appears. */
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
-#pragma omp declare simd notinbranch
-extern float expf(float);
-#pragma omp declare simd notinbranch
-extern double exp(double);
-
-/* One vector is the machine's widest: 64 bytes with AVX-512, else 32 (AVX2; a 64-byte vector there
- * is expanded piecewise and runs some 20 times slower). */
-#ifdef __AVX512F__
-#define VECTOR_BYTES 64
-#else
-#define VECTOR_BYTES 32
-#endif
-#define LANES (VECTOR_BYTES / (int)sizeof(REAL))
-#define EXP(v) (sizeof(REAL) == 4 ? expf(v) : exp(v))
-#define CAT2(a, b) a##_##b
-#define CAT(a, b) CAT2(a, b)
-typedef REAL vec __attribute__((vector_size(VECTOR_BYTES)));
-typedef MASK mvec __attribute__((vector_size(VECTOR_BYTES)));
-#define IF_POSITIVE(z, v) ((vec)((mvec)(v) & ((z) > 0))) /* v where z > 0, else 0 */
+#include "vectors.h"
 
 /* The loss kinds of mlp_step.c, with s_p the sample's weight Γ_{y_p} (1 for ST):
  *   CE: d = s_p (p − e_y) / P,      R d = s_p (p ⊙ R f − p (p · R f)) / P   (p = softmax f)

@@ -1,0 +1,201 @@
+"""Model ensembles: the toolkit's vmap ensemble of a CNN against a naive loop over nn.Modules.
+
+Run ``python benchmarks/bench_models.py`` (about a minute on a 2-core CPU at the defaults;
+``--members``, ``--steps``, ``--samples``, ``--channels``, ``--size`` set the sizes, ``--threads N``
+torch's thread count, ``--clock cpu`` CPU seconds on a shared machine). Both variants run in this
+one process, interleaved round by round, the best round of each kept.
+
+Set-up: the built-in Myrtle5-style CNN (``model.options.channels``) on synthetic 3-channel images
+(``--size`` pixels square, 3 classes, each class its own mean colour), float32, DCE with A = 5 and
+T = 10 (Γ oscillating throughout), full-batch gradient descent with heavy-ball momentum β = 0.9,
+η = 0.05.
+
+- **ensemble**: ``dlf.execute`` trains all members as one ``ModuleModel``: parameters stacked in a
+  flat θ, forward pass ``torch.func.functional_call`` under ``torch.func.vmap``, autograd gradient
+  path, the trainer's own momentum update; trace recorded every step (the defaults).
+- **loop**: one ``nn.Module`` per member built from the member's seed (so it starts where the
+  member starts), ``torch.optim.SGD(momentum=0.9)``, ``dlf.DynamicalLoss`` (the trainer's Γ and
+  loss), the members trained one after another; nothing recorded.
+
+Both must give the same loss at every step (checked, float32 rounding tolerance) before a rate is
+reported: the loop does the ensemble's mathematics, so the ratio compares implementations only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import bench_training as training
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+import dlf
+from dlf.config import members_of
+from dlf.hooks.manager import load_plugins
+from dlf.hooks.registries import DatasetEntry
+from dlf.numerics.data import Dataset
+from dlf.numerics.networks import myrtle5
+
+CLASSES, AMPLITUDE, PERIOD, LR, MOMENTUM = 3, 5.0, 10.0, 0.05, 0.9
+DATASET = "bench_images"
+RESULTS = Path(__file__).parent / "results" / "models.txt"
+
+
+class ImagesOptions(BaseModel):
+    """Options of the benchmark's synthetic image set."""
+
+    model_config = ConfigDict(extra="forbid")
+    samples: int = 64
+    size: int = 32
+    seed: int = 0
+
+
+def images(options: ImagesOptions) -> Dataset:
+    """``samples`` images ``(3, size, size)`` in [0, 1], labels cycling 0..2, each class a mean
+    colour plus pixel noise (learnable, so the losses move); 8 validation images the same way."""
+    rng = np.random.default_rng(options.seed)
+    colour = rng.uniform(0.2, 0.8, size=(CLASSES, 3, 1))
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.arange(n) % CLASSES
+        pixels = colour[labels] + rng.normal(0, 0.1, size=(n, 3, options.size**2))
+        return pixels.reshape(n, -1).astype(np.float32), labels
+
+    (x_train, y_train), (x_val, y_val) = draw(options.samples), draw(8)
+    shape = (3, options.size, options.size)
+    return Dataset(DATASET, x_train, y_train, x_val, y_val, CLASSES, shape)
+
+
+def config(args: argparse.Namespace, root: str) -> dlf.RunConfig:
+    """The benchmark run: ``args.members`` seeds of Myrtle5 on the synthetic images."""
+    return dlf.RunConfig.model_validate(
+        {
+            "name": "bench_models",
+            "data": {"name": DATASET, "samples": args.samples, "size": args.size},
+            "model": {"name": "myrtle5", "options": {"channels": args.channels}},
+            "loss": {"name": "dce"},
+            "schedule": {"amplitude": AMPLITUDE, "period": PERIOD, "static_last_period": False},
+            "train": {
+                "steps": args.steps,
+                "lr": LR,
+                "momentum": MOMENTUM,
+                "seeds": args.members,
+                "eval_every": args.steps,
+            },
+            "output": {"root": root, "progress": "never", "checkpoint_seconds": 10**6},
+        }
+    )
+
+
+def ensemble(cfg: dlf.RunConfig, root: str) -> tuple[float, np.ndarray]:
+    """Seconds of ``dlf.execute``'s training loop and its losses ``(member, step)``."""
+    plugins = load_plugins()
+    plugins.registries.datasets.add(DATASET, DatasetEntry(ImagesOptions, images))
+    watch = training.Stopwatch()
+    plugins.manager.register(watch, name="bench-stopwatch")
+    result = dlf.execute(cfg, trace_path=Path(root) / "trace.nc", plugins=plugins)
+    return watch.seconds, result.open()["loss"].values
+
+
+def loop(cfg: dlf.RunConfig) -> tuple[float, np.ndarray]:
+    """Seconds of training each member alone as an ``nn.Module`` with ``torch.optim.SGD``, and
+    the losses ``(member, step)``."""
+    data = images(ImagesOptions.model_validate(cfg.data.options))
+    x = torch.as_tensor(data.x_train).view(-1, *data.input_shape)
+    y = torch.as_tensor(data.y_train)
+    channels = cfg.model.options["channels"]
+    losses, seconds = [], 0.0
+    for member in members_of(cfg):
+        torch.manual_seed(member.seed)  # the member's own initialisation, as ModuleModel's
+        net = myrtle5(data.input_shape, CLASSES, channels=channels)
+        loss_fn = dlf.DynamicalLoss("dce", CLASSES, member.amplitude, member.period)
+        optimiser = torch.optim.SGD(net.parameters(), lr=member.lr, momentum=MOMENTUM)
+        history = torch.empty(cfg.train.steps)
+        start = training.clock()
+        for step in range(cfg.train.steps):
+            optimiser.zero_grad()
+            loss = loss_fn(net(x), y, step)
+            loss.backward()
+            optimiser.step()
+            history[step] = loss.detach()
+        seconds += training.clock() - start
+        losses.append(history.numpy())
+    return seconds, np.stack(losses)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--members", type=int, default=8, help="ensemble members (seeds)")
+    parser.add_argument("--steps", type=int, default=10, help="training steps")
+    parser.add_argument("--samples", type=int, default=64, help="training images (full batch)")
+    parser.add_argument("--channels", type=int, default=8, help="Myrtle5's c")
+    parser.add_argument("--size", type=int, default=32, help="image height and width")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, best kept")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="see clock()")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the results go")
+    args = parser.parse_args()
+    training.CLOCK = args.clock
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lines: list[str] = []
+
+    def out(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    out(
+        f"bench_models: cpu {platform.processor() or 'cpu'}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {args.clock} clock, python {sys.version.split()[0]}"
+    )
+    start = time.perf_counter()
+    losses: dict[str, np.ndarray] = {}
+
+    def measured(name: str, train: Callable[[], tuple[float, np.ndarray]]) -> Callable[[], float]:
+        """``train``'s seconds, keeping its losses for the check below."""
+
+        def once() -> float:
+            seconds, losses[name] = train()
+            return seconds
+
+        return once
+
+    with tempfile.TemporaryDirectory() as root:
+        cfg = config(args, root)
+        best = training.best_of(
+            args.rounds,
+            {
+                "loop": measured("loop", lambda: loop(cfg)),
+                "ensemble": measured("ensemble", lambda: ensemble(cfg, root)),
+            },
+        )
+    # the same losses at every step of every member, or the rates compare different work
+    np.testing.assert_allclose(losses["ensemble"], losses["loop"], rtol=1e-4, atol=1e-6)
+    gap = float(np.abs(losses["ensemble"] - losses["loop"]).max())
+    net = myrtle5((3, args.size, args.size), CLASSES, channels=args.channels)
+    n_params = sum(p.numel() for p in net.parameters())
+    out(
+        f"Myrtle5 c = {args.channels} ({n_params} parameters), {args.samples} images "
+        f"3x{args.size}x{args.size}, {args.members} members x {args.steps} steps, float32, "
+        f"best of {args.rounds}"
+    )
+    out(f"losses equal: max |ensemble - loop| = {gap:.1e} over all members and steps")
+    member_steps = args.members * args.steps
+    out(f"{'variant':<9} {'seconds':>8} {'member-steps/s':>15}")
+    for name, seconds in best.items():
+        out(f"{name:<9} {seconds:>8.2f} {member_steps / seconds:>15.2f}")
+    out(f"ratio ensemble / loop: {best['loop'] / best['ensemble']:.2f}x")
+    out(f"total {time.perf_counter() - start:.0f} s wall")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from dlf.analysis import stability_factor, trace_stability_factor
+import dlf.plots as plots
+from dlf.analysis import find_bifurcations, stability_factor, trace_stability_factor
+from dlf.config import RunConfig
+from dlf.engine.run import execute
+from tests.conftest import tiny_config
 
 
 def spectral_radius(lam: float, lr: float, beta: float, nesterov: bool) -> float:
@@ -41,16 +45,20 @@ def test_trace_factor_reads_the_optimiser_from_the_stored_config():
     assert trace_stability_factor(xr.Dataset()) == 2.0
 
 
-def test_bifurcation_ratio_uses_the_heavy_ball_threshold(make_config, tmp_path):
-    from dlf.analysis import find_bifurcations
-    from dlf.engine.run import execute
-
-    config = make_config(
+@pytest.fixture(scope="module")
+def heavy_ball_trace(tmp_path_factory) -> xr.Dataset:
+    """Two members (A = 1, 8) trained with heavy ball, β = 0.5, η = 1.5: λ_c = 3/η = 2."""
+    raw = tiny_config(
+        tmp_path_factory.mktemp("heavy_ball"),
         schedule={"amplitude": [1, 8], "period": 30},
         train={"steps": 120, "lr": 1.5, "momentum": 0.5, "seeds": 1},
         analyzers={"lanczos": {"every": 4, "k": 1}, "bifurcation": {}},
     )
-    ds = execute(config, trace_path=tmp_path / "t.nc").open()
+    return execute(RunConfig.model_validate(raw)).open()
+
+
+def test_bifurcation_ratio_uses_the_heavy_ball_threshold(heavy_ball_trace):
+    ds = heavy_ball_trace
     assert ds["bifurcation_ratio"].attrs["long_name"].endswith("(1: the 3/η threshold)")
     events = ds["bifurcation_lambda_onset"].values * ds["bifurcation_eta"].values / 3.0
     if len(events):
@@ -59,3 +67,18 @@ def test_bifurcation_ratio_uses_the_heavy_ball_threshold(make_config, tmp_path):
         np.testing.assert_allclose(ds["bifurcation_ratio"].values, expected)
     offline = find_bifurcations(ds)
     np.testing.assert_allclose(offline["bifurcation_ratio"], ds["bifurcation_ratio"])
+
+
+def test_figures_draw_the_heavy_ball_threshold(heavy_ball_trace):
+    """The dynamics figure's Hessian panel and the sharpness figure draw λ_c = 3/η = 2, not
+    gradient descent's 2/η."""
+    fig = plots.dynamics(heavy_ball_trace)
+    hessian = next(ax for ax in fig.axes if ax.get_ylabel() == "Hessian λ")
+    lines = {line.get_label(): line for line in hessian.get_lines()}
+    assert "2/η" not in lines
+    np.testing.assert_allclose(lines["3/η"].get_ydata(), 3 / 1.5)
+    fig = plots.sharpness([heavy_ball_trace])
+    lam_ax = fig.axes[1]
+    assert [text.get_text() for text in lam_ax.texts] == ["3/η = 2"]
+    edges = [line for line in lam_ax.get_lines() if line.get_color() == "k"]
+    assert [tuple(line.get_ydata()) for line in edges] == [(2.0, 2.0)]

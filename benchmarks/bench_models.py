@@ -1,14 +1,14 @@
 """Model ensembles: the toolkit's vmap ensemble of a CNN against a naive loop over nn.Modules.
 
 Run ``python benchmarks/bench_models.py`` (about a minute on a 2-core CPU at the defaults;
-``--members``, ``--steps``, ``--samples``, ``--channels``, ``--size`` set the sizes, ``--threads N``
-torch's thread count, ``--clock cpu`` CPU seconds on a shared machine). Both variants run in this
-one process, interleaved round by round, the best round of each kept.
+``--setups 4x8,16x32`` picks the networks, Myrtle5's channels c by image size; ``--members``,
+``--steps``, ``--samples`` the rest; ``--threads N`` torch's thread count; ``--clock cpu`` CPU
+seconds on a shared machine). Both variants run in this one process, interleaved round by round,
+the best round of each kept (so the first, cold round does not count where there are two or more).
 
-Set-up: the built-in Myrtle5-style CNN (``model.options.channels``) on synthetic 3-channel images
-(``--size`` pixels square, 3 classes, each class its own mean colour), float32, DCE with A = 5 and
-T = 10 (Γ oscillating throughout), full-batch gradient descent with heavy-ball momentum β = 0.9,
-η = 0.05.
+Set-up: the built-in Myrtle5-style CNN on synthetic 3-channel images (3 classes, each class its
+own mean colour), float32, DCE with A = 5 and T = 10 (Γ oscillating throughout), full-batch
+gradient descent with heavy-ball momentum β = 0.9, η = 0.05.
 
 - **ensemble**: ``dlf.execute`` trains all members as one ``ModuleModel``: parameters stacked in a
   flat θ, forward pass ``torch.func.functional_call`` under ``torch.func.vmap``, autograd gradient
@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import bench_training as training
 import numpy as np
@@ -46,6 +47,13 @@ from dlf.numerics.networks import myrtle5
 CLASSES, AMPLITUDE, PERIOD, LR, MOMENTUM = 3, 5.0, 10.0, 0.05, 0.9
 DATASET = "bench_images"
 RESULTS = Path(__file__).parent / "results" / "models.txt"
+
+
+class Setup(NamedTuple):
+    """One measured network: Myrtle5's ``channels`` c on images ``size`` pixels square."""
+
+    channels: int
+    size: int
 
 
 class ImagesOptions(BaseModel):
@@ -73,13 +81,17 @@ def images(options: ImagesOptions) -> Dataset:
     return Dataset(DATASET, x_train, y_train, x_val, y_val, CLASSES, shape)
 
 
-def config(args: argparse.Namespace, root: str) -> dlf.RunConfig:
-    """The benchmark run: ``args.members`` seeds of Myrtle5 on the synthetic images."""
+def config(args: argparse.Namespace, setup: Setup, root: str) -> dlf.RunConfig:
+    """The benchmark run: ``args.members`` seeds of Myrtle5 (``setup``) on synthetic images."""
     return dlf.RunConfig.model_validate(
         {
             "name": "bench_models",
-            "data": {"name": DATASET, "samples": args.samples, "size": args.size},
-            "model": {"name": "myrtle5", "options": {"channels": args.channels}},
+            "data": {"name": DATASET, "samples": args.samples, "size": setup.size},
+            "model": {
+                "name": "myrtle5",
+                "options": {"channels": setup.channels},
+                "dtype": "float32",
+            },
             "loss": {"name": "dce"},
             "schedule": {"amplitude": AMPLITUDE, "period": PERIOD, "static_last_period": False},
             "train": {
@@ -130,13 +142,44 @@ def loop(cfg: dlf.RunConfig) -> tuple[float, np.ndarray]:
     return seconds, np.stack(losses)
 
 
+def compare(cfg: dlf.RunConfig, rounds: int, root: str) -> dict[str, float]:
+    """Best seconds of each variant over ``rounds`` interleaved rounds, after checking that both
+    give the same loss at every step of every member (else they would time different work)."""
+    losses: dict[str, np.ndarray] = {}
+
+    def measured(name: str, train: Callable[[], tuple[float, np.ndarray]]) -> Callable[[], float]:
+        def once() -> float:
+            seconds, losses[name] = train()
+            return seconds
+
+        return once
+
+    best = training.best_of(
+        rounds,
+        {
+            "loop": measured("loop", lambda: loop(cfg)),
+            "ensemble": measured("ensemble", lambda: ensemble(cfg, root)),
+        },
+    )
+    np.testing.assert_allclose(losses["ensemble"], losses["loop"], rtol=1e-4, atol=1e-6)
+    best["gap"] = float(np.abs(losses["ensemble"] - losses["loop"]).max())
+    return best
+
+
+def setups(text: str) -> list[Setup]:
+    """``4x8,16x32``: Myrtle5's channels c by image size, one set-up each."""
+    pairs = [item.split("x") for item in text.split(",")]
+    return [Setup(int(channels), int(size)) for channels, size in pairs]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--setups", type=setups, default=setups("4x8,8x16,16x32"), help="c x image size, ..."
+    )
     parser.add_argument("--members", type=int, default=8, help="ensemble members (seeds)")
     parser.add_argument("--steps", type=int, default=10, help="training steps")
     parser.add_argument("--samples", type=int, default=64, help="training images (full batch)")
-    parser.add_argument("--channels", type=int, default=8, help="Myrtle5's c")
-    parser.add_argument("--size", type=int, default=32, help="image height and width")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, best kept")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="see clock()")
@@ -155,43 +198,25 @@ def main() -> None:
         f"bench_models: cpu {platform.processor() or 'cpu'}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {args.clock} clock, python {sys.version.split()[0]}"
     )
-    start = time.perf_counter()
-    losses: dict[str, np.ndarray] = {}
-
-    def measured(name: str, train: Callable[[], tuple[float, np.ndarray]]) -> Callable[[], float]:
-        """``train``'s seconds, keeping its losses for the check below."""
-
-        def once() -> float:
-            seconds, losses[name] = train()
-            return seconds
-
-        return once
-
-    with tempfile.TemporaryDirectory() as root:
-        cfg = config(args, root)
-        best = training.best_of(
-            args.rounds,
-            {
-                "loop": measured("loop", lambda: loop(cfg)),
-                "ensemble": measured("ensemble", lambda: ensemble(cfg, root)),
-            },
-        )
-    # the same losses at every step of every member, or the rates compare different work
-    np.testing.assert_allclose(losses["ensemble"], losses["loop"], rtol=1e-4, atol=1e-6)
-    gap = float(np.abs(losses["ensemble"] - losses["loop"]).max())
-    net = myrtle5((3, args.size, args.size), CLASSES, channels=args.channels)
-    n_params = sum(p.numel() for p in net.parameters())
     out(
-        f"Myrtle5 c = {args.channels} ({n_params} parameters), {args.samples} images "
-        f"3x{args.size}x{args.size}, {args.members} members x {args.steps} steps, float32, "
-        f"best of {args.rounds}"
+        f"Myrtle5, float32, {args.samples} images full batch, {args.members} members x "
+        f"{args.steps} steps, best of {args.rounds}; member-steps/s"
     )
-    out(f"losses equal: max |ensemble - loop| = {gap:.1e} over all members and steps")
-    member_steps = args.members * args.steps
-    out(f"{'variant':<9} {'seconds':>8} {'member-steps/s':>15}")
-    for name, seconds in best.items():
-        out(f"{name:<9} {seconds:>8.2f} {member_steps / seconds:>15.2f}")
-    out(f"ratio ensemble / loop: {best['loop'] / best['ensemble']:.2f}x")
+    header = ("c", 3), ("image", 6), ("params", 7), ("loop", 8), ("ensemble", 9), ("ratio", 6)
+    out(" ".join(f"{name:>{width}}" for name, width in header) + f" {'max gap':>8}")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as root:
+        for setup in args.setups:
+            best = compare(config(args, setup, root), args.rounds, root)
+            rate = {k: args.members * args.steps / best[k] for k in ("loop", "ensemble")}
+            net = myrtle5((3, setup.size, setup.size), CLASSES, channels=setup.channels)
+            n_params = sum(p.numel() for p in net.parameters())
+            out(
+                f"{setup.channels:>3} {setup.size:>3}^2 {n_params:>7} {rate['loop']:>8.1f} "
+                f"{rate['ensemble']:>9.1f} {rate['ensemble'] / rate['loop']:>5.2f}x "
+                f"{best['gap']:>8.1e}"
+            )
+    out("(max gap: the largest |ensemble - loop| loss difference over all members and steps)")
     out(f"total {time.perf_counter() - start:.0f} s wall")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

@@ -3,13 +3,16 @@ folder), dlf-study finds it through its entry point, and the example's own tests
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import xarray as xr
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXAMPLE = EXAMPLES / "grad_norm_plugin"
@@ -100,3 +103,32 @@ def test_model_plugin_is_listed_and_its_tests_pass(resnet_site):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 passed" in done.stdout
+
+
+def test_model_plugin_runs_through_the_cli_with_lanczos_and_bifurcation(resnet_site, tmp_path):
+    """``dlf-study run`` of the example's own config (shortened), the installed plugin's model
+    found by name; the trace, opened with xarray, holds both analyzers' variables."""
+    overrides = {
+        "train.steps": 6,
+        "train.seeds": 1,
+        "train.batch_size": 16,
+        "train.curvature_batch": 24,
+        "analyzers.lanczos.every": 2,
+        "data.val_fraction": 0.95,
+    }
+    sets = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
+    command = [sys.executable, "-m", "dlf.cli", "run", str(RESNET / "resnet.yaml"), *sets]
+    done = subprocess.run(
+        [*command, "--out", str(tmp_path)],
+        env=with_site(resnet_site),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    with xr.open_dataset(tmp_path / "resnet_example" / "trace.nc") as ds:
+        assert ds.attrs["status"] == "complete"
+        assert json.loads(ds.attrs["config"])["model"]["name"] == "resnet"
+        assert ds["lanczos_eigenvalues"].shape == (2, 3, 2)  # members (A = 1, 5), steps 0 2 4, k
+        assert np.isfinite(ds["lanczos_eigenvalues"]).all()
+        assert "3.8/η" in ds["bifurcation_ratio"].attrs["long_name"]
+        assert {"bifurcation_count", "bifurcation_member"} <= set(ds.variables)

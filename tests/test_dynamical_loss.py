@@ -3,6 +3,8 @@ against the papers' formulas written with torch.nn.functional, and the same Γ a
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -25,6 +27,17 @@ def test_gamma_is_the_2021_triangle_normalised_to_sum_to_c_and_static_at_the_end
     np.testing.assert_allclose(loss.gamma(925), [1.0, 1.0, 1.0])  # the last period is static
     forever = dlf.DynamicalLoss("ce", n_classes=3, amplitude=10, period=100)
     np.testing.assert_allclose(forever.gamma(925), [2.2, 0.4, 0.4], rtol=1e-12)
+
+
+def test_sine_schedule_and_static_from_by_hand():
+    """Another registered schedule, by name: t = 110 is 10 steps into class 1's period, raw
+    weight 1 + 9·sin²(π/10); static_from switches Γ to 1 at that step exactly."""
+    loss = dlf.DynamicalLoss("dmse2", n_classes=3, amplitude=10, period=100, schedule="sine")
+    raw = 1 + 9 * math.sin(math.pi / 10) ** 2
+    np.testing.assert_allclose(loss.gamma(110), np.array([1, raw, 1]) * 3 / (raw + 2), rtol=1e-12)
+    switched = dlf.DynamicalLoss("ce", 3, amplitude=10, period=100, static_from=120)
+    assert float(switched.gamma(119)[1]) > 1
+    np.testing.assert_allclose(switched.gamma(120), [1.0, 1.0, 1.0])
 
 
 def test_losses_match_the_papers_formulas_written_out():

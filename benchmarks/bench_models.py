@@ -69,8 +69,9 @@ class ImagesOptions(BaseModel):
 
 
 def images(options: ImagesOptions) -> Dataset:
-    """``samples`` images ``(3, size, size)`` in [0, 1], labels cycling 0..2, each class a mean
-    colour plus pixel noise (learnable, so the losses move); 8 validation images the same way."""
+    """``samples`` images ``(3, size, size)``, labels cycling 0..2: each class a mean colour in
+    [0.2, 0.8] plus N(0, 0.1²) pixel noise (learnable, so the losses move); 8 validation images
+    drawn the same way."""
     rng = np.random.default_rng(options.seed)
     colour = rng.uniform(0.2, 0.8, size=(CLASSES, 3, 1))
 

@@ -6,6 +6,7 @@ Hessians of an nn.Module's loss by torch.func.hessian.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -88,9 +89,19 @@ def tiny_cnn(input_shape, n_classes, channels=2):
     )
 
 
-def test_lanczos_on_a_cnn_matches_the_dense_hessian(tmp_path):
+@pytest.mark.parametrize(
+    ("model", "build"),
+    [
+        ({"name": "tests.test_models:tiny_cnn"}, tiny_cnn),
+        ({"name": "myrtle5", "options": {"channels": 1}}, functools.partial(myrtle5, channels=1)),
+    ],
+    ids=["tiny_cnn", "myrtle5"],
+)
+def test_lanczos_on_a_cnn_matches_the_dense_hessian(tmp_path, model, build):
+    """The top two Hessian eigenvalues of two members on a 12-sample curvature batch: this
+    Lanczos through the vmapped module against eigvalsh of torch.func.hessian of one module."""
     raw = cnn_config(tmp_path, curvature_batch=12).model_dump(mode="json")
-    raw["model"] = {"name": "tests.test_models:tiny_cnn"}
+    raw["model"] = model
     _, _, run = prepare(RunConfig.model_validate(raw))
     objective = run.curvature_objective
     assert objective is not None and len(objective.y) == 12
@@ -101,7 +112,7 @@ def test_lanczos_on_a_cnn_matches_the_dense_hessian(tmp_path):
     images, labels = objective.x.view(-1, 1, 8, 8), objective.y
     for m in range(2):
         torch.manual_seed(m)
-        template = tiny_cnn((1, 8, 8), 10).double()
+        template = build((1, 8, 8), 10).double()
         shapes = [(name, p.shape) for name, p in template.named_parameters()]
 
         def loss(flat, m=m, template=template, shapes=shapes):
@@ -201,6 +212,21 @@ def test_quick_cifar_config_runs_through_the_cli(tmp_path, capsys, cifar_dir):
     assert ds.attrs["status"] == "complete" and ds.attrs["dataset"] == "cifar10"
     assert np.isfinite(ds["lanczos_eigenvalues"]).all()
     assert "(1: the 3.8/η threshold)" in ds["bifurcation_ratio"].attrs["long_name"]
+
+
+def test_full_cifar_config_builds(cifar_dir):
+    """The supplementary's full config validates and builds its run (data, Myrtle5 with c = 32,
+    curvature batch, analyzers) on the synthetic folder; only the sizes shrink to fit it."""
+    from dlf.config import load_config
+
+    sizes = ["data.train_size=40", "data.val_size=10", "train.curvature_batch=20"]
+    config = load_config(REPO / "configs" / "cifar_myrtle.yaml", [f"data.path={cifar_dir}", *sizes])
+    _, members, run = prepare(config)
+    assert len(members) == 4 and run.data.input_shape == (3, 32, 32)
+    assert run.model.n_params == sum(
+        p.numel() for p in myrtle5((3, 32, 32), 3, channels=32).parameters()
+    )
+    assert set(run.analyzers) == {"lanczos", "bifurcation"}
 
 
 def test_missing_cifar_folder_exits_2_naming_data_path(tmp_path, capsys):

@@ -149,16 +149,19 @@ def tiny(input_shape, n_classes, norm=False):
 
 
 def test_module_path_factory_runs_with_every_curvature_analyzer(tmp_path):
-    raw = tiny_config(
-        tmp_path,
-        train={"steps": 20},
-        analyzers={"lanczos": {"every": 10}, "ntk": {"every": 10}, "bifurcation": {}},
-    )
+    """Lanczos, NTK, bifurcation and landscape on a module named by ``module:factory``; the
+    landscape's centre (a = b = 0) is the loss the trainer recorded at the sliced step."""
+    analyzers = {"lanczos": {"every": 10}, "ntk": {"every": 10}, "bifurcation": {}}
+    analyzers["landscape"] = {"steps": [10], "grid": 5, "future": 3}
+    raw = tiny_config(tmp_path, train={"steps": 20}, analyzers=analyzers)
     raw["model"] = {"name": "tests.test_models:tiny"}
     ds = execute(RunConfig.model_validate(raw)).open()
     assert ds.attrs["status"] == "complete" and int(ds["width"]) == 0
     assert np.isfinite(ds["lanczos_eigenvalues"]).all()
     assert np.isfinite(ds["ntk_eigenvalues"]).all()
+    assert "bifurcation_count" in ds and np.isfinite(ds["landscape_loss"]).all()
+    recorded = ds["loss"].isel(member=0).sel(step=10)
+    np.testing.assert_allclose(ds["landscape_loss"][0, 2, 2], recorded, rtol=1e-12)
 
 
 @pytest.mark.parametrize(

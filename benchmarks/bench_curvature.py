@@ -18,6 +18,10 @@ A = 10, T = 100, η = 1, float64, 20 members.
    --no-deps pyhessian curvlinops-for-pytorch einops einconv backpack-for-pytorch linear_operator
    opt-einsum``), never as dependencies.
 5. NTK top eigenvalue: dense Gram against warm-started Lanczos.
+6. What one product per member per step can certify along the trajectory (issue 14's floor):
+   from the previous step's power-stepped vector, the share of member-steps whose residual meets
+   the full solve's test, and the share whose eigenvalue error is certified ≤ 1e-3 by the
+   Kato–Temple bound ε²/(θ − λ₂) (λ₂ of the previous step), against an accurate reference.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 import dlf
-from dlf.curvature import fused_hvp, kernel_hvp, ntk
+from dlf.curvature import fused_hvp, kernel_hvp, lanczos, ntk
 from dlf.curvature.helper import DEFAULT_TOL, Curvature
 from dlf.engine.gradients import gradient_for
 from dlf.engine.run import build_context
@@ -210,6 +214,46 @@ def bench_warm_cold(
     )
 
 
+# --- 6. what one product per step can certify --------------------------------------------------
+
+
+def bench_one_product(objective: dlf.Objective, thetas: list[torch.Tensor]) -> str:
+    """Along ``thetas``: apply H once to last step's w/‖w‖ and see what that single product
+    certifies, against top-2 pairs solved to 1e-10 from a random start at every step."""
+    curvature, generator = Curvature(objective), torch.Generator().manual_seed(1)
+    gamma = gammas(torch.arange(len(thetas)))
+    v, lambda2, rows = None, None, []
+    for t, theta in enumerate(thetas):
+        at = curvature.at(t, theta, gamma[t])
+        start = lanczos.random_vectors(tuple(theta.shape), theta, generator)
+        ref = lanczos.top_eigenpairs(at.hvp, start, 2, 1e-10, 200, generator, 60)
+        if v is not None:
+            w = at.hvp(v)
+            rayleigh = (v * w).sum(-1)
+            residual = (w - rayleigh[:, None] * v).norm(dim=-1) / rayleigh.abs()
+            gap = (rayleigh - lambda2).clamp_min(torch.finfo(w.dtype).tiny)
+            bound = residual**2 * rayleigh.abs() / gap
+            error = (ref.values[:, 0] - rayleigh) / ref.values[:, 0]
+            rows.append(torch.stack([residual, bound, error], 1))
+        v = w / w.norm(dim=-1, keepdim=True) if v is not None else ref.vectors[:, 0]
+        lambda2 = ref.values[:, 1]
+    residual, bound, error = torch.cat(rows).T
+    certified = bound <= 1e-3
+    wrong = int((error[certified] > 1e-3).sum())
+    return "\n".join(
+        [
+            f"6. One product per member per step, {len(rows)} steps x {thetas[0].shape[0]} members",
+            f"   relative residual: median {residual.median():.1e}, "
+            f"share <= 1e-3 (the full solve's test) {(residual <= 1e-3).double().mean():.3f}, "
+            f"<= 1e-2 {(residual <= 1e-2).double().mean():.3f}",
+            f"   eigenvalue error certified <= 1e-3 by Kato-Temple: {certified.double().mean():.3f}"
+            f" of member-steps; true error > 1e-3 among them: {wrong}",
+            f"   true relative error of the single product: median {error.median():.1e}, "
+            f"90th percentile {error.quantile(0.9):.1e}, max {error.max():.1e}",
+        ]
+    )
+
+
 # --- 4. against PyHessian and curvlinops + eigsh -------------------------------------------------
 
 
@@ -374,6 +418,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     parser.add_argument("--overhead-only", action="store_true", help="sections 1 and 2 only")
+    parser.add_argument("--one-product-only", action="store_true", help="section 6 only")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = parser.parse_args()
@@ -383,6 +428,10 @@ def main() -> None:
         CLOCK = time.process_time
     steps, track_steps, repeats, members = (20, 26, 1, 2) if args.quick else (300, 201, 3, 5)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock")
+    if args.one_product_only:
+        objective, theta0 = objective_of(WIDTH)
+        print(bench_one_product(objective, trajectory(objective, theta0, track_steps)))
+        return
     for width in (WIDTH, 1000):
         print(bench_hvp(width, 5 * repeats), flush=True)
     every_step = {
@@ -405,6 +454,7 @@ def main() -> None:
     print(bench_warm_cold(objective, thetas, 25, 3, exact), flush=True)
     print(bench_solvers(objective, thetas, members), flush=True)
     print(bench_ntk(objective, thetas, repeats), flush=True)
+    print(bench_one_product(objective, thetas), flush=True)
 
 
 if __name__ == "__main__":

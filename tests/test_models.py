@@ -53,6 +53,25 @@ def test_cnn_member_equals_seed_trained_alone(tmp_path):
         torch.testing.assert_close(alone.theta[0], ensemble.theta[index], rtol=1e-10, atol=1e-10)
 
 
+def test_vmap_and_loop_ensembles_train_the_same_members(tmp_path):
+    """``model.ensemble``: a CNN's members batched by vmap or called one by one end equal to
+    1e-10 (float64, minibatch SGD with momentum); ``auto`` loops over a CNN on the CPU only."""
+    config = cnn_config(tmp_path, optimizer="sgd", batch_size=16, momentum=0.9)
+    raw = config.model_dump(mode="json", exclude_unset=True)
+    thetas = {}
+    for way in ("vmap", "loop"):
+        raw["model"]["ensemble"] = way
+        config = RunConfig.model_validate(raw)
+        assert prepare(config)[2].model.ensemble == way
+        thetas[way] = execute(config, trace_path=tmp_path / f"{way}.nc").theta
+    torch.testing.assert_close(thetas["vmap"], thetas["loop"], rtol=1e-10, atol=1e-10)
+    raw["model"]["ensemble"] = "auto"
+    assert prepare(RunConfig.model_validate(raw))[2].model.ensemble == "loop"
+    linear = tiny_config(tmp_path)
+    linear["model"] = {"name": "tests.test_models:tiny"}
+    assert prepare(RunConfig.model_validate(linear))[2].model.ensemble == "vmap"
+
+
 def test_heavy_ball_member_equals_a_plain_pytorch_loop(tmp_path):
     """θ ← θ − η v, v ← β v + ∇F (torch.optim.SGD's momentum), written out by hand on one
     nn.Module with dlf.DynamicalLoss: the trainer's member (A = 5, seed 1) lands on it."""
@@ -169,6 +188,7 @@ def test_module_path_factory_runs_with_every_curvature_analyzer(tmp_path):
     [
         ({"name": "myrtle5", "width": 8}, "model", "width applies to model mlp only"),
         ({"options": {"channels": 2}}, "model", "mlp takes model.width"),
+        ({"ensemble": "loop"}, "model", "ensemble applies to module models"),
         ({"name": "resnet9"}, "model.name", "unknown model 'resnet9'"),
         ({"name": "myrtle5", "options": {"chanels": 2}}, "model.options.chanels", "unknown key"),
         ({"name": "myrtle5"}, "model.name", "needs images"),  # the spiral's 2 features

@@ -69,6 +69,11 @@ class ModelConfig(Section):
         "standard",
         description="standard: N(0, 1/fan_in), b=0; glorot: Glorot normal, b~N(0, 0.01²)",
     )
+    ensemble: Literal["auto", "vmap", "loop"] = Field(
+        "auto",
+        description="how a module model's members run: vmap (one batched call), loop (one call "
+        "per member), auto (loop for a convolutional module on a CPU, else vmap)",
+    )
     dtype: Literal["float32", "float64"] = "float64"
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
 
@@ -83,6 +88,8 @@ class ModelConfig(Section):
     def _options_of_the_model(self) -> ModelConfig:
         if self.name == "mlp" and self.options:
             raise ValueError("mlp takes model.width, depth, activation and init, not options")
+        if self.name == "mlp" and self.ensemble != "auto":
+            raise ValueError("ensemble applies to module models; mlp is one batched network")
         given = [f for f in MLP_FIELDS if f in self.model_fields_set]
         if self.name != "mlp" and given:
             raise ValueError(

@@ -26,7 +26,7 @@ from dlf.hooks.manager import Plugins, load_plugins
 from dlf.hooks.registries import ModelEntry, Registry
 from dlf.hooks.state import RunContext
 from dlf.numerics.data import Dataset
-from dlf.numerics.models import ModuleModel
+from dlf.numerics.models import EnsembleWay, ModuleModel
 from dlf.numerics.objective import Objective
 
 
@@ -89,9 +89,21 @@ def build_model(config: ModelConfig, models: Registry[ModelEntry], data: Dataset
         built = factory()
         if not isinstance(built, torch.nn.Module):
             return built  # an ensemble model over the flat θ itself, as the MLP
-        return ModuleModel(name, factory, data.input_shape, data.n_classes)
+        way = ensemble_way(config, built)
+        return ModuleModel(name, factory, data.input_shape, data.n_classes, ensemble=way)
     except ValueError as exc:  # the factory (or ModuleModel) refusing these inputs or options
         raise ConfigError("model.name", f"{name}: {exc}") from None
+
+
+def ensemble_way(config: ModelConfig, module: torch.nn.Module) -> EnsembleWay:
+    """``model.ensemble``, with ``auto`` resolved: one call per member for a convolutional module
+    on a CPU (vmap's batched convolution is about half as fast there, docs/performance.md §7),
+    else one vmapped call."""
+    if config.ensemble != "auto":
+        return config.ensemble
+    convolutions = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+    convolutional = any(isinstance(m, convolutions) for m in module.modules())
+    return "loop" if config.device == "cpu" and convolutional else "vmap"
 
 
 def fixed_samples(n_samples: int, size: int | None) -> torch.Tensor | None:

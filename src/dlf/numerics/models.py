@@ -7,8 +7,9 @@ forward pass is a batched matrix product, gradient descent is one fused update, 
 :class:`MLP` is the built-in network, written out so that the hand-fused gradient paths and the C
 kernel can run it. :class:`ModuleModel` puts any ``torch.nn.Module`` behind the same flat θ: its
 members' parameters are stacked (``torch.func.stack_module_state``) into rows of θ and the forward
-pass is ``torch.func.functional_call`` vectorised over members with ``torch.func.vmap``, so the
-autograd gradient path and every analyzer work on it unchanged.
+pass is ``torch.func.functional_call`` vectorised over members with ``torch.func.vmap`` (or, where
+that is slower, called once per member: ``ensemble="loop"``), so the autograd gradient path
+and every analyzer work on it unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,7 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tanh": torch.tanh,
 }
 INITS = ("standard", "glorot")
+EnsembleWay = Literal["vmap", "loop"]
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,7 @@ class ModuleModel:
     input_shape: tuple[int, ...]
     n_out: int
     width: int = 0  # only the MLP has a "network width"; the trace records 0 for other models
+    ensemble: EnsembleWay = "vmap"  # how the members' forward passes are batched
     _template: nn.Module = field(init=False, repr=False)
     _shapes: dict[str, torch.Size] = field(init=False, repr=False)
 
@@ -216,8 +220,13 @@ class ModuleModel:
             images = inputs.reshape(inputs.shape[0], *self.input_shape)
             return torch.func.functional_call(self._template, params, (images,))
 
+        params = self.parameters(theta)
+        if self.ensemble == "loop":
+            rows = range(theta.shape[0])
+            inputs = [x if x.dim() == 2 else x[m] for m in rows]
+            return torch.stack([one({k: p[m] for k, p in params.items()}, inputs[m]) for m in rows])
         in_x = None if x.dim() == 2 else 0
-        return torch.func.vmap(one, in_dims=(0, in_x))(self.parameters(theta), x)
+        return torch.func.vmap(one, in_dims=(0, in_x))(params, x)
 
     def init(
         self,

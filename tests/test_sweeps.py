@@ -57,8 +57,8 @@ def test_plan_crosses_variants_with_the_grid(tmp_path):
         ),
         (
             {"variants": {"x": {"model": {"widht": 3}}}},
-            "model.widht: unknown key; allowed: activation, depth, device, dtype, init, name, "
-            "options, width "
+            "model.widht: unknown key; allowed: activation, depth, device, dtype, ensemble, init, "
+            "name, options, width "
             "(in variants.x, point x)",
         ),
     ],

@@ -22,8 +22,13 @@ import xarray as xr
 import yaml
 
 from tests.conftest import study_raw
+from tests.test_trace import steps_written
 
 PASSWORD = "hunter2-s3cret"
+#: How long a command may take before a test gives up: generous, since these tests wait for
+#: events (a trace appearing, a process ending), not for fixed times, and a loaded 2-core CI
+#: machine runs a seconds-long command for minutes.
+PATIENCE = 600
 
 
 def cli() -> list[str]:
@@ -74,13 +79,15 @@ def kill_9_and_rerun(tmp_path: Path, delays: list[float]) -> list[int | None]:
         if delay < 0:
             time.sleep(-delay)
         else:
-            while not trace.exists() and proc.poll() is None:
+            deadline = time.monotonic() + PATIENCE
+            while not trace.exists() and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.005)
+            assert trace.exists(), "the run wrote no trace"
             time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         seen.append(check_prefix(trace) if trace.exists() else None)
-        rerun = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        rerun = subprocess.run(command, capture_output=True, text=True, timeout=PATIENCE)
         assert rerun.returncode == 0, rerun.stderr
         assert check_prefix(trace) == steps
         assert not list(trace.parent.glob(".*.tmp"))  # the dead writer's temp file is gone
@@ -106,12 +113,11 @@ def test_sigterm_of_a_run_is_ctrl_c(tmp_path):
     proc = subprocess.Popen(
         [*cli(), "run", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 60
-    while not trace.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(0.5)
+    deadline = time.monotonic() + PATIENCE
+    while steps_written(trace) == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)  # until a checkpoint with finished steps (the first is before step 0)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=PATIENCE)
     assert proc.returncode == 130
     assert err.splitlines() == ["dlf-study: interrupted; finished steps are in the trace"]
     with xr.open_dataset(trace, engine="netcdf4") as ds:

@@ -844,6 +844,30 @@ def test_the_answer_does_not_depend_on_the_number_of_workers(tmp_path, finished)
     assert two.study_file.exists()
 
 
+def test_three_commands_started_at_once_on_one_journal_duplicate_no_trial(tmp_path):
+    """Three independent ``dlf-study run`` commands (one with two workers) on one study
+    folder, started together: all finish, and no trial is asked twice or over the budget."""
+    raw = study_raw(tmp_path, trials=10)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "dlf.cli", "run", str(path)]
+    procs = [
+        subprocess.Popen(
+            [*command, *extra],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for extra in ((), (), ("--workers", "2"))
+    ]
+    errors = [proc.communicate(timeout=600)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], errors
+    assert_no_duplicates_and_within_budget(study_config_from_raw(raw))
+
+
 def test_sobol_slots_are_the_configured_points_then_one_sequence_in_the_box(tmp_path):
     search = study_config(tmp_path, points=[{"amplitude": 3, "period": 20}]).search
     first = fixed_proposal(search, 0)

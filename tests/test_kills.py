@@ -142,6 +142,14 @@ def test_a_diverging_member_leaves_the_others_bit_identical(tmp_path):
     for name in ("loss", "static_loss", "train_accuracy", "gamma", "val_loss", "val_accuracy"):
         np.testing.assert_array_equal(kept[name].values, alone[name].values, err_msg=name)
     assert (kept.diverged_step.values == -1).all()
+    shown = subprocess.run(
+        [*cli(), "show", str(tmp_path / "with-blow-up" / "k" / "trace.nc")],
+        capture_output=True,
+        text=True,
+    )
+    blown_groups = [line for line in shown.stdout.splitlines() if "η=1e+06" in line]
+    assert len(blown_groups) == 2, shown.stdout  # A = 1 and A = 5, two seeds each
+    assert all("val acc n/a (2 of 2 diverged, excluded)" in line for line in blown_groups)
 
 
 def test_a_torn_last_journal_record_is_survived_and_reported(tmp_path):

@@ -45,10 +45,12 @@ def summarise(ds: xr.Dataset, path: Path) -> str:
         )
         for (a, t, eta), idx in groups.items():
             sel = last.isel(member=np.asarray(idx))
+            gone = int(np.isnan(sel["val_accuracy"].values).sum())  # diverged: NaN metrics
             lines.append(
                 f"    A={a:g} T={t:g} η={eta:g}: "
                 f"train acc {_mean_sem(sel['eval_train_accuracy'].values)}, "
                 f"val acc {_mean_sem(sel['val_accuracy'].values)}"
+                + (f" ({gone} of {len(idx)} diverged, excluded)" if gone else "")
             )
     extra = sorted(
         str(v)

@@ -270,6 +270,24 @@ def test_a_batch_stops_once_every_trial_is_hopeless(tmp_path):
     assert trace.attrs["stop_reason"] == "dlf.studies.search: every trial decided at step 0"
 
 
+def test_the_pruner_reads_the_study_once_per_evaluation_round(tmp_path, monkeypatch):
+    """Three trials judged at each of four rounds (steps 0-60): four storage reads, not twelve
+    (with PostgreSQL each read is a query over every trial of the study)."""
+    curves = [({0: 0.3, 20: 0.5, 40: 0.6, 60: 0.7, 80: 0.9}, 0.9)]
+    study, run, candidates = batch_fixture(tmp_path, curves, target=0.99, n_trials=3)
+    calls = {"references": 0, "verdict": 0}
+    for name in calls:
+        original = getattr(TargetPruner, name)
+
+        def counted(self, *args, _original=original, _name=name):
+            calls[_name] += 1
+            return _original(self, *args)
+
+        monkeypatch.setattr(TargetPruner, name, counted)
+    run_batch(study, run, candidates, [0, 1], "val_accuracy", tmp_path / "b.nc", False)
+    assert calls == {"references": 4, "verdict": 12}
+
+
 def test_a_batch_stops_once_every_trial_surely_reached_the_target(tmp_path):
     curves = [({0: 0.3, 20: 0.5, 40: 0.6, 60: 0.7, 80: 0.9}, 0.9)]  # never dropped
     study, run, candidates = batch_fixture(tmp_path, curves, target=0.1)

@@ -21,6 +21,7 @@ import pytest
 import xarray as xr
 import yaml
 
+from dlf.engine.trace import remove_stale_temp_files
 from tests.conftest import study_raw
 from tests.test_trace import steps_written
 
@@ -215,3 +216,45 @@ def test_a_stored_study_keeps_no_password(tmp_path):
     assert stored == f"sqlite:///{db}?password=***"
     for text in (done.stdout, done.stderr, (folder / "report.md").read_text()):
         assert PASSWORD not in text
+
+
+def test_a_second_run_aimed_at_a_live_runs_trace_is_one_line_and_harms_nothing(tmp_path):
+    config = write(tmp_path, run_config(tmp_path / "out", steps=200_000))
+    trace = tmp_path / "out" / "k" / "trace.nc"
+    first = subprocess.Popen([*cli(), "run", str(config)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + PATIENCE
+        while steps_written(trace) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second = subprocess.run(
+            [*cli(), "run", str(config)], capture_output=True, text=True, timeout=PATIENCE
+        )
+        assert second.returncode == 2
+        assert second.stderr.splitlines() == [
+            f"dlf-study: error: name: another run (pid {first.pid}) is writing {trace}; wait "
+            "for it to end, or give this run another name or --out"
+        ]
+        assert first.poll() is None  # the first writes on, its checkpoints unharmed
+        time.sleep(0.5)
+        check_prefix(trace)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=PATIENCE)
+    assert first.returncode == 130
+
+
+def test_only_dead_writers_temp_files_are_removed(tmp_path):
+    path = tmp_path / "trace.nc"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        theirs = path.with_name(f".trace.nc.{live.pid}.0123abcd.tmp")
+        stale = path.with_name(f".trace.nc.{dead.pid}.89abcdef.tmp")
+        for tmp in (theirs, stale):
+            tmp.write_bytes(b"half a trace")
+        assert remove_stale_temp_files(path) == [stale]
+        assert theirs.exists() and not stale.exists()
+    finally:
+        live.kill()
+        live.wait()

@@ -234,3 +234,21 @@ def test_a_plugin_variable_named_like_a_core_one_is_refused_and_the_trace_kept(
     ds = open_trace(tmp_path / "t.nc")
     assert ds.attrs["status"] == "failed" and ds.attrs["steps_completed"] == 60
     assert ds.loss.dims == ("member", "step") and np.isfinite(ds.loss.values).all()
+
+
+def test_a_failed_runs_trace_holds_the_divergences_before_the_failure(
+    installed_plugin, make_config, tmp_path
+):
+    """The η = 10⁶ members diverge in the first steps; a plugin fails at step 23, well inside
+    the first block of steps: the failed trace still records every divergence."""
+    config = make_config(
+        train={"lr": [0.5, 1e6], "diverge_above": 100.0},
+        analyzers={"gradnorm": {"every": 1, "fail_at": 23}},
+    )
+    with pytest.raises(PluginError, match="failed at step 23"):
+        execute(config, trace_path=tmp_path / "t.nc")
+    ds = open_trace(tmp_path / "t.nc")
+    assert ds.attrs["status"] == "failed"
+    blown = ds.eta.values == 1e6
+    assert ((ds.diverged_step.values[blown] >= 0) & (ds.diverged_step.values[blown] < 23)).all()
+    assert (ds.diverged_step.values[~blown] == -1).all()

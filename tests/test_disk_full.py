@@ -151,3 +151,16 @@ def test_a_real_full_tmpfs_as_out(tmp_path, capsys):
         assert main(["run", str(config), "--set", "train.steps=80"]) == 0
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_workers_stopped_by_a_full_disk_make_the_command_exit_2():
+    from types import SimpleNamespace
+
+    from dlf.studies.search.study import WorkersFailed
+
+    def workers(*codes: int) -> list[SimpleNamespace]:
+        return [SimpleNamespace(name=f"dlf-worker-{i}", exitcode=c) for i, c in enumerate(codes)]
+
+    assert WorkersFailed(workers(2, 2)).exit_code == 2  # each said "disk full" on its line
+    assert WorkersFailed(workers(2, 1)).exit_code == 1
+    assert WorkersFailed(workers(-9)).exit_code == 1  # killed: no code of its own

@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import optuna
@@ -440,6 +441,18 @@ def run_workers(config: StudyConfig, workers: int) -> None:
             for process in processes:
                 process.join()
             raise
-    failed = [p.name for p in processes if p.exitcode != 0]
+    failed = [p for p in processes if p.exitcode != 0]
     if failed:
-        raise DlfError(f"worker processes failed: {', '.join(failed)} (see their messages above)")
+        raise WorkersFailed(failed)
+
+
+class WorkersFailed(DlfError):
+    """Worker processes ended with errors, each having printed its own line. The command
+    exits with their code where they agree (2 for a full disk), else (or killed) 1."""
+
+    def __init__(self, failed: Sequence[BaseProcess]) -> None:
+        codes = {p.exitcode for p in failed}
+        agreed = codes.pop() if len(codes) == 1 else None
+        self.exit_code = agreed if agreed is not None and agreed > 0 else 1
+        names = ", ".join(p.name for p in failed)
+        super().__init__(f"worker processes failed: {names} (see their messages above)")

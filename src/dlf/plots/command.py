@@ -70,6 +70,18 @@ def load_traces(paths: Sequence[Path]) -> list[xr.Dataset]:
     return [open_trace(file) for file in trace_files(paths)]
 
 
+def diverged_note(ds: xr.Dataset) -> str | None:
+    """How many of a trace's members diverged, which every mean drawn leaves out (their
+    evaluated metrics are NaN); None when none did."""
+    if "diverged_step" not in ds:
+        return None
+    gone = int((ds["diverged_step"].values >= 0).sum())
+    if gone == 0:
+        return None
+    members = ds.sizes["member"]
+    return f"{run_name(ds)}: {gone} of {members} members diverged, left out of the figures' means"
+
+
 def _stems(datasets: Sequence[xr.Dataset]) -> list[str]:
     """A distinct file-name stem per trace: its run name, numbered where names repeat."""
     names = [run_name(ds) for ds in datasets]
@@ -146,6 +158,10 @@ def cli_plot(
         raise DlfError("no figure could be drawn: " + "; ".join(f"{s}: {m}" for s, m in skipped))
     for stem, message in skipped:
         print(f"skipped {stem}: {message}", file=sys.stderr)
+    for ds in traces:
+        note = diverged_note(ds)
+        if note is not None:
+            print(note, file=sys.stderr)
     for path in written:
         print(f"wrote {path}")
     return 0

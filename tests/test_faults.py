@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import xarray as xr
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,3 +185,72 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, case):
         assert out.read_text() == "keep me\n"
     else:
         assert files_under(out) == []  # no trace, no lock, no optuna journal
+
+
+# --- damaged files given to show and plot
+
+
+def truncated(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def header_flipped(data: bytes) -> bytes:
+    """The HDF5 superblock after its signature, every bit inverted."""
+    return data[:8] + bytes(b ^ 0xFF for b in data[8:40]) + data[40:]
+
+
+def scattered_flips(data: bytes) -> bytes:
+    """One bit inverted every 997 bytes past the superblock (metadata and compressed data)."""
+    spoiled = bytearray(data)
+    for i in range(1000, len(spoiled), 997):
+        spoiled[i] ^= 1 << (i % 8)
+    return bytes(spoiled)
+
+
+DAMAGE = {
+    "truncated": truncated,
+    "header-flipped": header_flipped,
+    "scattered-flips": scattered_flips,
+    "text": lambda data: b"not a trace\n",
+    "empty": lambda data: b"",
+}
+
+
+@pytest.fixture(scope="module")
+def trace_bytes(tmp_path_factory) -> bytes:
+    """A real trace of a tiny run, to damage."""
+    from dlf.config import RunConfig
+    from dlf.engine.run import execute
+    from tests.conftest import tiny_config
+
+    folder = tmp_path_factory.mktemp("trace")
+    config = RunConfig.model_validate(tiny_config(folder))
+    return execute(config, trace_path=folder / "trace.nc").path.read_bytes()
+
+
+@pytest.mark.parametrize("command", ["show", "plot"])
+@pytest.mark.parametrize("damage", DAMAGE.values(), ids=DAMAGE.keys())
+def test_a_damaged_file_is_one_line_naming_it_exit_2(tmp_path, trace_bytes, damage, command):
+    damaged = tmp_path / "trace.nc"
+    damaged.write_bytes(damage(trace_bytes))
+    extra = ("--out", str(tmp_path / "figures")) if command == "plot" else ()
+    done = dlf_study(command, str(damaged), *extra, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [done.stderr.strip()], done.stderr
+    assert done.stderr.startswith(f"dlf-study: error: {damaged}: ")
+    assert not (tmp_path / "figures").exists()
+
+
+def test_show_tells_files_by_content_and_refuses_other_netcdf(tmp_path, trace_bytes):
+    renamed = tmp_path / "study.nc"  # a trace under a study's file name is still a trace
+    renamed.write_bytes(trace_bytes)
+    done = dlf_study("show", str(renamed), cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith(f"trace {renamed}"), done.stderr
+    other = tmp_path / "other.nc"
+    xr.Dataset({"x": ("i", np.arange(3.0))}).to_netcdf(other, engine="netcdf4")
+    empty = tmp_path / "empty-folder"
+    empty.mkdir()
+    for path, why in ((other, "neither a dlf-study trace"), (empty, "holds no")):
+        done = dlf_study("show", str(path), cwd=tmp_path)
+        assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+        assert done.stderr.startswith(f"dlf-study: error: {path}: ") and why in done.stderr

@@ -21,9 +21,15 @@ import pytest
 import xarray as xr
 import yaml
 
+from dlf.engine.trace import remove_stale_temp_files
 from tests.conftest import study_raw
+from tests.test_trace import steps_written
 
 PASSWORD = "hunter2-s3cret"
+#: How long a command may take before a test gives up: generous, since these tests wait for
+#: events (a trace appearing, a process ending), not for fixed times, and a loaded 2-core CI
+#: machine runs a seconds-long command for minutes.
+PATIENCE = 600
 
 
 def cli() -> list[str]:
@@ -74,13 +80,15 @@ def kill_9_and_rerun(tmp_path: Path, delays: list[float]) -> list[int | None]:
         if delay < 0:
             time.sleep(-delay)
         else:
-            while not trace.exists() and proc.poll() is None:
+            deadline = time.monotonic() + PATIENCE
+            while not trace.exists() and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.005)
+            assert trace.exists(), "the run wrote no trace"
             time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         seen.append(check_prefix(trace) if trace.exists() else None)
-        rerun = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        rerun = subprocess.run(command, capture_output=True, text=True, timeout=PATIENCE)
         assert rerun.returncode == 0, rerun.stderr
         assert check_prefix(trace) == steps
         assert not list(trace.parent.glob(".*.tmp"))  # the dead writer's temp file is gone
@@ -106,12 +114,11 @@ def test_sigterm_of_a_run_is_ctrl_c(tmp_path):
     proc = subprocess.Popen(
         [*cli(), "run", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 60
-    while not trace.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(0.5)
+    deadline = time.monotonic() + PATIENCE
+    while steps_written(trace) == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)  # until a checkpoint with finished steps (the first is before step 0)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=PATIENCE)
     assert proc.returncode == 130
     assert err.splitlines() == ["dlf-study: interrupted; finished steps are in the trace"]
     with xr.open_dataset(trace, engine="netcdf4") as ds:
@@ -136,6 +143,14 @@ def test_a_diverging_member_leaves_the_others_bit_identical(tmp_path):
     for name in ("loss", "static_loss", "train_accuracy", "gamma", "val_loss", "val_accuracy"):
         np.testing.assert_array_equal(kept[name].values, alone[name].values, err_msg=name)
     assert (kept.diverged_step.values == -1).all()
+    shown = subprocess.run(
+        [*cli(), "show", str(tmp_path / "with-blow-up" / "k" / "trace.nc")],
+        capture_output=True,
+        text=True,
+    )
+    blown_groups = [line for line in shown.stdout.splitlines() if "η=1e+06" in line]
+    assert len(blown_groups) == 2, shown.stdout  # A = 1 and A = 5, two seeds each
+    assert all("val acc n/a (2 of 2 diverged, excluded)" in line for line in blown_groups)
 
 
 def test_a_torn_last_journal_record_is_survived_and_reported(tmp_path):
@@ -201,3 +216,45 @@ def test_a_stored_study_keeps_no_password(tmp_path):
     assert stored == f"sqlite:///{db}?password=***"
     for text in (done.stdout, done.stderr, (folder / "report.md").read_text()):
         assert PASSWORD not in text
+
+
+def test_a_second_run_aimed_at_a_live_runs_trace_is_one_line_and_harms_nothing(tmp_path):
+    config = write(tmp_path, run_config(tmp_path / "out", steps=200_000))
+    trace = tmp_path / "out" / "k" / "trace.nc"
+    first = subprocess.Popen([*cli(), "run", str(config)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + PATIENCE
+        while steps_written(trace) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second = subprocess.run(
+            [*cli(), "run", str(config)], capture_output=True, text=True, timeout=PATIENCE
+        )
+        assert second.returncode == 2
+        assert second.stderr.splitlines() == [
+            f"dlf-study: error: name: another run (pid {first.pid}) is writing {trace}; wait "
+            "for it to end, or give this run another name or --out"
+        ]
+        assert first.poll() is None  # the first writes on, its checkpoints unharmed
+        time.sleep(0.5)
+        check_prefix(trace)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=PATIENCE)
+    assert first.returncode == 130
+
+
+def test_only_dead_writers_temp_files_are_removed(tmp_path):
+    path = tmp_path / "trace.nc"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        theirs = path.with_name(f".trace.nc.{live.pid}.0123abcd.tmp")
+        stale = path.with_name(f".trace.nc.{dead.pid}.89abcdef.tmp")
+        for tmp in (theirs, stale):
+            tmp.write_bytes(b"half a trace")
+        assert remove_stale_temp_files(path) == [stale]
+        assert theirs.exists() and not stale.exists()
+    finally:
+        live.kill()
+        live.wait()

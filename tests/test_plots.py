@@ -291,3 +291,12 @@ def test_cli_plot_errors_are_one_line(root, grid_trace):
     assert plots.cli_plot([trace], "phase", None, "png") == 0
     png = root / "grid" / "figures" / "phase.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_plot_says_how_many_diverged_members_its_means_leave_out(root, capsys):
+    train = {"lr": [0.5, 1e6], "diverge_above": 100.0}
+    run(root / "blow-up", name="blow-up", train=train, analyzers={"lanczos": {}})
+    trace = root / "blow-up" / "blow-up" / "trace.nc"
+    assert plots.cli_plot([trace], "dynamics", root / "blow-up-figures", "png") == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "blow-up: 4 of 8 members diverged, left out of the figures' means" in err

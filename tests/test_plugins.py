@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import yaml
 
@@ -209,3 +210,45 @@ def test_a_broken_plugin_is_a_warning_until_a_config_uses_it(
     assert err[-1].startswith("dlf-study: error: analyzers.broken: analyzer 'broken' is not")
     assert "planted" in err[-1] or "registered twice" in err[-1]
     assert not (tmp_path / "out2").exists()
+
+
+def test_a_plugin_variable_named_like_a_core_one_is_refused_and_the_trace_kept(
+    tmp_path, make_config
+):
+    """A contribution called ``loss`` would replace the core series: it must carry the
+    plugin's prefix, so the run fails naming the plugin, and the finished trace is written."""
+    (tmp_path / "clash.py").write_text(
+        "import numpy as np\nimport dlf.plugin\n\n"
+        "@dlf.plugin.hookimpl\n"
+        "def dlf_trace_contribute(run):\n"
+        "    return {'loss': (('member',), np.zeros(run.n_members))}\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        config = make_config(plugins=["clash"])
+        with pytest.raises(PluginError, match=r"plugin 'clash' .*'loss' must start with 'clash_'"):
+            execute(config, trace_path=tmp_path / "t.nc")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("clash", None)
+    ds = open_trace(tmp_path / "t.nc")
+    assert ds.attrs["status"] == "failed" and ds.attrs["steps_completed"] == 60
+    assert ds.loss.dims == ("member", "step") and np.isfinite(ds.loss.values).all()
+
+
+def test_a_failed_runs_trace_holds_the_divergences_before_the_failure(
+    installed_plugin, make_config, tmp_path
+):
+    """The η = 10⁶ members diverge in the first steps; a plugin fails at step 23, well inside
+    the first block of steps: the failed trace still records every divergence."""
+    config = make_config(
+        train={"lr": [0.5, 1e6], "diverge_above": 100.0},
+        analyzers={"gradnorm": {"every": 1, "fail_at": 23}},
+    )
+    with pytest.raises(PluginError, match="failed at step 23"):
+        execute(config, trace_path=tmp_path / "t.nc")
+    ds = open_trace(tmp_path / "t.nc")
+    assert ds.attrs["status"] == "failed"
+    blown = ds.eta.values == 1e6
+    assert ((ds.diverged_step.values[blown] >= 0) & (ds.diverged_step.values[blown] < 23)).all()
+    assert (ds.diverged_step.values[~blown] == -1).all()

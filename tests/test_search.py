@@ -270,6 +270,24 @@ def test_a_batch_stops_once_every_trial_is_hopeless(tmp_path):
     assert trace.attrs["stop_reason"] == "dlf.studies.search: every trial decided at step 0"
 
 
+def test_the_pruner_reads_the_study_once_per_evaluation_round(tmp_path, monkeypatch):
+    """Three trials judged at each of four rounds (steps 0-60): four storage reads, not twelve
+    (with PostgreSQL each read is a query over every trial of the study)."""
+    curves = [({0: 0.3, 20: 0.5, 40: 0.6, 60: 0.7, 80: 0.9}, 0.9)]
+    study, run, candidates = batch_fixture(tmp_path, curves, target=0.99, n_trials=3)
+    calls = {"references": 0, "verdict": 0}
+    for name in calls:
+        original = getattr(TargetPruner, name)
+
+        def counted(self, *args, _original=original, _name=name):
+            calls[_name] += 1
+            return _original(self, *args)
+
+        monkeypatch.setattr(TargetPruner, name, counted)
+    run_batch(study, run, candidates, [0, 1], "val_accuracy", tmp_path / "b.nc", False)
+    assert calls == {"references": 4, "verdict": 12}
+
+
 def test_a_batch_stops_once_every_trial_surely_reached_the_target(tmp_path):
     curves = [({0: 0.3, 20: 0.5, 40: 0.6, 60: 0.7, 80: 0.9}, 0.9)]  # never dropped
     study, run, candidates = batch_fixture(tmp_path, curves, target=0.1)
@@ -842,6 +860,30 @@ def test_the_answer_does_not_depend_on_the_number_of_workers(tmp_path, finished)
     same = proposals(one_config).keys() & proposals(config).keys()
     assert same and all(proposals(one_config)[k] == proposals(config)[k] for k in same)
     assert two.study_file.exists()
+
+
+def test_three_commands_started_at_once_on_one_journal_duplicate_no_trial(tmp_path):
+    """Three independent ``dlf-study run`` commands (one with two workers) on one study
+    folder, started together: all finish, and no trial is asked twice or over the budget."""
+    raw = study_raw(tmp_path, trials=10)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "dlf.cli", "run", str(path)]
+    procs = [
+        subprocess.Popen(
+            [*command, *extra],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for extra in ((), (), ("--workers", "2"))
+    ]
+    errors = [proc.communicate(timeout=600)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], errors
+    assert_no_duplicates_and_within_budget(study_config_from_raw(raw))
 
 
 def test_sobol_slots_are_the_configured_points_then_one_sequence_in_the_box(tmp_path):

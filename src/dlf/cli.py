@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dlf.errors import ConfigError, DlfError, DlfWarning
+from dlf.errors import ConfigError, DlfError, DlfWarning, InputError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -66,14 +66,24 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from dlf.studies.search.results import is_study, study_summary
+    """Summarise a trace or a study, told apart by what the file holds, not by its name."""
+    from dlf.engine.trace import TRACE_NAME, open_netcdf
+    from dlf.studies.search.results import STUDY_FILE, is_study, study_summary
+    from dlf.summary import is_trace, summarise
 
-    if is_study(args.trace):
-        print(study_summary(args.trace))
-        return 0
-    from dlf.summary import summarise
-
-    print(summarise(args.trace))
+    path = args.trace
+    if path.is_dir():
+        inside = [path / name for name in (STUDY_FILE, TRACE_NAME) if (path / name).is_file()]
+        if not inside:
+            raise InputError(path, f"holds no {STUDY_FILE} (a study) or {TRACE_NAME} (a run)")
+        path = inside[0]
+    ds = open_netcdf(path)
+    if is_study(ds):
+        print(study_summary(ds, path))
+    elif is_trace(ds):
+        print(summarise(ds, path))
+    else:
+        raise InputError(path, "is NetCDF but neither a dlf-study trace nor a study's study.nc")
     return 0
 
 

@@ -32,13 +32,31 @@ class PluginError(DlfError):
         super().__init__(f"plugin {plugin!r} failed{where}: {type(cause).__name__}: {cause}")
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the user's quota) is full."""
+    return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+
+
+class InputError(DlfError):
+    """A file given to read is not what it should be (missing, not NetCDF, damaged, not a
+    dlf-study file): names the file (exit code 2)."""
+
+    exit_code = 2
+
+    def __init__(self, path: object, message: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
 class OutputError(DlfError):
-    """A file could not be written (disk full, read-only folder); the previous file is kept."""
+    """A file could not be written (disk full, read-only folder); the previous file is kept
+    (exit code 2: the user frees space or picks another ``--out``)."""
+
+    exit_code = 2
 
     def __init__(self, path: object, cause: BaseException) -> None:
         self.path = path
-        code = getattr(cause, "errno", None)
-        if code == errno.ENOSPC or code == errno.EDQUOT:
+        if is_disk_full(cause):
             why = "disk full"
         else:
             why = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__

@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-from dlf.engine.trace import open_trace
-from dlf.errors import DlfError
+import xarray as xr
 
 
 def _mean_sem(values: np.ndarray) -> str:
@@ -19,11 +17,13 @@ def _mean_sem(values: np.ndarray) -> str:
     return f"{values.mean():.3f} ± {sem:.3f}"
 
 
-def summarise(path: Path) -> str:
-    try:
-        ds = open_trace(path)
-    except (OSError, ValueError) as exc:
-        raise DlfError(f"cannot open trace {path}: {exc}") from None
+def is_trace(ds: xr.Dataset) -> bool:
+    """Whether ``ds`` is a run's trace (by its content, whatever the file's name)."""
+    return {"loss", "diverged_step", "width"} <= set(ds.variables) and "steps_completed" in ds.attrs
+
+
+def summarise(ds: xr.Dataset, path: Path) -> str:
+    """``dlf-study show`` for a run: the trace ``ds`` (read from ``path``) in a few lines."""
     config = json.loads(ds.attrs.get("config", "{}"))
     lines = [
         f"trace {path}",
@@ -45,10 +45,12 @@ def summarise(path: Path) -> str:
         )
         for (a, t, eta), idx in groups.items():
             sel = last.isel(member=np.asarray(idx))
+            gone = int(np.isnan(sel["val_accuracy"].values).sum())  # diverged: NaN metrics
             lines.append(
                 f"    A={a:g} T={t:g} η={eta:g}: "
                 f"train acc {_mean_sem(sel['eval_train_accuracy'].values)}, "
                 f"val acc {_mean_sem(sel['val_accuracy'].values)}"
+                + (f" ({gone} of {len(idx)} diverged, excluded)" if gone else "")
             )
     extra = sorted(
         str(v)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from dlf.errors import ConfigError, OutputError
+from dlf.errors import ConfigError, InputError, OutputError, is_disk_full
 from dlf.hooks.state import RunContext
 
 try:
@@ -341,12 +341,8 @@ def write_netcdf(ds: xr.Dataset, path: Path) -> None:
             ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
             _fsync(tmp)
             os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(path, exc) from None
-    except RuntimeError as exc:  # netCDF4 reports a failed HDF5 write as RuntimeError
-        if _disk_full(path.parent):
-            raise OutputError(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from None
-        raise OutputError(path, exc) from None
+    except (OSError, RuntimeError) as exc:  # netCDF4: a failed HDF5 write is a RuntimeError
+        raise OutputError(path, _write_failure(exc, path.parent)) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -361,12 +357,19 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _disk_full(folder: Path) -> bool:
+def _write_failure(exc: BaseException, folder: Path) -> BaseException:
+    """Why a write into ``folder`` failed: HDF5 loses the errno of a full disk (a write is
+    "HDF error", creating a file "Permission denied"), so a folder left with under 1 MiB free
+    (the temp file still in place) is taken to be the cause."""
+    if is_disk_full(exc):
+        return exc
     try:
         stat = os.statvfs(folder)
     except OSError:
-        return False
-    return stat.f_bavail * stat.f_frsize < 1 << 20
+        return exc
+    if stat.f_bavail * stat.f_frsize < 1 << 20:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return exc
 
 
 class TraceLock:
@@ -384,6 +387,8 @@ class TraceLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
+            if is_disk_full(exc):
+                raise OutputError(self.file, exc) from None
             raise ConfigError(
                 "output.root", f"cannot write in {self.path.parent}: {exc.strerror or exc}"
             ) from None
@@ -398,8 +403,12 @@ class TraceLock:
                     f"another run (pid {holder}) is writing {self.path}; wait for it to end, "
                     "or give this run another name or --out",
                 ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # a full disk: the lock is held, only its holder's PID is lost
+            os.close(fd)
+            raise OutputError(self.file, exc) from None
         self._fd = fd
         return self
 
@@ -415,7 +424,23 @@ class TraceLock:
         self.release()
 
 
+def open_netcdf(path: str | Path) -> xr.Dataset:
+    """Open a NetCDF file written by dlf-study (a trace, a study's ``study.nc``), loaded into
+    memory (the file is closed again). A file that cannot be read (missing, a folder, not
+    NetCDF, truncated or bit-flipped) is an :class:`~dlf.errors.InputError` naming it."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a folder, not a NetCDF file")
+    try:
+        with xr.open_dataset(path, engine=ENGINE) as ds:
+            return ds.load()
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except Exception as exc:  # a damaged file fails anywhere in netCDF4/HDF5/xarray, any type
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(path, f"not a readable NetCDF file (damaged?): {reason}") from None
+
+
 def open_trace(path: str | Path) -> xr.Dataset:
-    """Open a trace written by dlf-study, loaded into memory (the file is closed again)."""
-    with xr.open_dataset(path, engine=ENGINE) as ds:
-        return ds.load()
+    """Open a trace written by dlf-study, loaded into memory (see :func:`open_netcdf`)."""
+    return open_netcdf(path)

@@ -12,7 +12,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from dlf.engine.trace import TRACE_NAME, open_trace
-from dlf.errors import ConfigError, DlfError
+from dlf.errors import ConfigError, DlfError, InputError
 from dlf.plots.dynamics import Zoom, dynamics
 from dlf.plots.landscape import landscape
 from dlf.plots.phase import phase
@@ -56,24 +56,30 @@ def trace_files(paths: Sequence[Path]) -> list[Path]:
         elif path.is_dir():
             found = sorted(path.rglob(TRACE_NAME))
             if not found:
-                raise DlfError(f"{path} holds no {TRACE_NAME} (looked in every sub-directory)")
+                raise InputError(path, f"holds no {TRACE_NAME} (looked in every sub-directory)")
             files.extend(found)
         elif path.is_file():
             files.append(path)
         else:
-            raise DlfError(f"{path}: no such file or directory")
+            raise InputError(path, "no such file or directory")
     return files
 
 
 def load_traces(paths: Sequence[Path]) -> list[xr.Dataset]:
     """Open every trace (or min-width study) that ``paths`` names."""
-    datasets = []
-    for file in trace_files(paths):
-        try:
-            datasets.append(open_trace(file))
-        except (OSError, ValueError) as exc:
-            raise DlfError(f"cannot open trace {file}: {exc}") from None
-    return datasets
+    return [open_trace(file) for file in trace_files(paths)]
+
+
+def diverged_note(ds: xr.Dataset) -> str | None:
+    """How many of a trace's members diverged, which every mean drawn leaves out (their
+    evaluated metrics are NaN); None when none did."""
+    if "diverged_step" not in ds:
+        return None
+    gone = int((ds["diverged_step"].values >= 0).sum())
+    if gone == 0:
+        return None
+    members = ds.sizes["member"]
+    return f"{run_name(ds)}: {gone} of {members} members diverged, left out of the figures' means"
 
 
 def _stems(datasets: Sequence[xr.Dataset]) -> list[str]:
@@ -152,6 +158,10 @@ def cli_plot(
         raise DlfError("no figure could be drawn: " + "; ".join(f"{s}: {m}" for s, m in skipped))
     for stem, message in skipped:
         print(f"skipped {stem}: {message}", file=sys.stderr)
+    for ds in traces:
+        note = diverged_note(ds)
+        if note is not None:
+            print(note, file=sys.stderr)
     for path in written:
         print(f"wrote {path}")
     return 0

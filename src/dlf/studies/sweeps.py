@@ -28,7 +28,7 @@ from typing import Any
 from dlf.config import RunConfig, validate
 from dlf.engine.run import execute, prepare
 from dlf.engine.trace import TRACE_NAME, open_trace
-from dlf.errors import ConfigError
+from dlf.errors import ConfigError, InputError
 
 SECTIONS = ("sweep", "variants")
 LABEL = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -141,7 +141,7 @@ def is_complete(path: Path, config: RunConfig) -> bool:
         return False
     try:
         attrs = open_trace(path).attrs
-    except (OSError, ValueError):
+    except InputError:  # damaged (killed mid-write by an older version): run it again
         return False
     return attrs.get("status") == "complete" and attrs.get("config") == config.model_dump_json()
 

@@ -17,8 +17,7 @@ import optuna
 import xarray as xr
 from optuna.trial import FrozenTrial, TrialState
 
-from dlf.engine.trace import ENGINE, write_netcdf
-from dlf.errors import DlfError
+from dlf.engine.trace import open_netcdf, write_netcdf
 from dlf.studies.search.config import StudyConfig
 from dlf.studies.search.ladder import FINISHED, Bracket, bracket, rungs, trial_width
 from dlf.studies.search.liveness import RETRY_OF
@@ -248,24 +247,17 @@ def write_study(ds: xr.Dataset, directory: Path) -> Path:
 def open_study(path: str | Path) -> xr.Dataset:
     """Open a study's ``study.nc`` (or the study folder holding it), loaded into memory."""
     path = Path(path)
-    if path.is_dir():
-        path = path / STUDY_FILE
-    with xr.open_dataset(path, engine=ENGINE) as ds:
-        return ds.load()
+    return open_netcdf(path / STUDY_FILE if path.is_dir() else path)
 
 
-def is_study(path: Path) -> bool:
-    """Whether ``path`` is a study's ``study.nc`` or a folder holding one."""
-    path = Path(path)
-    return (path / STUDY_FILE).is_file() if path.is_dir() else path.name == STUDY_FILE
+def is_study(ds: xr.Dataset) -> bool:
+    """Whether ``ds`` is a study's ``study.nc`` (by its content, whatever the file's name)."""
+    return {"kind", "state"} <= set(ds.variables) and "target" in ds.attrs
 
 
-def study_summary(path: Path) -> str:
-    """``dlf-study show`` for a study: the answer per track, as ``study.nc`` records it."""
-    try:
-        ds = open_study(path)
-    except (OSError, ValueError) as exc:
-        raise DlfError(f"cannot open study {path}: {exc}") from None
+def study_summary(ds: xr.Dataset, path: Path) -> str:
+    """``dlf-study show`` for a study: the answer per track, as its ``study.nc`` (``ds``, read
+    from ``path``) records it."""
     target, metric = ds.attrs.get("target"), ds.attrs.get("metric")
     lines = [f"study {path}", f"  {ds.attrs.get('title', '')}: target {metric} >= {target}"]
     for kind in ("dynamical", "static"):

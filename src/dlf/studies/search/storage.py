@@ -25,7 +25,7 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 from optuna.storages.journal._file import get_lock_file
 
-from dlf.errors import ConfigError
+from dlf.errors import ConfigError, OutputError
 from dlf.studies.search.config import StudyConfig, setup_fingerprint
 
 JOURNAL_NAME = "optuna.journal"
@@ -78,7 +78,7 @@ def open_storage(config: StudyConfig) -> BaseStorage:
             path = study_dir(config) / JOURNAL_NAME if url is None else Path(url)
             path.parent.mkdir(parents=True, exist_ok=True)
             repair_journal(path)
-            return JournalStorage(JournalFileBackend(str(path)))
+            return JournalStorage(JournalFile(str(path)))
         engine_kwargs: dict[str, Any] = {}
         if url.startswith("postgresql"):
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
@@ -181,6 +181,32 @@ def repair_journal(path: Path) -> None:
         f"disk or a kill); moved it to {backup}, the records before it are kept",
         file=sys.stderr,
     )
+
+
+class JournalFile(JournalFileBackend):
+    """Optuna's journal file, whose failed append (a full disk) takes back what it wrote, so
+    the journal keeps only whole records, and is one :class:`~dlf.errors.OutputError` line."""
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        path = Path(self._file_path)
+        data = b"".join(json.dumps(log, separators=(",", ":")).encode() + b"\n" for log in logs)
+        try:
+            with get_lock_file(self._lock):
+                size = path.stat().st_size
+                try:
+                    self._append(data)
+                except OSError:
+                    os.truncate(path, size)  # shrinking needs no space
+                    raise
+        except OSError as exc:
+            raise OutputError(path, exc) from None
+
+    def _append(self, data: bytes) -> None:
+        """Append ``data`` and push it to the disk (Optuna's own way: flush, fsync)."""
+        with open(self._file_path, "ab") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
 
 
 def with_installed_driver(url: str) -> str:

@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import optuna
@@ -35,7 +36,7 @@ from dlf.config import Member, RunConfig
 from dlf.engine.budget import check_budget
 from dlf.engine.run import build_context, terminate_as_interrupt
 from dlf.engine.trace import interrupts_deferred
-from dlf.errors import ConfigError, DlfError
+from dlf.errors import ConfigError, DlfError, OutputError
 from dlf.hooks.manager import load_plugins
 from dlf.studies.search.config import StudyConfig
 from dlf.studies.search.evaluate import Candidate, run_batch, tell
@@ -162,12 +163,17 @@ class Worker:
     def run(self) -> None:
         """Take jobs until every track is converged or out of budget and nothing is pending.
 
-        Interrupted (Ctrl-C, SIGTERM) anywhere, even between asking and training, it releases
-        every trial it holds for a retry before it stops."""
+        Interrupted (Ctrl-C, SIGTERM) anywhere, even between asking and training, or stopped
+        by a full disk (not the trials' fault), it releases every trial it holds for a retry
+        before it stops. A release the full disk refuses too is left to the next run, which
+        retries trials whose worker is gone."""
         try:
             self.loop()
         except KeyboardInterrupt:
-            self.release_held()
+            self.release_held("interrupted")
+            raise
+        except OutputError:
+            self.release_held("disk full")
             raise
 
     def loop(self) -> None:
@@ -258,6 +264,8 @@ class Worker:
                     self.dir / trace,
                     self.progress,
                 )
+        except OutputError:
+            raise  # a full disk: run() releases the trials for a retry
         except Exception as exc:
             self.fail(ids, exc)
             raise
@@ -310,8 +318,9 @@ class Worker:
                 self.storage.set_trial_system_attr(tid, "dlf:failed", repr(exc)[:500])
                 self.storage.set_trial_state_values(tid, TrialState.FAIL)
 
-    def release_held(self) -> None:
-        """Every RUNNING trial this worker claimed is failed and re-enqueued for the next run.
+    def release_held(self, reason: str) -> None:
+        """Every RUNNING trial this worker claimed is failed (``reason`` saying why) and
+        re-enqueued for the next run.
 
         Read through a freshly opened storage: the interrupt may have cut short a read of this
         worker's own storage object, whose cached copy of the journal could then miss a trial.
@@ -322,7 +331,7 @@ class Worker:
                 study = optuna.load_study(study_name=track.study.study_name, storage=storage)
                 for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                     if trial.system_attrs.get(WORKER_ATTR) == self.id:
-                        retry(study, storage, trial, "interrupted")
+                        retry(study, storage, trial, reason)
 
 
 def _minutes(seconds: float) -> str:
@@ -366,6 +375,9 @@ def _work(config: StudyConfig, index: int, threads: int, parent: int) -> None:
             Worker(config, index, keep_going=lambda: os.getppid() == parent).run()
         except KeyboardInterrupt:
             sys.exit(130)
+        except DlfError as exc:  # one line, as the command line prints it (e.g. disk full)
+            print(f"dlf-study: error: [worker {index}] {exc}", file=sys.stderr, flush=True)
+            sys.exit(exc.exit_code)
 
 
 def check_study(config: StudyConfig, workers: int = 1) -> None:
@@ -429,6 +441,18 @@ def run_workers(config: StudyConfig, workers: int) -> None:
             for process in processes:
                 process.join()
             raise
-    failed = [p.name for p in processes if p.exitcode != 0]
+    failed = [p for p in processes if p.exitcode != 0]
     if failed:
-        raise DlfError(f"worker processes failed: {', '.join(failed)} (see their messages above)")
+        raise WorkersFailed(failed)
+
+
+class WorkersFailed(DlfError):
+    """Worker processes ended with errors, each having printed its own line. The command
+    exits with their code where they agree (2 for a full disk), else (or killed) 1."""
+
+    def __init__(self, failed: Sequence[BaseProcess]) -> None:
+        codes = {p.exitcode for p in failed}
+        agreed = codes.pop() if len(codes) == 1 else None
+        self.exit_code = agreed if agreed is not None and agreed > 0 else 1
+        names = ", ".join(p.name for p in failed)
+        super().__init__(f"worker processes failed: {names} (see their messages above)")

@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 import dlf
-from dlf.analysis.threshold import fit_threshold, member_onsets
+from dlf.analysis.threshold import fit_threshold, member_onsets, threshold_dataset
 from dlf.studies.threshold import run_threshold_study, study_points
 from tests.conftest import tiny_config
 
@@ -103,6 +103,35 @@ def test_first_onset_per_member_from_the_event_table():
     np.testing.assert_array_equal(first["n_events"].values, [2, 0, 1])
     mean = member_onsets(trace, "mean")
     np.testing.assert_array_equal(mean["lambda_onset"].values, [2.0, np.nan, 0.9])
+
+
+def test_diverged_members_are_left_out_and_counted():
+    """Issue 13.1: a diverged member's onsets count in no mean and the fit; the study says how
+    many were left out per η."""
+    trace = xr.Dataset(
+        {
+            "bifurcation_member": ("bifurcation_event", [0, 1, 2, 3]),
+            "bifurcation_start": ("bifurcation_event", [10, 20, 30, 40]),
+            "bifurcation_lambda_onset": ("bifurcation_event", [2.0, 2.2, 1.0, 9.0]),
+            "bifurcation_eta": ("bifurcation_event", [1.0, 1.0, 2.0, 2.0]),
+            "diverged_step": ("member", [-1, -1, -1, 45]),
+        },
+        coords={
+            name: ("member", np.array(values))
+            for name, values in {
+                "eta": [1.0, 1.0, 2.0, 2.0],
+                "amplitude": [1, 1, 1, 1],
+                "period": [100] * 4,
+                "seed": [0, 1, 0, 1],
+            }.items()
+        },
+    )
+    onsets = member_onsets(trace, "first")
+    np.testing.assert_array_equal(onsets["lambda_onset"].values, [2.0, 2.2, 1.0, np.nan])
+    result = threshold_dataset(onsets, "first")
+    np.testing.assert_array_equal(result["n_diverged"].values, [0, 1])
+    np.testing.assert_allclose(result["lambda_mean"].values, [2.1, 1.0])
+    assert result["n_fitted"].item() == 3
 
 
 def test_tiny_study_writes_results_and_resumes(tmp_path, capsys):

@@ -59,7 +59,9 @@ def fit_threshold(eta: np.ndarray, lam: np.ndarray) -> ThresholdFit:
 
 
 def member_onsets(trace: xr.Dataset, onset: Literal["first", "mean"]) -> xr.Dataset:
-    """Per member of one trace: η, A, T, seed, λ at onset (first or mean), λ·η/2, event count."""
+    """Per member of one trace: η, A, T, seed, λ at onset (first or mean), λ·η/2, event count,
+    and whether it diverged. A diverged member's onset is NaN, so that no mean counts it: its
+    last instabilities are the run away, not the edge of stability being measured."""
     if "bifurcation_start" not in trace:
         raise DlfError("trace has no bifurcation_* variables; run with the bifurcation analyzer")
     m = trace.sizes["member"]
@@ -67,10 +69,11 @@ def member_onsets(trace: xr.Dataset, onset: Literal["first", "mean"]) -> xr.Data
     start = trace["bifurcation_start"].values
     lam = trace["bifurcation_lambda_onset"].values
     eta_onset = trace["bifurcation_eta"].values
+    diverged = trace["diverged_step"].values >= 0 if "diverged_step" in trace else np.zeros(m, bool)
     value, ratio = np.full(m, np.nan), np.full(m, np.nan)
     for i in range(m):
         mine = np.flatnonzero(member == i)
-        if mine.size == 0:
+        if mine.size == 0 or diverged[i]:
             continue
         if onset == "first":
             first = mine[np.argmin(start[mine])]
@@ -83,6 +86,7 @@ def member_onsets(trace: xr.Dataset, onset: Literal["first", "mean"]) -> xr.Data
             "lambda_onset": ("member", value, {"long_name": f"λmax at onset ({onset})"}),
             "ratio": ("member", ratio, {"long_name": "λ_onset·η/2"}),
             "n_events": ("member", np.bincount(member, minlength=m)),
+            "diverged": ("member", diverged, {"long_name": "diverged: left out of every mean"}),
             "eta": ("member", trace["eta"].values),
             "amplitude": ("member", trace["amplitude"].values),
             "period": ("member", trace["period"].values, {"units": "step"}),
@@ -101,6 +105,7 @@ def threshold_dataset(
     fit = fit_threshold(eta, lam)
     etas = np.unique(eta)
     per_eta = [lam[(eta == e) & np.isfinite(lam)] for e in etas]
+    diverged = members["diverged"].values
     mean = np.array([v.mean() if v.size else np.nan for v in per_eta])
     sem = np.array([v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else 0.0 for v in per_eta])
     out = members.rename_dims(member="study_member").rename_vars(eta="member_eta")
@@ -108,6 +113,11 @@ def threshold_dataset(
         lambda_mean=("eta", mean, {"long_name": "mean λmax at onset over members"}),
         lambda_sem=("eta", sem, {"long_name": "error of that mean"}),
         n_measured=("eta", np.array([v.size for v in per_eta])),
+        n_diverged=(
+            "eta",
+            np.array([int(diverged[eta == e].sum()) for e in etas]),
+            {"long_name": "members that diverged, left out of the means and the fit"},
+        ),
         exponent=((), fit.exponent, {"long_name": "b in λ = c·η^b (least squares, log-log)"}),
         exponent_se=((), fit.exponent_se, {"long_name": "standard error of b"}),
         prefactor=((), fit.prefactor, {"long_name": "c in λ = c·η^b"}),

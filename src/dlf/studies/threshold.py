@@ -133,6 +133,13 @@ def run_threshold_study(
     print(
         f"exponent {result['exponent'].item():.3f} ± {result['exponent_se'].item():.3f}, "
         f"mean λ·η/2 {result['ratio_mean'].item():.3f} ± {result['ratio_sem'].item():.3f} "
-        f"({result['n_fitted'].item()} members); results in {root / 'threshold.nc'}"
+        f"({result['n_fitted'].item()} members{excluded(result)}); results in "
+        f"{root / 'threshold.nc'}"
     )
     return result
+
+
+def excluded(result: xr.Dataset) -> str:
+    """``", k diverged, excluded"`` where members diverged, else nothing."""
+    gone = int(result["n_diverged"].sum())
+    return f", {gone} diverged, excluded" if gone else ""

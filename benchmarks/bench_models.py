@@ -215,19 +215,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="training steps")
     parser.add_argument("--samples", type=int, default=64, help="training images (full batch)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, best kept")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="see clock()")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where the results go")
+    training.common_options(parser, RESULTS)
     args = parser.parse_args()
     training.CLOCK = args.clock
     if args.threads:
         torch.set_num_threads(args.threads)
-    lines: list[str] = []
-
-    def out(line: str) -> None:
-        print(line, flush=True)
-        lines.append(line)
-
+    out = training.Results(args.out)
     out(
         f"bench_models: cpu {platform.processor() or 'cpu'}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {args.clock} clock, python {sys.version.split()[0]}"
@@ -257,8 +250,7 @@ def main() -> None:
     out("(step alone: the ensemble's F and gradient without the trainer; max gap: the largest")
     out(" |ensemble - loop| loss difference over both ensembles, all members and steps)")
     out(f"total {time.perf_counter() - start:.0f} s wall")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    out.save()
 
 
 if __name__ == "__main__":

@@ -344,26 +344,41 @@ def fig3(args: argparse.Namespace, root: str, out: Callable[[str], None]) -> Non
         out(f"{dtype:>8}: {rate:>9.0f} member-steps/s -> {hours:5.2f} h")
 
 
+def common_options(parser: argparse.ArgumentParser, results: Path) -> None:
+    """The options every benchmark here takes: torch's threads, the clock, the results file."""
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="see clock()")
+    parser.add_argument("--out", type=Path, default=results, help="where the results go")
+
+
+class Results:
+    """Lines printed as they come and written together to the results file by :meth:`save`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.lines = path, []
+
+    def __call__(self, line: str) -> None:
+        print(line, flush=True)
+        self.lines.append(line)
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("\n".join(self.lines) + "\n")
+
+
 def main() -> None:
     global DEVICE, CLOCK
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer steps, one round")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--overhead-dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="see clock()")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where the results go")
+    common_options(parser, RESULTS)
     args = parser.parse_args()
     DEVICE, CLOCK = args.device, args.clock
     args.scale, args.rounds = (5, 1) if args.quick else (1, 3)
     if args.threads:
         torch.set_num_threads(args.threads)
-    lines: list[str] = []
-
-    def out(line: str) -> None:
-        print(line, flush=True)
-        lines.append(line)
-
+    out = Results(args.out)
     name = torch.cuda.get_device_name() if DEVICE == "cuda" else platform.processor() or "cpu"
     out(
         f"bench_training ({'quick' if args.quick else 'default'}): {DEVICE} {name}, "
@@ -381,8 +396,7 @@ def main() -> None:
         overheads(args, root, out)
         fig3(args, root, out)
     out(f"\ntotal {time.perf_counter() - start:.0f} s wall")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    out.save()
 
 
 DEVICE, CLOCK = "cpu", "wall"

@@ -25,7 +25,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from dlf.config import Member
-from dlf.engine.run import execute
+from dlf.engine.run import execute, terminate_as_interrupt
 from dlf.engine.trace import open_trace
 from dlf.errors import ConfigError
 from dlf.studies.search import cli_run, load_study_config, open_study, run_study
@@ -36,7 +36,13 @@ from dlf.studies.search.liveness import HEARTBEAT_ATTR, HOST, WORKER_ATTR, is_st
 from dlf.studies.search.lock import StudyLock
 from dlf.studies.search.proposals import fixed_proposal
 from dlf.studies.search.pruning import FULL_LENGTH, TargetPruner, make_pruner
-from dlf.studies.search.storage import JOURNAL_NAME, open_storage, open_studies, study_dir
+from dlf.studies.search.storage import (
+    JOURNAL_NAME,
+    JournalFile,
+    open_storage,
+    open_studies,
+    study_dir,
+)
 from dlf.studies.search.study import run_workers
 from tests.conftest import study_raw
 
@@ -743,6 +749,27 @@ def assert_released(config, numbers: set[int]) -> None:
         assert trials[number].system_attrs["dlf:failed"] == "interrupted"
         retries = [t for t in trials.values() if t.user_attrs.get("retry_of") == number]
         assert len(retries) == 1 and retries[0].state == TrialState.WAITING
+
+
+def test_sigterm_inside_the_journal_lock_waits_for_the_append(tmp_path, monkeypatch):
+    """SIGTERM (as a worker gets when its parent dies) arriving while Optuna's symlink lock is
+    released used to escape as FileNotFoundError, failing the trial for good; now it waits for
+    the append and its lock, then interrupts, with the record whole and no lock left."""
+    journal = tmp_path / JOURNAL_NAME
+    backend = JournalFile(str(journal))
+    unlink = os.unlink
+
+    def unlink_then_sigterm(path, *args, **kwargs):
+        unlink(path, *args, **kwargs)
+        if str(path).endswith(".rename"):  # the lock's release: after its unlink
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(os, "unlink", unlink_then_sigterm)
+    with terminate_as_interrupt(), pytest.raises(KeyboardInterrupt):
+        backend.append_logs([{"op_code": 0, "worker_id": "w"}])
+    monkeypatch.undo()
+    assert journal.read_text() == '{"op_code":0,"worker_id":"w"}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == [JOURNAL_NAME]
 
 
 def test_kill_9_of_the_parent_of_two_workers_stops_them_and_releases_their_trials(tmp_path):

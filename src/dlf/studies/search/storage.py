@@ -25,6 +25,7 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 from optuna.storages.journal._file import get_lock_file
 
+from dlf.engine.trace import interrupts_deferred
 from dlf.errors import ConfigError, OutputError
 from dlf.studies.search.config import StudyConfig, setup_fingerprint
 
@@ -157,10 +158,11 @@ def _password(url: str | None) -> str | None:
 def repair_journal(path: Path) -> None:
     """Cut a torn last record (a full disk or a kill mid-append) off the journal, saving its
     bytes to ``<journal>.torn`` and saying so on stderr; Optuna would otherwise append after
-    it and fail to read the journal ever after. Done under the journal's own lock."""
+    it and fail to read the journal ever after. Done under the journal's own lock (see
+    :meth:`JournalFile.append_logs` for why interrupts wait)."""
     if not path.exists() or path.stat().st_size == 0:
         return
-    with get_lock_file(JournalFileSymlinkLock(str(path))):
+    with interrupts_deferred(), get_lock_file(JournalFileSymlinkLock(str(path))):
         data = path.read_bytes()
         keep = data.rfind(b"\n", 0, len(data) - 1) + 1 if data.endswith(b"\n") else None
         if keep is None:
@@ -185,13 +187,18 @@ def repair_journal(path: Path) -> None:
 
 class JournalFile(JournalFileBackend):
     """Optuna's journal file, whose failed append (a full disk) takes back what it wrote, so
-    the journal keeps only whole records, and is one :class:`~dlf.errors.OutputError` line."""
+    the journal keeps only whole records, and is one :class:`~dlf.errors.OutputError` line.
+
+    Ctrl-C or SIGTERM (a worker whose parent died) waits until the append and its lock are
+    done: Optuna's symlink lock is not safe to interrupt. Interrupted while waiting, it removes
+    the lock even when another process holds it; between its rename and unlink, it fails with
+    ``FileNotFoundError``, which failed the trial instead of releasing it for a retry."""
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         path = Path(self._file_path)
         data = b"".join(json.dumps(log, separators=(",", ":")).encode() + b"\n" for log in logs)
         try:
-            with get_lock_file(self._lock):
+            with interrupts_deferred(), get_lock_file(self._lock):
                 size = path.stat().st_size
                 try:
                     self._append(data)

@@ -222,9 +222,11 @@ class ModuleModel:
 
         params = self.parameters(theta)
         if self.ensemble == "loop":
-            rows = range(theta.shape[0])
-            inputs = [x if x.dim() == 2 else x[m] for m in rows]
-            return torch.stack([one({k: p[m] for k, p in params.items()}, inputs[m]) for m in rows])
+            members = range(theta.shape[0])
+            rows = [
+                ({k: p[m] for k, p in params.items()}, x if x.dim() == 2 else x[m]) for m in members
+            ]
+            return torch.stack([one(row, inputs) for row, inputs in rows])
         in_x = None if x.dim() == 2 else 0
         return torch.func.vmap(one, in_dims=(0, in_x))(params, x)
 

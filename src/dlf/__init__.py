@@ -3,6 +3,10 @@
 The public API that plugins and notebooks use is what this module exports.
 """
 
+from dlf.threads import wait_passively
+
+wait_passively()  # before anything loads torch's OpenMP runtime (dlf.threads says why)
+
 from pathlib import Path
 
 import xarray as xr

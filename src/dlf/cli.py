@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -14,31 +15,52 @@ from dlf.errors import ConfigError, DlfError, DlfWarning, InputError
 
 def _cmd_run(args: argparse.Namespace) -> int:
     """Dispatch on the config's kind: a search study, a threshold study, a sweep, or one run."""
+    from dlf import threads
     from dlf.config import RunConfig, apply_overrides, load_raw, validate
 
+    threads.apply(threads.choose(args.threads))
     raw = apply_overrides(load_raw(args.config), args.set)
     if "search" in raw:
         from dlf.studies.search import cli_run
 
+        _refuse_fresh(args)
+        args.kept = "finished trials are kept; the same command resumes the study"
         return cli_run(args.config, args.set, args.out, args.workers)
     if args.workers != 1:
         raise ConfigError("--workers", "only a study (a config with a search section) has workers")
     if "threshold_study" in raw:
         from dlf.studies.threshold import run_threshold_study
 
+        _refuse_fresh(args)
+        args.kept = "finished runs are kept; the same command resumes the study"
         run_threshold_study(raw, args.out)
         return 0
     from dlf.studies.sweeps import cli_sweep, is_sweep
 
     if is_sweep(raw):
-        return cli_sweep(raw, args.out)
-    from dlf.engine.run import execute
+        args.kept = "finished points are kept; the same command resumes the sweep"
+        return cli_sweep(raw, args.out, fresh=args.fresh)
+    from dlf.engine.run import FINISHED, default_trace_path, earlier_status, execute
 
     if args.out is not None:
         raw.setdefault("output", {})["root"] = str(args.out)
-    result = execute(validate(RunConfig, raw))
+    config = validate(RunConfig, raw)
+    path = default_trace_path(config)
+    status = None if args.fresh else earlier_status(path, config)
+    if status in FINISHED:
+        print(f"already {status}: {path} holds this run (--fresh runs it again)")
+        return 0
+    args.kept = "finished steps are in the trace"
+    result = execute(config, trace_path=path)
     print(f"{result.status}: trace written to {result.path}")
     return 0
+
+
+def _refuse_fresh(args: argparse.Namespace) -> None:
+    """Studies resume what matches and refuse what does not; starting afresh is deleting."""
+    if args.fresh:
+        why = "a study resumes its own runs; remove its folder to start afresh"
+        raise ConfigError("--fresh", why)
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -87,10 +109,27 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _thread_count(text: str) -> int:
+    """``--threads``: a positive integer (argparse prints the one-line usage error otherwise)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return int(text)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dlf-study")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="dlf-study", description="Train and analyse ensembles on dynamical loss functions."
     )
+    top.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = top.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the training or study a YAML config describes")
     run.add_argument("config", type=Path, help="YAML config file")
@@ -104,6 +143,18 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="output root (default: the config's output.root)")
     run.add_argument(
         "--workers", type=int, default=1, help="worker processes of a search study (default 1)"
+    )
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="run again and replace the traces of an earlier run (default: a finished run is "
+        "skipped, one with other settings refused)",
+    )
+    run.add_argument(
+        "--threads",
+        type=_thread_count,
+        metavar="N",
+        help="compute threads (default: $DLF_THREADS, else the idle share of the usable CPUs)",
     )
     run.set_defaults(func=_cmd_run)
     plugins = sub.add_parser("plugins", help="list installed plugins and what they register")
@@ -157,8 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dlf-study: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("dlf-study: interrupted; finished steps are in the trace", file=sys.stderr)
+        kept = getattr(args, "kept", None)  # what the interrupted command leaves, if anything
+        print("dlf-study: interrupted" + (f"; {kept}" if kept else ""), file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `dlf-study show … | head` closed the pipe: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit flush
+        return 0
 
 
 if __name__ == "__main__":

@@ -10,11 +10,19 @@ import xarray as xr
 
 
 def _mean_sem(values: np.ndarray) -> str:
+    """``mean ± sem (n)`` of the finite values; one value has no error bar, so none is shown."""
     values = values[np.isfinite(values)]
     if values.size == 0:
         return "n/a"
-    sem = values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else 0.0
-    return f"{values.mean():.3f} ± {sem:.3f}"
+    if values.size == 1:
+        return f"{values[0]:.3f} (1 seed, no error bar)"
+    sem = values.std(ddof=1) / np.sqrt(values.size)
+    return f"{values.mean():.3f} ± {sem:.3f} (n={values.size})"
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 member``, ``2 members``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def is_trace(ds: xr.Dataset) -> bool:
@@ -29,11 +37,18 @@ def summarise(ds: xr.Dataset, path: Path) -> str:
         f"trace {path}",
         f"  run {config.get('name', '?')!r}: status {ds.attrs.get('status')}, "
         f"{ds.attrs.get('steps_completed')}/{ds.attrs.get('total_steps')} steps, "
-        f"{ds.sizes.get('member', 0)} members, width {int(ds['width'])}",
+        f"{plural(ds.sizes.get('member', 0), 'member')}, width {int(ds['width'])}",
         f"  data {ds.attrs.get('dataset')}, loss {ds.attrs.get('loss_name')}, "
         f"schedule {ds.attrs.get('schedule_name')}",
         f"  diverged members: {int((ds['diverged_step'] >= 0).sum())}",
     ]
+    if "wall_seconds" in ds.attrs:  # traces before 0.3 did not record their cost
+        attrs = ds.attrs
+        lines.append(
+            f"  took {float(attrs['wall_seconds']):.1f} s wall, {float(attrs['cpu_seconds']):.1f} s"
+            f" CPU on {plural(int(attrs['threads']), 'thread')} ({attrs['threads_reason']}; "
+            f"OpenMP wait policy {attrs['omp_wait_policy']})"
+        )
     if ds.sizes.get("eval_step", 0):
         last = ds.isel(eval_step=-1)
         lines.append(f"  at step {int(last['eval_step'])} (mean ± sem over seeds):")

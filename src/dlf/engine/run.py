@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import json
 import signal
 import threading
 from collections.abc import Iterator, Sequence
@@ -18,9 +19,9 @@ import xarray as xr
 
 from dlf.config import Member, ModelConfig, RunConfig, members_of, validate
 from dlf.engine.budget import check_budget, n_members
-from dlf.engine.trace import TRACE_NAME, ContributionError, Recorder, TraceLock
+from dlf.engine.trace import TRACE_NAME, ContributionError, Recorder, TraceLock, open_trace
 from dlf.engine.trainer import Trainer
-from dlf.errors import ConfigError, PluginError
+from dlf.errors import ConfigError, InputError, PluginError
 from dlf.hooks.analyzer import Analyzer
 from dlf.hooks.manager import Plugins, load_plugins
 from dlf.hooks.registries import ModelEntry, Registry
@@ -39,8 +40,6 @@ class RunResult:
     theta: torch.Tensor
 
     def open(self) -> xr.Dataset:
-        from dlf.engine.trace import open_trace
-
         return open_trace(self.path)
 
 
@@ -195,6 +194,50 @@ def prepare(
     return plugins, members, run
 
 
+def default_trace_path(config: RunConfig) -> Path:
+    """Where a run's trace goes unless told otherwise: ``<output.root>/<name>/trace.nc``."""
+    return config.output.root / config.name / TRACE_NAME
+
+
+FINISHED = ("complete", "diverged", "stopped")  # statuses of a run that need not run again
+
+
+def earlier_status(path: Path, config: RunConfig) -> str | None:
+    """The status of an earlier run of ``config``'s settings whose trace is at ``path``; None
+    where there is none (or only a damaged file). A trace of other settings is an InputError
+    naming the first that differs: runs never overwrite each other silently (``--fresh`` does,
+    on purpose). ``output`` (where and how often to write) is not a setting of the run."""
+    if not path.exists():
+        return None
+    try:
+        attrs = open_trace(path).attrs
+    except InputError:  # damaged (killed mid-write by an older version): run it again
+        return None
+    try:
+        earlier = json.loads(attrs["config"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(path, "is not a dlf-study trace; pass --fresh to replace it") from None
+    differs = first_difference(earlier, config.model_dump(mode="json"), skip={"output"})
+    if differs is not None:
+        raise InputError(
+            path,
+            f"holds a run with other settings ({differs}); pass --fresh to replace it, "
+            "or give this run another name or --out",
+        )
+    return str(attrs.get("status"))
+
+
+def first_difference(old: Any, new: Any, skip: set[str], prefix: str = "") -> str | None:
+    """The first dotted key where two config trees differ, as ``key: old → new``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted((set(old) | set(new)) - skip):
+            found = first_difference(old.get(key), new.get(key), set(), f"{prefix}{key}.")
+            if found is not None:
+                return found
+        return None
+    return None if old == new else f"{prefix.rstrip('.')}: {old!r} there, {new!r} now"
+
+
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (a batch system's stop, ``kill``) is handled like Ctrl-C: a run writes its
@@ -230,7 +273,7 @@ def execute(
     SIGTERM, and at the end.
     """
     plugins, members, run = prepare(config, members=members, plugins=plugins)
-    path = trace_path or config.output.root / config.name / TRACE_NAME
+    path = trace_path or default_trace_path(config)
     if progress is None:
         progress = config.output.wants_progress()
     schedule = plugins.registries.schedules.get(config.schedule.name, "schedule.name")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from dlf import threads
 from dlf.errors import ConfigError, InputError, OutputError, is_disk_full
 from dlf.hooks.state import RunContext
 
@@ -85,6 +86,7 @@ class Recorder:
         self.path = Path(path)
         self.checkpoint_seconds = checkpoint_seconds
         self._last_write = time.monotonic()
+        self._started = (time.perf_counter(), time.process_time())  # wall and CPU clocks
         m, c = run.n_members, run.objective.n_classes
         self.record_every = cfg.record_every
         self.steps = np.arange(0, run.total_steps, cfg.record_every)
@@ -248,6 +250,7 @@ class Recorder:
                 "config": run.config.model_dump_json(),
                 "versions": json.dumps(package_versions()),
                 "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                **self.cost(),
             }
         )
         if self.stop_reason is not None:
@@ -255,6 +258,19 @@ class Recorder:
         if self.gradient_path is not None:
             ds.attrs["gradient_path"], ds.attrs["gradient_path_reason"] = self.gradient_path
         return ds
+
+    def cost(self) -> dict[str, Any]:
+        """Wall and CPU seconds since the recorder was made, and the threads they ran on
+        (``cpu_seconds`` counts every thread of the process, so it can exceed the wall)."""
+        wall, cpu = self._started
+        choice = threads.current()
+        return {
+            "wall_seconds": round(time.perf_counter() - wall, 3),
+            "cpu_seconds": round(time.process_time() - cpu, 3),
+            "threads": choice.threads,
+            "threads_reason": choice.reason,
+            "omp_wait_policy": threads.wait_policy(),
+        }
 
     def write(self, contributions: Mapping[str, Any] | None = None) -> Path:
         """Write the trace atomically (temp file, then rename) and return its path."""
@@ -375,7 +391,9 @@ def _write_failure(exc: BaseException, folder: Path) -> BaseException:
 class TraceLock:
     """An exclusive lock on one trace path for the duration of a run (``flock`` on a hidden
     ``.<name>.lock`` beside it). The kernel drops it when the process dies, so a killed run
-    never leaves a stale lock; a second run aimed at the same trace gets a one-line error."""
+    never leaves a stale lock; a second run aimed at the same trace gets a one-line error.
+    A run that ends removes the file (while still holding it), and a locker that finds its
+    file unlinked under it tries again, so no two runs ever hold the same path."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -383,6 +401,11 @@ class TraceLock:
         self._fd: int | None = None
 
     def acquire(self) -> TraceLock:
+        while not self._try_acquire():  # the file was removed by the holder that just ended
+            pass
+        return self
+
+    def _try_acquire(self) -> bool:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
@@ -403,6 +426,9 @@ class TraceLock:
                     f"another run (pid {holder}) is writing {self.path}; wait for it to end, "
                     "or give this run another name or --out",
                 ) from None
+        if not _same_file(fd, self.file):
+            os.close(fd)
+            return False
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -410,10 +436,11 @@ class TraceLock:
             os.close(fd)
             raise OutputError(self.file, exc) from None
         self._fd = fd
-        return self
+        return True
 
     def release(self) -> None:
         if self._fd is not None:
+            self.file.unlink(missing_ok=True)  # still held: no one can be between open and lock
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
@@ -422,6 +449,15 @@ class TraceLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open ``fd`` is still the file at ``path`` (not unlinked or replaced)."""
+    try:
+        held, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
 
 
 def open_netcdf(path: str | Path) -> xr.Dataset:

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from dlf.config import RunConfig, validate
-from dlf.engine.run import execute, prepare
-from dlf.engine.trace import TRACE_NAME, open_trace
-from dlf.errors import ConfigError, InputError
+from dlf.engine.run import FINISHED, earlier_status, execute, prepare
+from dlf.engine.trace import TRACE_NAME
+from dlf.errors import ConfigError
 
 SECTIONS = ("sweep", "variants")
 LABEL = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -135,31 +135,21 @@ def plan(raw: dict[str, Any]) -> list[SweepPoint]:
     return points
 
 
-def is_complete(path: Path, config: RunConfig) -> bool:
-    """Whether ``path`` holds a complete trace of exactly ``config``."""
-    if not path.exists():
-        return False
-    try:
-        attrs = open_trace(path).attrs
-    except InputError:  # damaged (killed mid-write by an older version): run it again
-        return False
-    return attrs.get("status") == "complete" and attrs.get("config") == config.model_dump_json()
-
-
-def run_points(points: Sequence[SweepPoint], root: Path) -> list[Path]:
-    """Run every point into ``<root>/<label>/trace.nc``, skipping points whose trace is already
-    complete for their config (so a rerun resumes); the traces' paths, in order."""
-    for point in points:  # every point's plugins, options and budget, before any is written
+def run_points(points: Sequence[SweepPoint], root: Path, *, fresh: bool = False) -> list[Path]:
+    """Run every point into ``<root>/<label>/trace.nc``, skipping points whose trace already
+    holds their finished run (so a rerun resumes; ``fresh`` runs them all again); the traces'
+    paths, in order. A trace of other settings at a point's path is refused before any runs."""
+    paths = [point.trace_path(root) for point in points]
+    earlier = []
+    for point, path in zip(points, paths, strict=True):  # all checked before any is written
         prepare(point.config)
-    paths = []
-    for i, point in enumerate(points, start=1):
-        path = point.trace_path(root)
-        if is_complete(path, point.config):
-            print(f"[{i}/{len(points)}] {point.label}: already complete in {path}")
+        earlier.append(None if fresh else earlier_status(path, point.config))
+    for i, (point, path, status) in enumerate(zip(points, paths, earlier, strict=True), start=1):
+        if status in FINISHED:
+            print(f"[{i}/{len(points)}] {point.label}: already {status} in {path}")
         else:
             status = execute(point.config, trace_path=path).status
             print(f"[{i}/{len(points)}] {point.label}: {status}, trace written to {path}")
-        paths.append(path)
     return paths
 
 
@@ -168,11 +158,11 @@ def is_sweep(raw: dict[str, Any]) -> bool:
     return any(key in raw for key in SECTIONS)
 
 
-def cli_sweep(raw: dict[str, Any], out: Path | None) -> int:
+def cli_sweep(raw: dict[str, Any], out: Path | None, *, fresh: bool = False) -> int:
     """``dlf-study run`` for a sweep (``raw``: the file with ``--set`` applied): run every point,
-    ``out`` replacing ``output.root``, skipping points already complete."""
+    ``out`` replacing ``output.root``, skipping points already finished unless ``fresh``."""
     if out is not None:
         raw = merged(raw, {"output": {"root": str(out)}})
     points = plan(raw)
-    run_points(points, points[0].config.output.root / str(raw.get("name", "sweep")))
+    run_points(points, points[0].config.output.root / str(raw.get("name", "sweep")), fresh=fresh)
     return 0

@@ -27,7 +27,6 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import optuna
-import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -64,6 +63,9 @@ from dlf.studies.search.lock import StudyLock
 from dlf.studies.search.proposals import fixed_proposal, make_sampler
 from dlf.studies.search.pruning import make_pruner
 from dlf.studies.search.storage import open_storage, open_studies, storage_url, study_dir
+from dlf.threads import ThreadChoice
+from dlf.threads import apply as apply_threads
+from dlf.threads import current as current_threads
 
 POLL_SECONDS = 2.0  # how often an idle worker looks whether others finished
 
@@ -365,10 +367,10 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="dlf-parent-watch", daemon=True).start()
 
 
-def _work(config: StudyConfig, index: int, threads: int, parent: int) -> None:
+def _work(config: StudyConfig, index: int, threads: ThreadChoice, parent: int) -> None:
     """Entry point of a worker process. Interrupted, or once its parent is gone, it releases
     its trials for a retry and exits."""
-    torch.set_num_threads(threads)
+    apply_threads(threads)
     with terminate_as_interrupt():
         try:
             _die_with_parent(parent)
@@ -421,7 +423,10 @@ def run_workers(config: StudyConfig, workers: int) -> None:
         if workers == 1:
             Worker(config, 0, config.run.output.wants_progress()).run()
             return
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        command = current_threads()  # the command's choice, shared among its workers
+        threads = ThreadChoice(
+            max(1, command.threads // workers), f"1/{workers} of the command's ({command.reason})"
+        )
         context = multiprocessing.get_context("spawn")
         processes = [
             context.Process(

@@ -51,8 +51,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"already {status}: {path} holds this run (--fresh runs it again)")
         return 0
     args.kept = "finished steps are in the trace"
-    result = execute(config, trace_path=path)
-    print(f"{result.status}: trace written to {result.path}")
+    result = execute(config, trace_path=path, fresh=args.fresh)
+    since = f" (continued from step {result.resumed_from})" if result.resumed_from else ""
+    print(f"{result.status}: trace written to {result.path}{since}")
     return 0
 
 

@@ -18,6 +18,7 @@ import torch
 import xarray as xr
 
 from dlf.config import Member, ModelConfig, RunConfig, members_of, validate
+from dlf.engine import resume
 from dlf.engine.budget import check_budget, n_members
 from dlf.engine.trace import TRACE_NAME, ContributionError, Recorder, TraceLock, open_trace
 from dlf.engine.trainer import Trainer
@@ -38,6 +39,7 @@ class RunResult:
     path: Path
     status: str
     theta: torch.Tensor
+    resumed_from: int = 0  # the step the run continued from (0: it started afresh)
 
     def open(self) -> xr.Dataset:
         return open_trace(self.path)
@@ -264,13 +266,16 @@ def execute(
     trace_path: Path | None = None,
     plugins: Plugins | None = None,
     progress: bool | None = None,
+    fresh: bool = False,
 ) -> RunResult:
     """Train the config's ensemble (or ``members``) and write the trace; returns where it went.
 
     Everything that can be wrong with the config is checked before any file is written. The
     trace is locked for the run (a second run aimed at it is refused), written once before the
     first step (core variables, ``status = "running"``), at checkpoints, on failure, Ctrl-C or
-    SIGTERM, and at the end.
+    SIGTERM, and at the end. A run without analyzers also saves, at each checkpoint, what it
+    needs to continue (:mod:`dlf.engine.resume`), and continues from there when run again
+    with the same settings and members, unless ``fresh``.
     """
     plugins, members, run = prepare(config, members=members, plugins=plugins)
     path = trace_path or default_trace_path(config)
@@ -278,27 +283,67 @@ def execute(
         progress = config.output.wants_progress()
     schedule = plugins.registries.schedules.get(config.schedule.name, "schedule.name")
     pm = plugins.manager
+    fingerprint = run_fingerprint(config, members)
     with TraceLock(path), terminate_as_interrupt():
         recorder = Recorder(run, path, config.output.checkpoint_seconds)
+        checkpoint = continued(recorder, fingerprint, fresh)
         contributions = Contributions(pm, run, recorder)
         for name, analyzer in run.analyzers.items():
             pm.register(analyzer, name=f"analyzer:{name}")
-        theta0 = run.model.init([m.seed for m in members], config.model.init, run.dtype, run.device)
-        trainer = Trainer(run, plugins, schedule, recorder, contributions, progress)
+        theta0 = (
+            run.model.init([m.seed for m in members], config.model.init, run.dtype, run.device)
+            if checkpoint is None
+            else checkpoint.theta
+        )
+        save = (
+            None if run.analyzers else functools.partial(resume.save, path, fingerprint=fingerprint)
+        )
+        trainer = Trainer(run, plugins, schedule, recorder, contributions, progress, save)
         try:
             try:
                 recorder.write()  # the first checkpoint: a run killed now still leaves a trace
-                theta, ending = trainer.train(theta0)
+                theta, ending = trainer.train(theta0, checkpoint)
             except (PluginError, KeyboardInterrupt) as exc:
                 recorder.finish("failed" if isinstance(exc, PluginError) else "interrupted")
                 contributions.write_after_failure()
                 raise
             recorder.finish(ending, run.stop_reason)
             contributions.write_final()
+            resume.discard(path)
         finally:
             for name in run.analyzers:
                 pm.unregister(name=f"analyzer:{name}")
-    return RunResult(path, recorder.status, theta)
+    return RunResult(path, recorder.status, theta, 0 if checkpoint is None else checkpoint.step)
+
+
+def run_fingerprint(config: RunConfig, members: Sequence[Member]) -> str:
+    """What a checkpoint must match to be continued: the settings (not ``output``) and the
+    members, in order."""
+    return json.dumps(
+        {
+            "config": config.model_dump(mode="json", exclude={"output"}),
+            "members": [m.model_dump() for m in members],
+        },
+        sort_keys=True,
+    )
+
+
+def continued(recorder: Recorder, fingerprint: str, fresh: bool) -> resume.Checkpoint | None:
+    """The checkpoint this run continues from, its records taken over from the earlier trace;
+    None for a run that starts at step 0 (``fresh``, with analyzers, or nothing to continue
+    from), and then any checkpoint left is removed."""
+    path, run = recorder.path, recorder.run
+    usable = not (fresh or run.analyzers)
+    checkpoint = resume.load(path, fingerprint, run.device) if usable else None
+    if checkpoint is not None:
+        try:
+            if recorder.restore(open_trace(path), checkpoint.step):
+                recorder.resumed_from = checkpoint.step
+                return checkpoint
+        except (InputError, KeyError, ValueError):  # the trace is damaged or not of this run
+            pass
+    resume.discard(path)
+    return None
 
 
 class Contributions:

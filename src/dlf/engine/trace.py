@@ -114,6 +114,7 @@ class Recorder:
         self.status = "running"
         self.stop_reason: str | None = None
         self.gradient_path: tuple[str, str] | None = None  # (kernel|fused|autograd, why)
+        self.resumed_from = 0  # the step an interrupted run of the same settings continued from
         remove_stale_temp_files(self.path)
 
     def finish(self, status: str, stop_reason: str | None = None) -> None:
@@ -127,10 +128,27 @@ class Recorder:
     def track_divergence(self) -> torch.Tensor:
         """The device tensor ``(member,)`` of divergence steps (-1: never) that the trainer
         fills in place; read at every write, so a trace written at any moment is exact."""
-        self._diverged_at = torch.full(
-            (self.run.n_members,), -1, dtype=torch.long, device=self.run.device
-        )
+        self._diverged_at = torch.as_tensor(
+            self.diverged_step, dtype=torch.long, device=self.run.device
+        ).clone()
         return self._diverged_at
+
+    def restore(self, ds: xr.Dataset, step: int) -> bool:
+        """Take over the records of the first ``step`` steps from ``ds``, this run's earlier
+        trace, to continue after them; False (nothing taken) if ``ds`` holds fewer steps."""
+        if int(ds.attrs.get("steps_completed", -1)) < step:
+            return False
+        n_rec = int(np.searchsorted(self.steps, step))
+        n_eval = int(np.searchsorted(self.eval_steps, step))  # the one at `step` comes next
+        for key in SERIES:
+            self.series[key][:n_rec] = ds[key].values[:, :n_rec].T
+        self.gamma[:n_rec] = ds["gamma"].values[:, :n_rec].transpose(1, 0, 2)
+        for key, values in self.evals.items():
+            values[:n_eval] = ds[key].values[:, :n_eval].T
+        diverged = ds["diverged_step"].values
+        self.diverged_step = np.where(diverged < step, diverged, -1).astype(np.int64)
+        self._buffered_from, self._n_evals, self.steps_completed = n_rec, n_eval, step
+        return True
 
     def wants(self, step: int) -> bool:
         return step % self.record_every == 0
@@ -255,6 +273,8 @@ class Recorder:
         )
         if self.stop_reason is not None:
             ds.attrs["stop_reason"] = self.stop_reason
+        if self.resumed_from:
+            ds.attrs["resumed_from_step"] = self.resumed_from
         if self.gradient_path is not None:
             ds.attrs["gradient_path"], ds.attrs["gradient_path_reason"] = self.gradient_path
         return ds

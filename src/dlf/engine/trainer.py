@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from dlf.curvature.helper import Curvature
 from dlf.engine.gradients import gradient_for, why_chosen
+from dlf.engine.resume import Checkpoint
 from dlf.engine.trace import ContributionError, Recorder
 from dlf.errors import PluginError
 from dlf.hooks.analyzer import Analyzer
@@ -53,6 +55,15 @@ class Minibatches:
         self.per_epoch = self.n // self.b
         self.order = torch.empty(0)
 
+    def state(self) -> dict[str, Any]:
+        """What continuing needs: each member's stream and the current epoch's order."""
+        return {"generators": [g.get_state() for g in self.generators], "order": self.order.cpu()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for generator, saved in zip(self.generators, state["generators"], strict=True):
+            generator.set_state(saved)
+        self.order = state["order"].to(self.device)
+
     def indices(self, step: int) -> torch.Tensor:
         k = step % self.per_epoch
         if k == 0:
@@ -72,6 +83,7 @@ class Trainer:
         recorder: Recorder,
         contribute: Callable[[], dict[str, object]],
         progress: bool = False,
+        checkpoint: Callable[[Checkpoint], None] | None = None,
     ) -> None:
         self.run = run
         self.pm = plugins.manager
@@ -79,6 +91,7 @@ class Trainer:
         self.recorder = recorder
         self.contribute = contribute
         self.progress = progress
+        self.checkpoint = checkpoint  # saves what continuing needs, for resumable runs
         self.curvature = Curvature(run.curvature_objective or run.objective)
         self.gradient = gradient_for(run.objective)
         recorder.gradient_path = (self.gradient.name, why_chosen(run.objective))
@@ -108,8 +121,8 @@ class Trainer:
             factor = factor * (1 - frac * (1 - cfg.final_lr_factor))
         return factor[:, None] * self.run.lr[None, :]
 
-    def blocks(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        for start in range(0, self.run.total_steps, BLOCK):
+    def blocks(self, first: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        for start in range(first, self.run.total_steps, BLOCK):
             stop = min(start + BLOCK, self.run.total_steps)
             steps = torch.arange(start, stop, device=self.run.device)
             yield start, self.gammas(steps), self.learning_rates(steps)
@@ -161,17 +174,29 @@ class Trainer:
         )
         self._call("dlf_evaluate", step, state=state)
 
-    def train(self, theta: torch.Tensor) -> tuple[torch.Tensor, str]:
-        """Run all steps from ``theta (member, n)``; returns the final parameters and how the run
-        ended: ``complete``, ``diverged`` (every member did) or ``stopped`` (a hook asked for it
-        through ``run.request_stop``). The caller records that in the trace."""
+    def train(
+        self, theta: torch.Tensor, resume: Checkpoint | None = None
+    ) -> tuple[torch.Tensor, str]:
+        """Run all steps from ``theta (member, n)``, or those after ``resume`` (whose θ is
+        ``theta``); returns the final parameters and how the run ended: ``complete``,
+        ``diverged`` (every member did) or ``stopped`` (a hook asked for it through
+        ``run.request_stop``). The caller records that in the trace."""
         run = self.run
         self._call("dlf_run_start", None, run=run)
-        self.active = torch.ones(run.n_members, dtype=torch.bool, device=run.device)
+        self.active = (
+            torch.ones(run.n_members, dtype=torch.bool, device=run.device)
+            if resume is None
+            else resume.active
+        )
+        first = 0 if resume is None else resume.step
         with tqdm(
-            total=run.total_steps, disable=not self.progress, unit="step", leave=False
+            total=run.total_steps,
+            initial=first,
+            disable=not self.progress,
+            unit="step",
+            leave=False,
         ) as bar:
-            theta = self._steps(theta, bar)
+            theta = self._steps(theta, bar, resume)
         if run.stop_reason is not None:
             ending = "stopped"
         elif not bool(self.active.any()):
@@ -182,8 +207,8 @@ class Trainer:
         self._call("dlf_run_end", None, run=run)
         return theta, ending
 
-    def _steps(self, theta: torch.Tensor, bar: tqdm) -> torch.Tensor:
-        """The step loop; returns θ after the last step taken."""
+    def _steps(self, theta: torch.Tensor, bar: tqdm, resume: Checkpoint | None) -> torch.Tensor:
+        """The step loop (from ``resume``'s step, else 0); returns θ after the last step taken."""
         run, rec, obj = self.run, self.recorder, self.run.objective
         cfg = run.config.train
         analyzers = list(run.analyzers.values())
@@ -193,12 +218,16 @@ class Trainer:
             if cfg.optimizer == "sgd" and cfg.batch_size
             else None
         )
+        if resume is not None:
+            opt.velocity = resume.velocity
+            if batches is not None and resume.batches is not None:
+                batches.restore(resume.batches)
         gradient = self.gradient
         limit = cfg.diverge_above  # NaN compares False, so `loss <= limit` also catches NaN
         active = self.active
         # the recorder reads this tensor at every write, so diverged_step is never stale
         diverged_at = rec.track_divergence()
-        for start, gamma_block, lr_block in self.blocks():
+        for start, gamma_block, lr_block in self.blocks(0 if resume is None else resume.step):
             steps = zip(gamma_block.unbind(), lr_block.unbind(), strict=True)
             for t, (gamma, lr) in enumerate(steps, start=start):
                 if batches is None:
@@ -250,4 +279,9 @@ class Trainer:
                     rec.write(self.contribute())
                 except ContributionError as exc:
                     self.contribute.raise_for(exc)  # type: ignore[attr-defined]
+                if self.checkpoint is not None:
+                    state = None if batches is None else batches.state()
+                    self.checkpoint(
+                        Checkpoint(rec.steps_completed, theta, active, opt.velocity, state)
+                    )
         return theta

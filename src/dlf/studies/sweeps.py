@@ -148,7 +148,7 @@ def run_points(points: Sequence[SweepPoint], root: Path, *, fresh: bool = False)
         if status in FINISHED:
             print(f"[{i}/{len(points)}] {point.label}: already {status} in {path}")
         else:
-            status = execute(point.config, trace_path=path).status
+            status = execute(point.config, trace_path=path, fresh=fresh).status
             print(f"[{i}/{len(points)}] {point.label}: {status}, trace written to {path}")
     return paths
 

@@ -46,7 +46,7 @@ def test_a_run_on_a_full_disk_says_so_and_keeps_the_previous_trace(tmp_path, mon
     before = path.read_bytes()
     capsys.readouterr()
     monkeypatch.setattr(trace, "_fsync", no_space)  # the temp file's flush finds no room
-    assert main(["run", str(config), "--set", "train.steps=80"]) == 2
+    assert main(["run", str(config), "--set", "train.steps=80", "--fresh"]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert f"cannot write {path}: disk full" in line
     assert path.read_bytes() == before
@@ -144,11 +144,15 @@ def test_a_real_full_tmpfs_as_out(tmp_path, capsys):
             except OSError:
                 pass
         capsys.readouterr()
-        assert main(["run", str(config), "--set", "train.steps=80"]) == 2
-        assert f"cannot write {path}: disk full" in one_error_line(capsys.readouterr().err)
+        assert main(["run", str(config), "--set", "train.steps=80", "--fresh"]) == 2
+        line = one_error_line(capsys.readouterr().err)  # the lock file or the trace: no room
+        assert (
+            line.startswith(f"dlf-study: error: cannot write {path.parent}/")
+            and "disk full" in line
+        )
         assert path.read_bytes() == before
         filler.unlink()
-        assert main(["run", str(config), "--set", "train.steps=80"]) == 0
+        assert main(["run", str(config), "--set", "train.steps=80", "--fresh"]) == 0
     finally:
         subprocess.run(["umount", str(disk)], check=False)
 

@@ -15,6 +15,7 @@ from dlf.engine.trace import TRACE_NAME, open_trace
 from dlf.errors import ConfigError, DlfError, InputError
 from dlf.plots.dynamics import Zoom, dynamics
 from dlf.plots.landscape import landscape
+from dlf.plots.movie import Movie, landscape_movie
 from dlf.plots.phase import phase
 from dlf.plots.sharpness import sharpness
 from dlf.plots.style import run_name
@@ -29,10 +30,12 @@ RESULT_NAMES = ("study.nc", "threshold.nc")
 
 @dataclass(frozen=True)
 class FigureKind:
-    """A figure drawn from one trace at a time (``per_trace``) or from all traces together."""
+    """A figure drawn from one trace at a time (``per_trace``) or from all traces together;
+    ``by_default``: drawn when no ``--figure`` is named (not the slower movie)."""
 
-    draw: Callable[..., Figure]
+    draw: Callable[..., Figure | Movie]
     per_trace: bool
+    by_default: bool = True
 
 
 FIGURES = {
@@ -42,6 +45,7 @@ FIGURES = {
     "width": FigureKind(width, per_trace=False),
     "landscape": FigureKind(landscape, per_trace=True),
     "sharpness": FigureKind(sharpness, per_trace=False),
+    "landscape-movie": FigureKind(landscape_movie, per_trace=True, by_default=False),
 }
 
 
@@ -131,9 +135,10 @@ def cli_plot(
     stems = _stems(traces)
     written: list[Path] = []
     skipped: list[tuple[str, str]] = []
-    for name in [figure] if figure else list(FIGURES):
+    for name in [figure] if figure else [n for n, k in FIGURES.items() if k.by_default]:
         kind = FIGURES[name]
         options = {"member": member, "zoom": window} if name == "dynamics" else {}
+        options |= {"member": member} if name == "landscape-movie" else {}
         jobs = (
             [
                 (ds, f"{name}-{stem}" if len(traces) > 1 else name)
@@ -149,8 +154,12 @@ def cli_plot(
                 skipped.append((stem, str(exc)))
                 continue
             out.mkdir(parents=True, exist_ok=True)
-            path = out / f"{stem}.{fmt}"
-            fig.savefig(path, dpi=DPI if fmt == "png" else None)
+            if isinstance(fig, Movie):
+                path = out / f"{stem}.{fig.suffix}"
+                fig.save(path)
+            else:
+                path = out / f"{stem}.{fmt}"
+                fig.savefig(path, dpi=DPI if fmt == "png" else None)
             written.append(path)
     if not written:
         if len(skipped) == 1:

@@ -3,7 +3,7 @@
 The 2021 paper's Fig. 4 (and the 2024 paper's Fig. 2, left): the Hessian panel carries the
 edge-of-stability line c/η_t (2/η_t for gradient descent, (2 + 2β)/η_t with momentum), and,
 where the bifurcation detector ran, the detected onsets (dash-dotted) and ends (dotted) of the
-instabilities across the panels and the mean λmax at onset, explained in a legend above the
+instabilities across the panels and the mean λmax at onset, explained in a legend below the
 panels. Legends sit right of the panels, off the data; the Hessian and NTK legends say how many
 samples each column rests on (they are recorded every few steps only).
 An optional zoom window repeats every panel for a stretch of steps in a second column.
@@ -25,7 +25,7 @@ from dlf.plots.style import (
     END,
     ONSET,
     draw_threshold,
-    legend_above,
+    legend_below,
     legend_outside,
     new_figure,
     require,
@@ -173,7 +173,7 @@ def dynamics(ds: xr.Dataset, member: int = 0, zoom: Zoom = None, n_eigenvalues: 
             Line2D([], [], **ONSET, label="onset of an instability (bifurcation detector)"),
             Line2D([], [], **END, label="its end"),
         ]
-        legend_above(fig, marks)
+        legend_below(fig, marks)
     fig.suptitle(
         f"Training dynamics of {run_name(ds)} (member {member}, seed {int(d['seed'])}): {setup(d)}"
     )

@@ -23,6 +23,7 @@ from dlf.analysis.stability import trace_stability_factor
 from dlf.errors import DlfError
 from dlf.plots.style import (
     LOSS_CMAP,
+    legend_below,
     new_figure,
     plain_log_axis,
     require,
@@ -177,7 +178,7 @@ def landscape(ds: xr.Dataset) -> Figure:
     )
     if isinstance(norm, LogNorm):
         plain_log_axis(bar.ax.yaxis)
-    fig.legend(handles=legend_handles(ds), loc="outside lower center", ncols=2)
+    legend_below(fig, legend_handles(ds))
     fig.suptitle(
         f"Loss landscape of {run_name(ds)} around θ$_t$, Γ frozen at Γ(t): {setup(ds)}\n{sentence}"
     )

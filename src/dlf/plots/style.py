@@ -21,7 +21,7 @@ from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.legend import Legend
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, Locator, LogLocator, MaxNLocator, NullFormatter
 
 from dlf.analysis.stability import threshold_label
 from dlf.errors import DlfError
@@ -104,9 +104,9 @@ def legend_outside(ax: Axes, **kw: Any) -> Legend:
     return ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kw)
 
 
-def legend_above(fig: Figure, handles: list, **kw: Any) -> Legend:
-    """A figure-wide legend in a row above the panels (constrained layout makes room)."""
-    return fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), **kw)
+def legend_below(fig: Figure, handles: list, **kw: Any) -> Legend:
+    """A figure-wide legend in a row below the panels (constrained layout makes room)."""
+    return fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), **kw)
 
 
 def draw_threshold(ax: Axes, x: Any, y: Any, c: float, **kw: Any) -> None:
@@ -116,14 +116,16 @@ def draw_threshold(ax: Axes, x: Any, y: Any, c: float, **kw: Any) -> None:
 
 def plain_log_axis(axis: Axis) -> None:
     """Plain-number tick labels (0.5, 1, 2, …) on a log axis, with enough of them to read a
-    value off however narrow the range: 1-2-5 ticks, or every integer multiple when these give
-    fewer than three."""
+    value off however narrow the range: 1-2-5 ticks, every integer multiple when these give
+    fewer than three, and evenly spaced round values when even those do."""
+    axis.axes.autoscale_view()
     lo, hi = sorted(axis.get_view_interval())
-    subs: tuple[float, ...] = (1.0, 2.0, 5.0)
-    inside = [t for t in LogLocator(subs=subs).tick_values(lo, hi) if lo <= t <= hi]
-    if len(inside) < 3:
-        subs = tuple(float(s) for s in range(1, 10))
-    axis.set_major_locator(LogLocator(subs=subs))
+    locator: Locator = LogLocator(subs=(1.0, 2.0, 5.0))
+    for candidate in (locator, LogLocator(subs=tuple(range(1, 10))), MaxNLocator(nbins=5)):
+        locator = candidate
+        if sum(lo <= t <= hi for t in candidate.tick_values(lo, hi)) >= 3:
+            break
+    axis.set_major_locator(locator)
     axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     axis.set_minor_formatter(NullFormatter())
 

@@ -57,7 +57,7 @@ def cell_text(mean: pd.DataFrame, sem: pd.DataFrame) -> np.ndarray:
     """``0.93`` or, with an error, ``0.93 ± 0.01`` for every cell."""
     text = [
         [
-            f"{m:.2f}" if not np.isfinite(e) or e == 0 else f"{m:.2f}\n± {e:.2f}"
+            f"{m:.2f}" if not np.isfinite(e) else f"{m:.2f}\n± {e:.2f}"
             for m, e in zip(mr, er, strict=True)
         ]
         for mr, er in zip(mean.values, sem.values, strict=True)

@@ -173,13 +173,14 @@ def landscape(ds: xr.Dataset) -> Figure:
     bar = fig.colorbar(
         ScalarMappable(norm=norm, cmap=LOSS_CMAP),
         ax=axes[np.isin(axes, fig.axes)].tolist(),
-        label="F(θ$_t$ + a·" + first + " + b·" + second + "; Γ(t)), one scale for all panels",
+        label="F(θ$_t$ + a·" + first + " + b·" + second + "; Γ(t))",
         shrink=0.9,
     )
     if isinstance(norm, LogNorm):
         plain_log_axis(bar.ax.yaxis)
     legend_below(fig, legend_handles(ds))
     fig.suptitle(
-        f"Loss landscape of {run_name(ds)} around θ$_t$, Γ frozen at Γ(t): {setup(ds)}\n{sentence}"
+        f"Loss landscape of {run_name(ds)} around θ$_t$, Γ frozen at Γ(t): {setup(ds)}\n"
+        f"{sentence}; one colour scale for all panels"
     )
     return fig

@@ -203,5 +203,8 @@ def landscape_movie(ds: xr.Dataset, member: int = 0) -> Movie:
             fontsize="medium",
         )
 
+    draw(0)
+    fig.draw_without_rendering()  # lay the frame out once: the layout then stays fixed,
+    fig.set_layout_engine("none")  # which halves the time each frame takes to render
     movie = animation.FuncAnimation(fig, draw, frames=len(frames), cache_frame_data=False)
     return Movie(fig, movie, writer, suffix, len(frames))

@@ -12,6 +12,7 @@ An optional zoom window repeats every panel for a stretch of steps in a second c
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -72,7 +73,7 @@ def sampling(steps: xr.DataArray) -> str:
     return f"{n} samples, every {every} steps" if every else f"{n} sample"
 
 
-def _sparse_style(steps: xr.DataArray) -> dict[str, object]:
+def _sparse_style(steps: xr.DataArray) -> dict[str, Any]:
     """Markers on a series with few samples in view, so that a reader sees where they are."""
     return {"marker": ".", "ms": 3} if steps.size < 40 else {}
 

@@ -11,6 +11,8 @@ movie's frames, ``landscape_cadence``) are left to ``landscape-movie`` when the 
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 import xarray as xr
 from matplotlib.axes import Axes
@@ -35,8 +37,15 @@ from dlf.plots.style import (
 NEEDED = ("landscape_loss", "landscape_step", "landscape_member", "landscape_trajectory")
 MAX_COLUMNS = 5
 MAX_PANELS = 10
-PATH = {"color": "#35d0ff", "mec": "black", "mew": 0.4, "ms": 4, "lw": 0.9}
-CENTRE = {"marker": "X", "color": "white", "mec": "black", "mew": 0.8, "ms": 8, "ls": ""}
+PATH: dict[str, Any] = {"color": "#35d0ff", "mec": "black", "mew": 0.4, "ms": 4, "lw": 0.9}
+CENTRE: dict[str, Any] = {
+    "marker": "X",
+    "color": "white",
+    "mec": "black",
+    "mew": 0.8,
+    "ms": 8,
+    "ls": "",
+}
 SMALL_PATH = 0.12  # a path spanning less than this fraction of the slice gets a magnified inset
 DIRECTIONS = {
     "hessian": ("v", "v₁, v₂: the top-2 Hessian eigenvectors at t"),
@@ -58,9 +67,10 @@ def loss_norm(values: np.ndarray) -> Normalize:
 
 def contour_levels(norm: Normalize, n: int = 9) -> np.ndarray:
     """Contour levels shared by every panel, evenly spaced on the colour scale."""
+    lo, hi = cast(float, norm.vmin), cast(float, norm.vmax)
     if isinstance(norm, LogNorm):
-        return np.geomspace(norm.vmin, norm.vmax, n + 2)[1:-1]
-    return np.linspace(norm.vmin, norm.vmax, n + 2)[1:-1]
+        return np.geomspace(lo, hi, n + 2)[1:-1]
+    return np.linspace(lo, hi, n + 2)[1:-1]
 
 
 def axis_names(ds: xr.Dataset) -> tuple[str, str, str]:

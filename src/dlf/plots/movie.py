@@ -156,7 +156,7 @@ def landscape_movie(ds: xr.Dataset, member: int = 0) -> Movie:
     levels = contour_levels(norm)
     first, second, sentence = axis_names(ds)
     fig = Figure(figsize=(9.6, 5.4), layout="constrained")
-    left, right = fig.subfigures(1, 2, width_ratios=(1.2, 1.0))
+    left, right = fig.subfigures(1, 2, squeeze=False, width_ratios=(1.2, 1.0))[0]
     ax = left.subplots()
     side = right.subplots(2, 1, sharex=True)
     s = ds.isel(slice=frames[0])

@@ -12,7 +12,7 @@ import functools
 import json
 import zlib
 from collections.abc import Callable, Iterable
-from typing import Any, ParamSpec
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import seaborn as sns
@@ -27,6 +27,7 @@ from dlf.analysis.stability import threshold_label
 from dlf.errors import DlfError
 
 P = ParamSpec("P")
+R = TypeVar("R")
 
 #: Font sizes (points) of every figure: readable at the widths the figures are saved at.
 RC = {
@@ -50,10 +51,10 @@ LOSS_COLORS = {
     "dmse2": PALETTE[4],
 }
 #: The edge-of-stability line c/η (2/η for gradient descent), drawn this way everywhere.
-THRESHOLD = {"color": "0.15", "ls": "--", "lw": 1.1, "zorder": 1.5}
+THRESHOLD: dict[str, Any] = {"color": "0.15", "ls": "--", "lw": 1.1, "zorder": 1.5}
 #: Detected instabilities (bifurcation detector) on time axes: onset and end.
-ONSET = {"color": PALETTE[2], "ls": "-.", "lw": 0.8, "alpha": 0.8}
-END = {"color": PALETTE[3], "ls": ":", "lw": 1.0, "alpha": 0.9}
+ONSET: dict[str, Any] = {"color": PALETTE[2], "ls": "-.", "lw": 0.8, "alpha": 0.8}
+END: dict[str, Any] = {"color": PALETTE[3], "ls": ":", "lw": 1.0, "alpha": 0.9}
 #: Colour map of loss values (landscape slices and their movie).
 LOSS_CMAP = "magma"
 
@@ -77,11 +78,11 @@ def loss_color(name: str) -> tuple[float, float, float]:
     return spare[zlib.crc32(key.encode()) % len(spare)]
 
 
-def styled(draw: Callable[P, Figure]) -> Callable[P, Figure]:
+def styled(draw: Callable[P, R]) -> Callable[P, R]:
     """Draw under the package's style: seaborn white grid, the colour-blind palette, ``RC``."""
 
     @functools.wraps(draw)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Figure:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         with (
             sns.axes_style("whitegrid"),
             sns.plotting_context("paper", rc=RC),

@@ -21,7 +21,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from dlf.analysis.stability import threshold_label, trace_stability_factor
 from dlf.analysis.threshold import fit_threshold
 from dlf.errors import DlfError
-from dlf.plots.style import THRESHOLD, legend_outside, mean_sem, new_figure, styled
+from dlf.plots.style import THRESHOLD, legend_outside, loss_color, mean_sem, new_figure, styled
 from dlf.plots.tables import label, member_table, varying
 
 ONSET = "bifurcation_mean_lambda_onset"
@@ -73,7 +73,7 @@ def threshold(datasets: Sequence[xr.Dataset]) -> Figure:
     differ = varying(table, SERIES)
     grid = np.geomspace(table["eta"].min() / 1.3, table["eta"].max() * 1.3, 50)
     for i, (key, group) in enumerate(table.groupby(list(SERIES))):
-        color = f"C{i}"
+        color = f"C{i}" if "width" in differ else loss_color(str(key[0]))  # one per loss
         eta, lam = group["eta"].values, group["lambda_onset"].values
         stats = [mean_sem(g["lambda_onset"].values) for _, g in group.groupby("eta")]
         mean, sem = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])

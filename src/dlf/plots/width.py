@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from functools import cache
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -137,7 +138,7 @@ def width(datasets: Sequence[xr.Dataset]) -> Figure:
         ax.set_xlabel("hidden width (units per layer)")
         ax.set_ylabel("final validation accuracy")
         ax.set_title(f"{family.upper()} family, η = {eta:g}")
-    handles = {}
+    handles: dict[str, Any] = {}
     for ax in axes[0]:
         handles |= dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
     fig.legend(list(handles.values()), list(handles), loc="outside right center")

@@ -539,3 +539,12 @@ def test_report_draws_the_best_trial_at_w_star_against_the_static_loss(tiny_stud
     assert float(members["val_accuracy"].isel(eval_step=-1).mean()) == pytest.approx(
         float(best["value"])
     )
+
+
+def test_landscape_movie_needs_hessian_directions(movie_trace):
+    random = movie_trace.copy()
+    random["landscape_loss"] = random["landscape_loss"].assign_attrs(directions="random")
+    with pytest.raises(DlfError, match="needs slices along Hessian eigenvectors; set analyzers"):
+        plots.landscape_movie(random)
+    titles = [ax.get_title() for ax in plots.landscape(random).axes[:-1]]
+    assert titles == ["t = 10"]  # no λ₁·η/2: the curvatures are not the Hessian's eigenvalues

@@ -80,6 +80,11 @@ def axis_names(ds: xr.Dataset) -> tuple[str, str, str]:
     return f"{letter}$_1$", f"{letter}$_2$", sentence
 
 
+def hessian_directions(ds: xr.Dataset) -> bool:
+    """Whether the slices lie along Hessian eigenvectors (their curvatures are then λ₁, λ₂)."""
+    return str(ds["landscape_loss"].attrs.get("directions", "hessian")) == "hessian"
+
+
 def slice_path(s: xr.Dataset) -> np.ndarray:
     """(a, b) of θ_t (the origin) and of the recorded θ_{t+k} that followed: ``(1 + k, 2)``."""
     future = s["landscape_trajectory"].transpose("k", "coord").values
@@ -173,7 +178,7 @@ def landscape(ds: xr.Dataset) -> Figure:
         _magnify(ax, s, norm, levels)
         who = f", member {int(s['landscape_member'])}" if several else ""
         title = f"t = {int(s['landscape_step'])}{who}"
-        if "landscape_eigenvalues" in ds and "lr" in ds:
+        if hessian_directions(ds) and "landscape_eigenvalues" in ds and "lr" in ds:
             title += f"\nλ$_1$·η/{trace_stability_factor(ds):g} = {edge_ratio(ds, s):.2f}"
         ax.set_title(title)
         ax.set_xlabel(f"a (along {first}, parameter units)")

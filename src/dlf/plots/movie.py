@@ -32,6 +32,7 @@ from dlf.plots.landscape import (
     contour_levels,
     edge_ratio,
     gamma_text,
+    hessian_directions,
     loss_norm,
     slice_path,
 )
@@ -87,6 +88,11 @@ def movie_writer() -> tuple[str, str]:
 def movie_frames(ds: xr.Dataset, member: int) -> list[int]:
     """The member's cadence slices over one period of Γ from the first, in step order."""
     require(ds, NEEDED, "landscape-movie")
+    if not hessian_directions(ds):
+        raise DlfError(
+            "figure 'landscape-movie' needs slices along Hessian eigenvectors; "
+            "set analyzers.landscape.directions: hessian"
+        )
     cadence = ds["landscape_cadence"].values if "landscape_cadence" in ds else True
     mine = np.flatnonzero((ds["landscape_member"].values == member) & cadence)
     if mine.size < 2:

@@ -149,6 +149,8 @@ def test_dynamics_marks_detected_instabilities(edge_trace):
     lo, hi = (float(v) for v in axes[3, 1].get_lines()[0].get_xdata()[[0, -1]])
     assert lo <= start < end <= hi  # the zoom column spans the first instability
     assert axes[0, 1].get_title().startswith("zoom: steps ")
+    shown = axes[0, 1].get_title().removeprefix("zoom: steps ").split("–")
+    assert ds["step"].min() <= int(shown[0]) and int(shown[1]) <= ds["step"].max()  # not past
 
 
 def test_threshold_points_are_means_per_learning_rate(edge_trace):

@@ -121,7 +121,8 @@ def _window(ds: xr.Dataset, member: int, zoom: Zoom) -> tuple[int, int] | None:
         )
     start, end = int(starts[0]), int(ends[0])
     margin = max((end - start) // 2, 50)
-    return start - margin, end + margin
+    steps = ds["step"].values  # the window stays within the recorded steps (and its title too)
+    return max(start - margin, int(steps[0])), min(end + margin, int(steps[-1]))
 
 
 def _restrict(d: xr.Dataset, window: tuple[int, int] | None) -> xr.Dataset:

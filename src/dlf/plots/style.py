@@ -51,7 +51,7 @@ LOSS_COLORS = {
     "dmse2": PALETTE[4],
 }
 #: The edge-of-stability line c/η (2/η for gradient descent), drawn this way everywhere.
-THRESHOLD: dict[str, Any] = {"color": "0.15", "ls": "--", "lw": 1.1, "zorder": 1.5}
+THRESHOLD: dict[str, Any] = {"color": "k", "ls": "--", "lw": 1.1, "zorder": 1.5}
 #: Detected instabilities (bifurcation detector) on time axes: onset and end.
 ONSET: dict[str, Any] = {"color": PALETTE[2], "ls": "-.", "lw": 0.8, "alpha": 0.8}
 END: dict[str, Any] = {"color": PALETTE[3], "ls": ":", "lw": 1.0, "alpha": 0.9}

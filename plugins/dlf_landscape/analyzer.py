@@ -330,23 +330,13 @@ class LandscapeAnalyzer(plugin.Analyzer):
             self.var("step"): xr.DataArray(
                 np.array([s.step for s in self.slices]), dims="slice", attrs={"units": "step"}
             ),
-            self.var("member"): xr.DataArray(
-                np.array([s.member for s in self.slices]), dims="slice"
+            self.var("member"): var("member", (), {}, "the member sliced"),
+            self.var("onset"): var(
+                "onset", (), {}, "bifurcation onset that triggered the slice (-1: none)"
             ),
-            self.var("onset"): xr.DataArray(
-                np.array([s.onset for s in self.slices]),
-                dims="slice",
-                attrs={"long_name": "bifurcation onset that triggered the slice (-1: none)"},
-            ),
-            self.var("listed"): xr.DataArray(
-                np.array([s.listed for s in self.slices]),
-                dims="slice",
-                attrs={"long_name": "taken at one of the listed steps"},
-            ),
-            self.var("cadence"): xr.DataArray(
-                np.array([s.cadence for s in self.slices]),
-                dims="slice",
-                attrs={"long_name": "taken on the every-n cadence (the landscape movie's frames)"},
+            self.var("listed"): var("listed", (), {}, "taken at one of the listed steps"),
+            self.var("cadence"): var(
+                "cadence", (), {}, "taken on the every-n cadence (the landscape movie's frames)"
             ),
             self.var("eigenvalues"): var(
                 "curvature",

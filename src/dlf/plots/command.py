@@ -106,6 +106,18 @@ def parse_zoom(text: str) -> Zoom:
     return window
 
 
+def save(drawn: Figure | Movie, out: Path, stem: str, fmt: str) -> Path:
+    """Write a figure in ``fmt``, or a movie in its writer's format, into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(drawn, Movie):
+        path = out / f"{stem}.{drawn.suffix}"
+        drawn.save(path)
+    else:
+        path = out / f"{stem}.{fmt}"
+        drawn.savefig(path, dpi=DPI if fmt == "png" else None)
+    return path
+
+
 def cli_plot(
     paths: list[Path],
     figure: str | None,
@@ -153,14 +165,7 @@ def cli_plot(
             except DlfError as exc:
                 skipped.append((stem, str(exc)))
                 continue
-            out.mkdir(parents=True, exist_ok=True)
-            if isinstance(fig, Movie):
-                path = out / f"{stem}.{fig.suffix}"
-                fig.save(path)
-            else:
-                path = out / f"{stem}.{fmt}"
-                fig.savefig(path, dpi=DPI if fmt == "png" else None)
-            written.append(path)
+            written.append(save(fig, out, stem, fmt))
     if not written:
         if len(skipped) == 1:
             raise DlfError(skipped[0][1])

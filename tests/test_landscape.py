@@ -307,6 +307,7 @@ def test_pca_recovers_a_planted_plane():
         ({"steps": [5], "members": [9]}, "members"),
         ({"steps": [500]}, "steps"),
         ({"at_bifurcations": True}, "at_bifurcations"),
+        ({"every": 5, "every_start": 20, "every_stop": 20}, "landscape"),
     ],
 )
 def test_bad_options_name_the_field(make_config, tmp_path, options, field):
@@ -326,3 +327,34 @@ def test_options_default_to_the_paper_slices():
         20,
         [0],
     )
+
+
+def test_cadence_window_and_which_slices_were_listed(make_config, tmp_path):
+    landscape = {
+        "steps": [10, 30],
+        "every": 10,
+        "every_start": 20,
+        "every_stop": 50,
+        "grid": 3,
+        "future": 2,
+    }
+    config = make_config(train={"steps": 60, "seeds": 1}, analyzers={"landscape": landscape})
+    trace = dlf.execute(config, trace_path=tmp_path / "c.nc").open()
+    assert list(trace.landscape_step.values) == [10, 20, 30, 40]
+    assert list(trace.landscape_listed.values) == [True, False, True, False]
+    assert list(trace.landscape_cadence.values) == [False, True, True, True]
+
+
+def test_consecutive_hessian_slices_keep_the_eigenvectors_sign():
+    from types import SimpleNamespace
+
+    from dlf_landscape.analyzer import LandscapeAnalyzer
+
+    analyzer = SimpleNamespace(_last_directions={})
+    first = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    flipped = torch.tensor([[-0.99, 0.1, 0.0], [0.1, 0.99, 0.0]])  # v1's sign came out flipped
+    assert torch.equal(LandscapeAnalyzer._keep_sign(analyzer, 0, first), first)
+    kept = LandscapeAnalyzer._keep_sign(analyzer, 0, flipped)
+    assert torch.equal(kept, torch.tensor([[0.99, -0.1, 0.0], [0.1, 0.99, 0.0]]))
+    other = LandscapeAnalyzer._keep_sign(analyzer, 1, -first)  # members are tracked apart
+    assert torch.equal(other, -first)

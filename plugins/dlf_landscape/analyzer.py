@@ -8,8 +8,12 @@ plane: the coordinates (a, b) of θ_{t+j} − θ_t, how far it is off the plane,
 (the value on the frozen landscape drawn in the background) and F(θ_{t+j}; Γ(t+j)) (the loss
 training actually saw). It only reads θ: training is the same with or without it.
 
-Slices are taken at listed steps, every n steps, and, with ``at_bifurcations``, for a member as
-soon as the ``bifurcation`` analyzer announces a new onset of it (its ``dlf_instability`` event).
+Slices are taken at listed steps, every n steps (optionally only within ``[every_start,
+every_stop)``: the frames of ``dlf-study plot --figure landscape-movie``), and, with
+``at_bifurcations``, for a member as soon as the ``bifurcation`` analyzer announces a new onset of
+it (its ``dlf_instability`` event). Hessian directions keep their sign from one slice of a member
+to the next (an eigenvector's sign is arbitrary), so that consecutive slices, the movie's frames,
+do not flip.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ class LandscapeOptions(plugin.AnalyzerOptions):
     """When to slice, which members, along which directions, and how fine."""
 
     every: int | None = Field(None, ge=0, description="also slice every n steps; 0 or null: off")
+    every_start: int = Field(0, ge=0, description="every: first step of the cadence")
+    every_stop: int | None = Field(
+        None, ge=1, description="every: the cadence stops before this step; null: at the end"
+    )
     steps: list[int] = Field(default_factory=list, description="slice at these steps")
     at_bifurcations: bool = Field(
         False, description="also slice a member when the bifurcation analyzer reports an onset"
@@ -73,6 +81,8 @@ class LandscapeOptions(plugin.AnalyzerOptions):
     def _something_to_do(self) -> LandscapeOptions:
         if not (self.steps or self.every or self.at_bifurcations):
             raise ValueError("set steps, every or at_bifurcations: the analyzer would never slice")
+        if self.every_stop is not None and self.every_stop <= self.every_start:
+            raise ValueError("every_stop must be greater than every_start")
         if self.directions == "pca" and self.steps and self.steps[0] <= self.pca_every:
             raise ValueError(
                 f"pca needs two trajectory snapshots before a slice: steps must be > pca_every "
@@ -88,6 +98,8 @@ class Slice:
     step: int
     member: int
     onset: int  # the bifurcation onset that triggered the slice; -1: a scheduled slice
+    listed: bool  # its step is one of the listed ``steps``
+    cadence: bool  # its step is on the ``every`` cadence
     curvature: np.ndarray  # (2,) eigenvalues, or Rayleigh quotients of non-eigen directions
     loss: np.ndarray  # (grid, grid), indexed [a, b]
     trajectory: np.ndarray  # (future, 2): (a, b) of θ_{t+j} − θ_t, j = 1..future
@@ -142,12 +154,18 @@ class LandscapeAnalyzer(plugin.Analyzer):
         self._generator = torch.Generator().manual_seed(options.seed)
         self._known_onsets: set[tuple[int, int]] = set()  # (member, onset step)
         self._new_onsets: list[tuple[int, int]] = []  # reported but not sliced yet
+        self._last_directions: dict[int, torch.Tensor] = {}  # member → (2, n) of its last slice
 
     # --- schedule ---------------------------------------------------------------------------
 
+    def on_cadence(self, step: int) -> bool:
+        """Whether ``step`` is on the ``every`` cadence, within its start and stop."""
+        o = self.options
+        inside = o.every_start <= step and (o.every_stop is None or step < o.every_stop)
+        return bool(o.every and inside and (step - o.every_start) % o.every == 0)
+
     def slicing_at(self, step: int) -> bool:
-        every = self.options.every
-        return step in self.slice_steps or bool(every and step % every == 0)
+        return step in self.slice_steps or self.on_cadence(step)
 
     def _snapshot_at(self, step: int) -> bool:
         return self.options.directions == "pca" and step % self.options.pca_every == 0
@@ -210,6 +228,8 @@ class LandscapeAnalyzer(plugin.Analyzer):
         directions, curvature = planes
         k = self.options.future
         for i, m in enumerate(members):
+            if self.options.directions == "hessian":
+                directions[i] = self._keep_sign(m, directions[i])
             loss = evaluate_plane(
                 self.run.objective,
                 state.theta[m],
@@ -222,6 +242,8 @@ class LandscapeAnalyzer(plugin.Analyzer):
                 step=state.step,
                 member=m,
                 onset=onsets.get(m, -1),
+                listed=state.step in self.slice_steps,
+                cadence=self.on_cadence(state.step),
                 curvature=curvature[i].cpu().numpy(),
                 loss=loss.cpu().numpy(),
                 trajectory=np.full((k, 2), np.nan),
@@ -234,6 +256,16 @@ class LandscapeAnalyzer(plugin.Analyzer):
                 plane = Plane(state.theta[m].clone(), directions[i], state.gamma[m].clone())
                 self._pending.append((record, plane))
         self._recording_until = max(self._recording_until, state.step + k)
+
+    def _keep_sign(self, member: int, directions: torch.Tensor) -> torch.Tensor:
+        """``directions (2, n)`` with each one's sign chosen to agree with the member's last
+        slice (positive overlap), so that consecutive slices are drawn the same way round."""
+        last = self._last_directions.get(member)
+        if last is not None:
+            signs = torch.where((directions * last).sum(dim=-1) < 0, -1.0, 1.0).to(directions)
+            directions = directions * signs[:, None]
+        self._last_directions[member] = directions.clone()
+        return directions
 
     def _directions(
         self, state: plugin.StepState, members: list[int]
@@ -298,13 +330,13 @@ class LandscapeAnalyzer(plugin.Analyzer):
             self.var("step"): xr.DataArray(
                 np.array([s.step for s in self.slices]), dims="slice", attrs={"units": "step"}
             ),
-            self.var("member"): xr.DataArray(
-                np.array([s.member for s in self.slices]), dims="slice"
+            self.var("member"): var("member", (), {}, "the member sliced"),
+            self.var("onset"): var(
+                "onset", (), {}, "bifurcation onset that triggered the slice (-1: none)"
             ),
-            self.var("onset"): xr.DataArray(
-                np.array([s.onset for s in self.slices]),
-                dims="slice",
-                attrs={"long_name": "bifurcation onset that triggered the slice (-1: none)"},
+            self.var("listed"): var("listed", (), {}, "taken at one of the listed steps"),
+            self.var("cadence"): var(
+                "cadence", (), {}, "taken on the every-n cadence (the landscape movie's frames)"
             ),
             self.var("eigenvalues"): var(
                 "curvature",

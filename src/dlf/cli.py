@@ -171,11 +171,14 @@ def parser() -> argparse.ArgumentParser:
     plot.add_argument(
         "--figure",
         metavar="NAME",
-        help="dynamics, phase, threshold, width, landscape or sharpness (default: all that fit)",
+        help="dynamics, phase, threshold, width, landscape, sharpness (default: all that fit) "
+        "or landscape-movie (MP4/GIF, only when named)",
     )
     plot.add_argument("--out", type=Path, help="output folder (default: figures/ beside PATH)")
     plot.add_argument("--format", default="png", help="png (default), svg or pdf")
-    plot.add_argument("--member", type=int, default=0, help="dynamics: member shown (default 0)")
+    plot.add_argument(
+        "--member", type=int, default=0, help="dynamics, landscape-movie: member shown (default 0)"
+    )
     plot.add_argument(
         "--zoom",
         metavar="START:STOP|auto",

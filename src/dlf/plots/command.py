@@ -15,6 +15,7 @@ from dlf.engine.trace import TRACE_NAME, open_trace
 from dlf.errors import ConfigError, DlfError, InputError
 from dlf.plots.dynamics import Zoom, dynamics
 from dlf.plots.landscape import landscape
+from dlf.plots.movie import Movie, landscape_movie
 from dlf.plots.phase import phase
 from dlf.plots.sharpness import sharpness
 from dlf.plots.style import run_name
@@ -29,10 +30,12 @@ RESULT_NAMES = ("study.nc", "threshold.nc")
 
 @dataclass(frozen=True)
 class FigureKind:
-    """A figure drawn from one trace at a time (``per_trace``) or from all traces together."""
+    """A figure drawn from one trace at a time (``per_trace``) or from all traces together;
+    ``by_default``: drawn when no ``--figure`` is named (not the slower movie)."""
 
-    draw: Callable[..., Figure]
+    draw: Callable[..., Figure | Movie]
     per_trace: bool
+    by_default: bool = True
 
 
 FIGURES = {
@@ -42,6 +45,7 @@ FIGURES = {
     "width": FigureKind(width, per_trace=False),
     "landscape": FigureKind(landscape, per_trace=True),
     "sharpness": FigureKind(sharpness, per_trace=False),
+    "landscape-movie": FigureKind(landscape_movie, per_trace=True, by_default=False),
 }
 
 
@@ -102,6 +106,18 @@ def parse_zoom(text: str) -> Zoom:
     return window
 
 
+def save(drawn: Figure | Movie, out: Path, stem: str, fmt: str) -> Path:
+    """Write a figure in ``fmt``, or a movie in its writer's format, into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(drawn, Movie):
+        path = out / f"{stem}.{drawn.suffix}"
+        drawn.save(path)
+    else:
+        path = out / f"{stem}.{fmt}"
+        drawn.savefig(path, dpi=DPI if fmt == "png" else None)
+    return path
+
+
 def cli_plot(
     paths: list[Path],
     figure: str | None,
@@ -131,9 +147,10 @@ def cli_plot(
     stems = _stems(traces)
     written: list[Path] = []
     skipped: list[tuple[str, str]] = []
-    for name in [figure] if figure else list(FIGURES):
+    for name in [figure] if figure else [n for n, k in FIGURES.items() if k.by_default]:
         kind = FIGURES[name]
         options = {"member": member, "zoom": window} if name == "dynamics" else {}
+        options |= {"member": member} if name == "landscape-movie" else {}
         jobs = (
             [
                 (ds, f"{name}-{stem}" if len(traces) > 1 else name)
@@ -148,10 +165,7 @@ def cli_plot(
             except DlfError as exc:
                 skipped.append((stem, str(exc)))
                 continue
-            out.mkdir(parents=True, exist_ok=True)
-            path = out / f"{stem}.{fmt}"
-            fig.savefig(path, dpi=DPI if fmt == "png" else None)
-            written.append(path)
+            written.append(save(fig, out, stem, fmt))
     if not written:
         if len(skipped) == 1:
             raise DlfError(skipped[0][1])

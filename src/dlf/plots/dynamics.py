@@ -2,26 +2,40 @@
 
 The 2021 paper's Fig. 4 (and the 2024 paper's Fig. 2, left): the Hessian panel carries the
 edge-of-stability line c/η_t (2/η_t for gradient descent, (2 + 2β)/η_t with momentum), and,
-where the bifurcation detector ran, the detected onsets (green) and ends (red) of the
-instabilities across the panels and the mean λmax at onset.
+where the bifurcation detector ran, the detected onsets (dash-dotted) and ends (dotted) of the
+instabilities across the panels and the mean λmax at onset, explained in a legend below the
+panels. Legends sit right of the panels, off the data; the Hessian and NTK legends say how many
+samples each column rests on (they are recorded every few steps only).
 An optional zoom window repeats every panel for a stretch of steps in a second column.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-from dlf.analysis.stability import threshold_label, trace_stability_factor
+from dlf.analysis.stability import trace_stability_factor
 from dlf.errors import DlfError
-from dlf.plots.style import new_figure, require, run_name, styled
+from dlf.plots.style import (
+    END,
+    ONSET,
+    draw_threshold,
+    legend_below,
+    legend_outside,
+    new_figure,
+    require,
+    run_name,
+    setup,
+    styled,
+)
 
 NEEDED = ("gamma", "loss", "train_accuracy", "lr", "lanczos_eigenvalues")
-ONSET, END = "tab:green", "tab:red"
 
 Zoom = tuple[int, int] | str | None
 
@@ -30,7 +44,7 @@ def _gamma(ax: Axes, d: xr.Dataset) -> None:
     for c in d["class_index"].values:
         ax.plot(d["step"], d["gamma"].sel(class_index=c), lw=1, label=f"Γ$_{c}$")
     ax.set_ylabel("Γ$_i$(t)")
-    ax.legend(loc="upper right", ncols=len(d["class_index"]), fontsize="x-small", framealpha=0.9)
+    legend_outside(ax, title="class i")
 
 
 def _loss(ax: Axes, d: xr.Dataset) -> None:
@@ -52,23 +66,38 @@ def _accuracy(ax: Axes, d: xr.Dataset) -> None:
     ax.set_ylabel("train accuracy")
 
 
+def sampling(steps: xr.DataArray) -> str:
+    """How often a sparse series was recorded, for its legend: ``12 samples, every 5 steps``."""
+    n = steps.size
+    every = int(np.min(np.diff(steps.values))) if n > 1 else 0
+    return f"{n} samples, every {every} steps" if every else f"{n} sample"
+
+
+def _sparse_style(steps: xr.DataArray) -> dict[str, Any]:
+    """Markers on a series with few samples in view, so that a reader sees where they are."""
+    return {"marker": ".", "ms": 3} if steps.size < 40 else {}
+
+
 def _hessian(ax: Axes, d: xr.Dataset, n_eigenvalues: int) -> None:
     eig = d["lanczos_eigenvalues"]
+    style = _sparse_style(d["lanczos_step"])
     for k in range(min(n_eigenvalues, eig.sizes["eig_index"])):
-        ax.plot(d["lanczos_step"], eig.isel(eig_index=k), lw=0.8, label=f"λ$_{k + 1}$")
-    c = trace_stability_factor(d)  # the optimiser's edge of stability, c/η
-    ax.plot(d["step"], c / d["lr"], "k--", lw=1, label=threshold_label(c))
+        ax.plot(d["lanczos_step"], eig.isel(eig_index=k), lw=0.8, label=f"λ$_{k + 1}$", **style)
+    draw_threshold(ax, d["step"], trace_stability_factor(d) / d["lr"], trace_stability_factor(d))
     if "bifurcation_mean_lambda_onset" in d:
         threshold = float(d["bifurcation_mean_lambda_onset"])
         if np.isfinite(threshold):
-            ax.axhline(threshold, color="0.4", ls=":", lw=1, label="mean λ$_1$ at onset")
+            ax.axhline(threshold, color="0.5", ls=":", lw=1, label="mean λ$_1$ at onset")
     ax.set_ylabel("Hessian λ")
-    ax.legend(loc="upper left", fontsize="x-small", ncols=4, framealpha=0.9)
+    legend_outside(ax, title=sampling(d["lanczos_step"]))
 
 
 def _ntk(ax: Axes, d: xr.Dataset) -> None:
-    ax.plot(d["ntk_step"], d["ntk_eigenvalues"].isel(ntk_index=0), lw=0.8, color="tab:purple")
+    steps = d["ntk_step"]
+    top = d["ntk_eigenvalues"].isel(ntk_index=0)
+    ax.plot(steps, top, lw=0.8, color="C4", label="λ$_{max}$", **_sparse_style(steps))
     ax.set_ylabel("NTK λ$_{max}$")
+    legend_outside(ax, title=sampling(steps))
 
 
 def events(ds: xr.Dataset, member: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +121,8 @@ def _window(ds: xr.Dataset, member: int, zoom: Zoom) -> tuple[int, int] | None:
         )
     start, end = int(starts[0]), int(ends[0])
     margin = max((end - start) // 2, 50)
-    return start - margin, end + margin
+    steps = ds["step"].values  # the window stays within the recorded steps (and its title too)
+    return max(start - margin, int(steps[0])), min(end + margin, int(steps[-1]))
 
 
 def _restrict(d: xr.Dataset, window: tuple[int, int] | None) -> xr.Dataset:
@@ -124,7 +154,7 @@ def dynamics(ds: xr.Dataset, member: int = 0, zoom: Zoom = None, n_eigenvalues: 
         panels.append(_ntk)
     columns = [None] if window is None else [None, window]
     fig, axes = new_figure(
-        len(panels), len(columns), size=(6.5 * len(columns), 1.5 * len(panels) + 0.6), sharex="col"
+        len(panels), len(columns), size=(7.5 * len(columns), 1.5 * len(panels) + 1.0), sharex="col"
     )
     starts, ends = events(ds, member)
     for col, win in enumerate(columns):
@@ -134,15 +164,19 @@ def dynamics(ds: xr.Dataset, member: int = 0, zoom: Zoom = None, n_eigenvalues: 
             panel(ax, part)
             if row > 0:
                 lo, hi = (-np.inf, np.inf) if win is None else win
-                for steps, colour in ((starts, ONSET), (ends, END)):
+                for steps, style in ((starts, ONSET), (ends, END)):
                     for s in steps[(steps >= lo) & (steps <= hi)]:
-                        ax.axvline(s, color=colour, ls="--", lw=0.6, alpha=0.8)
+                        ax.axvline(s, **style)
         axes[-1, col].set_xlabel("step t")
-        if win is not None:
-            axes[0, col].set_title(f"zoom: steps {win[0]}–{win[1]}")
+        title = "whole run" if win is None else f"zoom: steps {win[0]}–{win[1]}"
+        axes[0, col].set_title(title)
+    if starts.size:
+        marks = [
+            Line2D([], [], **ONSET, label="onset of an instability (bifurcation detector)"),
+            Line2D([], [], **END, label="its end"),
+        ]
+        legend_below(fig, marks)
     fig.suptitle(
-        f"{run_name(ds)}: {ds.attrs.get('loss_name', '')}, width {int(ds['width'])}, "
-        f"A = {float(d['amplitude']):g}, T = {float(d['period']):g}, η = {float(d['eta']):g}, "
-        f"seed {int(d['seed'])}"
+        f"Training dynamics of {run_name(ds)} (member {member}, seed {int(d['seed'])}): {setup(d)}"
     )
     return fig

@@ -21,7 +21,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from dlf.analysis.stability import threshold_label, trace_stability_factor
 from dlf.analysis.threshold import fit_threshold
 from dlf.errors import DlfError
-from dlf.plots.style import mean_sem, new_figure, styled
+from dlf.plots.style import THRESHOLD, legend_outside, loss_color, mean_sem, new_figure, styled
 from dlf.plots.tables import label, member_table, varying
 
 ONSET = "bifurcation_mean_lambda_onset"
@@ -68,12 +68,12 @@ def threshold(datasets: Sequence[xr.Dataset]) -> Figure:
     fit λ = c·η^b (exponent ± its error in the legend) per series, with the optimisers' c/η
     lines."""
     table = onset_table(datasets)
-    fig, axes = new_figure(size=(4.8, 3.8))
+    fig, axes = new_figure(size=(6.8, 4.0))
     ax = axes[0, 0]
     differ = varying(table, SERIES)
     grid = np.geomspace(table["eta"].min() / 1.3, table["eta"].max() * 1.3, 50)
     for i, (key, group) in enumerate(table.groupby(list(SERIES))):
-        color = f"C{i}"
+        color = f"C{i}" if "width" in differ else loss_color(str(key[0]))  # one per loss
         eta, lam = group["eta"].values, group["lambda_onset"].values
         stats = [mean_sem(g["lambda_onset"].values) for _, g in group.groupby("eta")]
         mean, sem = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
@@ -87,7 +87,7 @@ def threshold(datasets: Sequence[xr.Dataset]) -> Figure:
         etas = np.array(sorted(group["eta"].unique()))
         ax.errorbar(etas, mean, yerr=sem, fmt="o", ms=4, capsize=3, color=color, label=name)
     for c in sorted({trace_stability_factor(ds) for ds in datasets}):
-        ax.plot(grid, c / grid, "k--", lw=1, label=threshold_label(c))
+        ax.plot(grid, c / grid, **THRESHOLD, label=threshold_label(c))
     ax.set_xscale("log")
     ax.set_yscale("log")
     plain = FuncFormatter(lambda value, _: f"{value:g}")
@@ -98,8 +98,9 @@ def threshold(datasets: Sequence[xr.Dataset]) -> Figure:
         axis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("learning rate η")
     ax.set_ylabel("Hessian λ$_{max}$ at onset")
-    ax.legend(fontsize="small")
+    legend_outside(ax)
     overall = fit_threshold(table["eta"].values, table["lambda_onset"].values)
     ratio, sem_ratio = overall.ratio_mean, overall.ratio_sem
     ax.set_title(f"mean λ·η/2 = {ratio:.2f} ± {sem_ratio:.2f} ({overall.n} members)")
+    fig.suptitle("Hessian λmax at the onset of instabilities versus the learning rate")
     return fig

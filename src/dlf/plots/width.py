@@ -4,7 +4,8 @@ Works from a width sweep (one trace per width; members are seeds, and A = 1 memb
 dynamical loss are its static counterpart, so one run gives both curves) or from a min-width
 study's ``study.nc`` (the best complete trial at each width, per track). One panel per static
 loss family and learning rate (CE/DCE at η = 1 and MSE/DMSE at η = 0.075 in the paper); error
-bars are errors of the mean over seeds.
+bars are errors of the mean over seeds. Each loss keeps its colour of :data:`LOSS_COLORS`; a
+study adds its target accuracy and marks each track's w* (the smallest width reaching it).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from functools import cache
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
 from dlf.errors import DlfError
-from dlf.plots.style import mean_sem, new_figure, styled
+from dlf.plots.style import loss_color, mean_sem, new_figure, run_config, styled
 from dlf.plots.tables import member_table
 
 
@@ -112,7 +114,7 @@ def width(datasets: Sequence[xr.Dataset]) -> Figure:
             "dlf-study run configs/width_sweep_quick.yaml)"
         )
     panels = list(table.groupby(["family", "eta"]))
-    fig, axes = new_figure(1, len(panels), size=(4.4 * len(panels), 3.6), sharey=True)
+    fig, axes = new_figure(1, len(panels), size=(4.4 * len(panels) + 2.2, 4.2), sharey=True)
     for ax, ((family, eta), group) in zip(axes[0], panels, strict=True):
         for series, rows in group.groupby("series", sort=False):
             per_width = rows.groupby("width")["val_accuracy"]
@@ -124,16 +126,49 @@ def width(datasets: Sequence[xr.Dataset]) -> Figure:
                 fmt="o-",
                 ms=4,
                 capsize=3,
+                color=loss_color(str(series)),
                 label=series,
             )
         for study in studies:
-            ax.axhline(float(study.attrs["target"]), color="k", ls="--", lw=0.8, label="target")
+            _study_marks(ax, study)
         ax.set_xscale("log")
         widths = sorted(group["width"].unique())
         ax.set_xticks(widths, labels=[str(w) for w in widths])
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlabel("hidden width")
-        ax.set_ylabel("validation accuracy")
+        ax.set_xlabel("hidden width (units per layer)")
+        ax.set_ylabel("final validation accuracy")
         ax.set_title(f"{family.upper()} family, η = {eta:g}")
-        ax.legend(fontsize="small")
+    handles: dict[str, Any] = {}
+    for ax in axes[0]:
+        handles |= dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    fig.legend(list(handles.values()), list(handles), loc="outside right center")
+    fig.suptitle(_title(traces, studies, table))
     return fig
+
+
+def _study_marks(ax, study: xr.Dataset) -> None:
+    """A min-width study's target accuracy and each track's w*, in the track's loss colour."""
+    target = float(study.attrs["target"])
+    ax.axhline(target, color="k", ls="--", lw=0.8, label=f"target {target:g}")
+    for kind in ("static", "dynamical"):
+        w_star = int(study.attrs.get(f"{kind}_w_star", -1))
+        if w_star > 0:
+            loss = str(study.attrs.get(f"{kind}_loss", kind)).upper()
+            ax.axvline(
+                w_star, color=loss_color(loss), ls=":", lw=1.5, label=f"w* {loss} = {w_star}"
+            )
+
+
+def _title(traces: Sequence[xr.Dataset], studies: Sequence[xr.Dataset], table: pd.DataFrame) -> str:
+    """What the figure shows and at which set-up: data, steps, seeds per point, target."""
+    configs = [run_config(ds) for ds in [*traces, *studies]]
+    steps = sorted({int(c["train"]["steps"]) for c in configs if "train" in c})
+    data = sorted({str(c["data"]["name"]) for c in configs if "data" in c})
+    seeds = table.groupby(["series", "eta", "width"])["val_accuracy"].count()
+    n = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}–{seeds.max()}"
+    parts = [", ".join(data), " / ".join(str(x) for x in steps) + " steps" if steps else ""]
+    parts += [f"mean ± sem of {n} seeds per point"]
+    targets = sorted({float(s.attrs["target"]) for s in studies})
+    if targets:
+        parts.append("target " + ", ".join(f"{t:g}" for t in targets))
+    return "Final validation accuracy versus width\n" + ", ".join(p for p in parts if p)

@@ -6,6 +6,7 @@ touches the pyplot backend of a notebook that imports this module.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,18 +14,17 @@ import pandas as pd
 import seaborn as sns
 import xarray as xr
 from matplotlib.axes import Axes
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator, ScalarFormatter
 
+from dlf.engine.trace import open_trace
+from dlf.plots.curves import Trial, trial_curves
 from dlf.studies.search.config import StudyConfig
 from dlf.studies.search.results import Finding
 
 REPORT_NAME = "report.md"
 WIDTH_FIGURE = "accuracy_vs_width.png"
-SCHEDULE_FIGURE = "schedules_at_w_star.png"
+SCHEDULE_FIGURE = "curves_at_w_star.png"
 
 
 def _trials_frame(ds: xr.Dataset) -> pd.DataFrame:
@@ -82,52 +82,41 @@ def width_figure(
     fig.savefig(path, dpi=120)
 
 
-def schedule_figure(
-    frame: pd.DataFrame, w_star: int, target: float, metric: str, path: Path
-) -> None:
-    """The (A, T) points tried at w*, coloured by the metric; the marker says how each ended."""
-    at = frame[
-        (frame["kind"] == "dynamical")
-        & (frame["width"] == w_star)
-        & frame["state"].isin(["COMPLETE", "PRUNED"])
-    ].copy()
-    at["outcome"] = np.where(
-        at["state"] == "PRUNED",
-        "pruned",
-        np.where(at["shown"] >= target, "reaches target", "below target"),
+def schedule_figure(ds: xr.Dataset, w_star: int, target: float, directory: Path) -> str:
+    """Draw the best dynamical trial at w* against the static loss at the same width (train and
+    validation accuracy, Γ; seed mean ± sem) from the trials' traces; returns the report's
+    line: the figure, or why it could not be drawn."""
+    trials = []
+    for kind in ("dynamical", "static"):
+        done = (ds["kind"] == kind) & (ds["width"] == w_star) & (ds["state"] == "COMPLETE")
+        if not done.any():
+            continue
+        best = ds.isel(trial=int(np.nanargmax(ds["value"].where(done).values)))
+        path = directory / str(best["trace"].values)
+        if not path.is_file():
+            return f"(No training curves at w*: {path.name}, the trace of a trial there, is gone.)"
+        trace = open_trace(path)
+        same = (trace["amplitude"] == best["amplitude"]) & (trace["period"] == best["period"])
+        if kind == "static":  # its period is not a parameter (NaN in study.nc)
+            same = trace["amplitude"] == 1
+        loss = str(ds.attrs.get(f"{kind}_loss", kind)).upper()
+        label = f"{loss} A = {float(best['amplitude']):.3g}, T = {float(best['period']):.3g}"
+        trials.append(
+            Trial(
+                label if kind == "dynamical" else loss,
+                loss,
+                trace.isel(member=np.flatnonzero(same.values)),
+            )
+        )
+    missing = "" if len(trials) == 2 else " (the static search completed no trial at w*)"
+    config = json.loads(ds.attrs["config"])
+    title = (
+        f"At w* = {w_star}: the best dynamical trial (selected, so optimistic) against the "
+        f"static loss{missing}\n{config['data']['name']}, {config['train']['steps']} steps, "
+        f"η = {np.atleast_1d(config['train']['lr'])[0]:g}, mean ± sem over seeds"
     )
-    markers = {"reaches target": "*", "below target": "o", "pruned": "X"}
-    norm = Normalize(vmin=min(at["shown"].min(), target - 0.1), vmax=max(at["shown"].max(), target))
-    fig = Figure(figsize=(6.0, 4.4))
-    ax = fig.subplots()
-    sns.scatterplot(
-        data=at,
-        x="period",
-        y="amplitude",
-        hue="shown",
-        hue_norm=norm,
-        palette="viridis",
-        style="outcome",
-        markers=markers,
-        s=110,
-        edgecolor="black",
-        legend=False,
-        ax=ax,
-    )
-    fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label=metric)
-    handles = [
-        Line2D([], [], marker=m, linestyle="", color="grey", markersize=9, label=name)
-        for name, m in markers.items()
-        if name in set(at["outcome"])
-    ]
-    ax.legend(handles=handles, fontsize=8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("period T (steps)")
-    ax.set_ylabel("amplitude A")
-    ax.set_title(f"(A, T) tried at w* = {w_star}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    trial_curves(trials, title, target).savefig(directory / SCHEDULE_FIGURE, dpi=110)
+    return f"![training curves at w*]({SCHEDULE_FIGURE})"
 
 
 def _table(frame: pd.DataFrame) -> list[str]:
@@ -196,10 +185,7 @@ def write_report(
         "",
     ]
     if dyn is not None and dyn.w_star is not None:
-        schedule_figure(
-            frame, dyn.w_star, search.target, search.metric, directory / SCHEDULE_FIGURE
-        )
-        lines += [f"![(A, T) tried at w*]({SCHEDULE_FIGURE})", ""]
+        lines += [schedule_figure(ds, dyn.w_star, search.target, directory), ""]
     cost = ", ".join(
         f"{f.kind}: {f.trials} trials, {f.member_steps:,} member-steps" for f in found.values()
     )

@@ -550,3 +550,16 @@ def test_landscape_movie_needs_hessian_directions(movie_trace):
         plots.landscape_movie(random)
     titles = [ax.get_title() for ax in plots.landscape(random).axes[:-1]]
     assert titles == ["t = 10"]  # no λ₁·η/2: the curvatures are not the Hessian's eigenvalues
+
+
+def test_a_run_figure_asked_of_a_study_folder_points_to_its_runs(tiny_study, capsys):
+    """Issue 22: plotting a study folder said sharpness 'needs variable loss; it is written by
+    every dlf-study run', which a study's own result file is not."""
+    from dlf.plots import cli_plot
+
+    with pytest.raises(DlfError) as error:
+        cli_plot([tiny_study.directory], "sharpness", tiny_study.directory / "fig")
+    assert str(error.value) == (
+        "figure 'sharpness' is drawn from run traces, and a study's result file holds none; "
+        "plot the traces in the study's runs/ folder"
+    )

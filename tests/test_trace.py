@@ -91,10 +91,7 @@ def test_killed_run_leaves_valid_trace_of_finished_steps(tmp_path):
     assert np.isfinite(ds.loss.values).all()
     # a kill during a write may leave a temp file; the next run of the same trace removes it
     # (other settings: --fresh replaces the killed run's trace)
-    subprocess.run(
-        [sys.executable, "-m", "dlf.cli", "run", str(config_path), "--set", "train.steps=5"]
-        + ["--fresh"],
-        check=True,
-    )
+    rerun = ["run", str(config_path), "--set", "train.steps=5", "--fresh"]
+    subprocess.run([sys.executable, "-m", "dlf.cli", *rerun], check=True)
     assert not list(tmp_path.glob("tiny/.*.tmp"))
     assert open_trace(trace).attrs["status"] == "complete"

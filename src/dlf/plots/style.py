@@ -135,6 +135,11 @@ def require(ds: xr.Dataset, names: Iterable[str], figure: str) -> None:
     """Raise a one-line :class:`DlfError` naming the first variable ``figure`` needs and lacks."""
     for name in names:
         if name not in ds.variables:
+            if "member" not in ds.dims:  # a study's result (study.nc, threshold.nc), not a run
+                raise DlfError(
+                    f"figure {figure!r} is drawn from run traces, and a study's result file "
+                    "holds none; plot the traces in the study's runs/ folder"
+                )
             how = HOW_TO_GET.get(name.split("_", 1)[0], "it is written by every dlf-study run")
             raise DlfError(f"figure {figure!r} needs variable {name}; {how}")
 

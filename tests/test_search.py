@@ -64,8 +64,10 @@ def study_config(root: Path, **search: Any):
 
 
 def trials_of(config, kind: str = "dynamical") -> list[optuna.trial.FrozenTrial]:
+    """The search trials of a track (its confirmation rounds left out)."""
     storage = open_storage(config)
-    return optuna.load_study(study_name=f"{config.name}.{kind}", storage=storage).get_trials()
+    study = optuna.load_study(study_name=f"{config.name}.{kind}", storage=storage)
+    return [t for t in study.get_trials() if not is_confirmation(t)]
 
 
 # --- the width ladder and its bisection ----------------------------------------------------------
@@ -150,9 +152,10 @@ def test_pending_trials_take_room_and_pruned_trials_never_reach():
         intermediate_values={10: 0.95},
         distributions={"width": FloatDistribution(1, 1000)},
     )
-    table = rungs([pruned, fake_trial(4, 0.5)])
-    assert table[4].finished == 2 and table[4].best == 0.5
-    assert bracket(ladder, table, RULE, 2).lo == 1
+    table = rungs([pruned, fake_trial(4, 0.5, number=1)])
+    assert table[4].finished == 2 and table[4].best == 0.5 and table[4].best_number == 1
+    job = next_job(ladder, table, RULE, 2)  # its search is done: confirm the best one
+    assert (job.width, job.confirm, job.seeds) == (4, 1, range(0, 4))
 
 
 # --- the target pruner ----------------------------------------------------------------------------

@@ -4,9 +4,10 @@
 period whose trials are members of vectorised ensemble runs, with a static-loss baseline,
 resumable storage, several workers, ``study.nc`` and ``report.md``. Read the modules top-down:
 ``config`` (the ``search`` section), ``storage``, ``liveness`` and ``lock`` (where trials live,
-retrying lost ones, taking jobs atomically), ``ladder`` (the width bisection), ``proposals`` (the
-(A, T) slots), ``pruning`` and ``evaluate`` (one batch of trials as one run), ``study`` (the
-workers), ``results`` and ``report`` (what comes out).
+retrying lost ones, taking jobs atomically), ``confirm`` (deciding a rung on fresh seeds),
+``ladder`` (the width bisection), ``proposals`` (the (A, T) slots), ``pruning`` and ``evaluate``
+(one batch of trials as one run), ``study`` (the workers), ``results`` and ``report`` (what
+comes out).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator, ScalarFormatter
+from matplotlib.transforms import blended_transform_factory
 
 from dlf.config import validate
 from dlf.hooks.manager import load_plugins
@@ -67,6 +68,27 @@ def _rungs_frame(ds: xr.Dataset) -> pd.DataFrame:
     return ds[[name for name in ds.data_vars if ds[name].dims == ("rung",)]].to_dataframe()
 
 
+def _verdict_rows(ax: Axes, rungs: pd.DataFrame, found: dict[str, Finding]) -> None:
+    """Each rung's verdict as a mark in one row per track above the data (room made on top)."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + 0.18 * (high - low))
+    place = blended_transform_factory(ax.transData, ax.transAxes)
+    for row, kind in enumerate(found):
+        at = rungs[rungs["rung_kind"] == kind]
+        for r in at.itertuples():
+            mark = VERDICT_MARKS.get(r.rung_verdict, "?")
+            ax.text(
+                r.rung_width * 1.04,
+                0.96 - 0.06 * row,
+                mark,
+                transform=place,
+                ha="center",
+                va="top",
+                color=LOSS_COLOURS.get(kind, "black"),
+                fontsize=11,
+            )
+
+
 def width_figure(
     frame: pd.DataFrame,
     rungs: pd.DataFrame,
@@ -107,25 +129,13 @@ def width_figure(
             capsize=2,
             label=f"{f.loss}: confirmed (fresh seeds)",
         )
-        for row in at.itertuples():
-            y = row.confirm_mean if np.isfinite(row.confirm_mean) else row.search_value
-            mark = VERDICT_MARKS.get(row.rung_verdict, "")
-            if mark and np.isfinite(y):
-                ax.annotate(
-                    mark,
-                    (row.rung_width * 1.04, y),
-                    xytext=(0, 8),
-                    textcoords="offset points",
-                    ha="center",
-                    color=colour,
-                    fontsize=11,
-                )
     if widths:
         _log_width_axis(ax, widths)
+    _verdict_rows(ax, rungs, found)
     ax.axhline(target, color="black", linestyle="--", linewidth=1, label=f"target {target:g}")
     ax.set_xlabel("hidden width")
     ax.set_ylabel(f"{metric} (mean ± s.e. over seeds)")
-    ax.set_title("✓ reaches, ✗ does not reach, ≈ within noise (on fresh seeds)", fontsize=10)
+    ax.set_title("verdicts at the top: ✓ reaches, ✗ does not reach, ≈ within noise", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -100,7 +100,7 @@ def width_figure(
     """Per track and rung tried: the search's pick (best trial on the search seeds, hollow)
     and its confirmation on fresh seeds (filled), each mean ± standard error, the verdict
     above the confirmed point, every trial faint behind, and the target line."""
-    fig = Figure(figsize=(7.0, 4.6))
+    fig = Figure(figsize=(9.0, 4.6))
     ax = fig.subplots()
     done = frame[frame["state"].isin(["COMPLETE", "PRUNED"])]
     widths = list(done["width"]) + list(rungs["rung_width"])
@@ -136,7 +136,7 @@ def width_figure(
     ax.set_xlabel("hidden width")
     ax.set_ylabel(f"{metric} (mean ± s.e. over seeds)")
     ax.set_title("verdicts at the top: ✓ reaches, ✗ does not reach, ≈ within noise", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

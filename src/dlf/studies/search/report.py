@@ -249,7 +249,14 @@ def _how_sure(config: StudyConfig) -> list[str]:
     rule = SequentialRule.of(search)
     n_val, draw = _validation_set(config)
     p = search.target
-    data = "" if draw is None else f" The points are drawn with `data.draw: {draw}`."
+    other = {"authors": "default_rng", "default_rng": "authors"}.get(draw or "", "")
+    data = (
+        ""
+        if draw is None
+        else f" The points are drawn with `data.draw: {draw}`; the same seeds give other point "
+        f"sets with `data.draw: {other}`, and the answer can move a rung with the draw (rerun "
+        f"with `--set data.draw={other}` under another `name` to see by how much)."
+    )
     return [
         "## How sure",
         "",

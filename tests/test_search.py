@@ -30,8 +30,9 @@ from dlf.engine.trace import open_trace
 from dlf.errors import ConfigError
 from dlf.studies.search import cli_run, load_study_config, open_study, run_study
 from dlf.studies.search.config import PrunerConfig, WidthLadder, study_config_from_raw
+from dlf.studies.search.confirm import SequentialRule, is_confirmation
 from dlf.studies.search.evaluate import Candidate, run_batch, tell
-from dlf.studies.search.ladder import bracket, next_width, rungs
+from dlf.studies.search.ladder import bracket, next_job, rungs
 from dlf.studies.search.liveness import HEARTBEAT_ATTR, HOST, WORKER_ATTR, is_stale
 from dlf.studies.search.lock import StudyLock
 from dlf.studies.search.proposals import fixed_proposal
@@ -63,8 +64,10 @@ def study_config(root: Path, **search: Any):
 
 
 def trials_of(config, kind: str = "dynamical") -> list[optuna.trial.FrozenTrial]:
+    """The search trials of a track (its confirmation rounds left out)."""
     storage = open_storage(config)
-    return optuna.load_study(study_name=f"{config.name}.{kind}", storage=storage).get_trials()
+    study = optuna.load_study(study_name=f"{config.name}.{kind}", storage=storage)
+    return [t for t in study.get_trials() if not is_confirmation(t)]
 
 
 # --- the width ladder and its bisection ----------------------------------------------------------
@@ -88,26 +91,52 @@ def test_ladder_is_geometric_with_rounded_rungs():
     assert WidthLadder(low=4, high=4).ladder() == [4]
 
 
-def fake_trial(width: int, value: float, number_state=TrialState.COMPLETE):
-    return create_trial(
+def fake_trial(width: int, value: float, number_state=TrialState.COMPLETE, number: int = 0):
+    trial = create_trial(
         state=number_state,
         value=value if number_state == TrialState.COMPLETE else None,
         params={"width": width},
         distributions={"width": FloatDistribution(1, 1000)},
+        user_attrs={"seed_values": [value - 0.01, value + 0.01]},
     )
+    trial.number = number
+    return trial
+
+
+def fake_round(job, value: float, number: int):
+    """A finished confirmation round of ``job`` whose fresh seeds all measured ``value``."""
+    trial = create_trial(
+        value=value,
+        params={"width": job.width},
+        distributions={"width": FloatDistribution(1, 1000)},
+        user_attrs={
+            "role": "confirm",
+            "confirms": job.confirm,
+            "seeds": [10_000 + k for k in job.seeds],
+            "seed_values": [value] * len(job.seeds),
+        },
+    )
+    trial.number = number
+    return trial
+
+
+RULE = SequentialRule(target=0.8, level=0.9, first=4, step=4, cap=12)
 
 
 @pytest.mark.parametrize("threshold", [1, 5, 12, 40, 64, 100])
 def test_bisection_finds_the_narrowest_reaching_rung_in_log_probes(threshold):
     """An oracle reaches the target exactly from ``threshold`` on; each probe costs all of its
-    trials when out of reach, one when it reaches."""
+    trials when out of reach, one when it reaches, then one confirmation round."""
     ladder = WidthLadder(low=2, high=64, per_octave=2).ladder()
     trials, probed = [], []
-    while (job := next_width(ladder, rungs(trials), 0.8, 3)) is not None:
-        width, _ = job
-        probed.append(width)
-        trials.append(fake_trial(width, 0.9 if width >= threshold else 0.5))
-    b = bracket(ladder, rungs(trials), 0.8, 3)
+    while (job := next_job(ladder, rungs(trials), RULE, 3)) is not None:
+        probed.append(job.width)
+        value = 0.9 if job.width >= threshold else 0.5
+        if job.confirm is None:
+            trials.append(fake_trial(job.width, value, number=len(trials)))
+        else:
+            trials.append(fake_round(job, value, len(trials)))
+    b = bracket(ladder, rungs(trials), RULE, 3)
     expected = next((w for w in ladder if w >= threshold), None)
     assert b.converged and b.w_star == expected
     assert len(set(probed)) <= int(np.ceil(np.log2(len(ladder) + 1)))
@@ -116,16 +145,17 @@ def test_bisection_finds_the_narrowest_reaching_rung_in_log_probes(threshold):
 def test_pending_trials_take_room_and_pruned_trials_never_reach():
     ladder = [2, 4, 8]
     table = rungs([fake_trial(4, 0.0, TrialState.RUNNING), fake_trial(4, 0.0, TrialState.RUNNING)])
-    assert next_width(ladder, table, 0.8, 2) is None  # the probe's trials are all under way
+    assert next_job(ladder, table, RULE, 2) is None  # the probe's trials are all under way
     pruned = create_trial(
         state=TrialState.PRUNED,
         params={"width": 4},
         intermediate_values={10: 0.95},
         distributions={"width": FloatDistribution(1, 1000)},
     )
-    table = rungs([pruned, fake_trial(4, 0.5)])
-    assert table[4].finished == 2 and table[4].best == 0.5
-    assert bracket(ladder, table, 0.8, 2).lo == 1
+    table = rungs([pruned, fake_trial(4, 0.5, number=1)])
+    assert table[4].finished == 2 and table[4].best == 0.5 and table[4].best_number == 1
+    job = next_job(ladder, table, RULE, 2)  # its search is done: confirm the best one
+    assert (job.width, job.confirm, job.seeds) == (4, 1, range(0, 4))
 
 
 # --- the target pruner ----------------------------------------------------------------------------
@@ -370,8 +400,13 @@ def test_study_answers_and_writes_study_nc_and_report(finished):
     dyn, static = result.findings["dynamical"], result.findings["static"]
     assert dyn.bracket.converged or dyn.trials >= config.search.trials
     ds = xr.open_dataset(result.study_file)  # plain xarray, no dlf needed
-    n_trials = len(trials_of(config)) + len(trials_of(config, "static"))
-    assert ds.sizes == {"trial": n_trials, "seed": 2}
+    searched = [
+        t
+        for kind in ("dynamical", "static")
+        for t in trials_of(config, kind)
+        if not is_confirmation(t)
+    ]
+    assert ds.sizes["trial"] == len(searched) and ds.sizes["seed"] == 2
     assert set(ds["state"].values) <= {"COMPLETE", "PRUNED"}
     assert ds.attrs["target"] == 0.6 and list(ds.attrs["ladder"]) == [2, 4, 8]
     done = ds.where(ds["state"] == "COMPLETE", drop=True)
@@ -405,8 +440,16 @@ def test_rerunning_a_finished_study_adds_no_trials_and_says_what_it_kept(finishe
     before = {(t.number, t.state, t.value) for t in trials_of(config)}
     run_study(config)
     assert {(t.number, t.state, t.value) for t in trials_of(config)} == before
-    kept = len(before) + len(trials_of(config, "static"))
-    assert f"{kept} finished trials kept" in capsys.readouterr().err
+    storage = open_storage(config)
+    every = [
+        t
+        for kind in ("dynamical", "static")
+        for t in optuna.load_study(study_name=f"tiny.{kind}", storage=storage).get_trials()
+    ]
+    rounds = sum(is_confirmation(t) for t in every)
+    assert rounds  # the study confirmed at least one rung on fresh seeds
+    err = capsys.readouterr().err
+    assert f"{len(every)} finished trials kept, {rounds} of them confirmation rounds" in err
 
 
 def test_show_prints_the_answer_with_its_uncertainty_for_a_study_folder_or_file(finished, capsys):

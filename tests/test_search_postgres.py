@@ -104,11 +104,13 @@ def test_commands_started_at_once_on_a_fresh_database_all_create_the_schema(tmp_
 def assert_nothing_lost_or_duplicated(config, directory):
     """Every trial finished exactly once, no (width, A, T) was evaluated twice, and every stored
     value is what its members measured in the trace."""
-    trials = {kind: trials_of(config, kind) for kind in ("static", "dynamical")}
+    trials = {kind: trials_of(config, kind) for kind in ("static", "dynamical")}  # search trials
+    storage = open_storage(config)
     for kind, those in trials.items():
         assert those, kind
-        assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in those)
-        assert sorted(t.number for t in those) == list(range(len(those)))
+        every = optuna.load_study(study_name=f"{config.name}.{kind}", storage=storage).trials
+        assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in every)
+        assert sorted(t.number for t in every) == list(range(len(every)))
     points = [
         (t.params["width"], t.params["amplitude"], t.params["period"]) for t in trials["dynamical"]
     ]

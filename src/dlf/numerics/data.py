@@ -9,7 +9,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -50,20 +50,39 @@ class SpiralOptions(BaseModel):
     turns: float = Field(2.0, gt=0, description="turns of each arm (the notebooks: 2, i.e. 4π)")
     seed: int = Field(0, description="seed of the training set")
     val_seed: int = Field(1, description="seed of the validation set (same generator)")
+    draw: Literal["default_rng", "authors"] = Field(
+        "default_rng",
+        description="random stream of the noise: numpy's default_rng(seed), or the authors' "
+        "legacy RandomState(seed).randn (the papers' point sets)",
+    )
 
 
 def spiral_points(
-    classes: int, points_per_class: int, noise: float, turns: float, seed: int
+    classes: int,
+    points_per_class: int,
+    noise: float,
+    turns: float,
+    seed: int,
+    draw: str = "default_rng",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The authors' generator: arm j has r = linspace(0, 1, N) and angle
-    linspace(ωj, ωj + 2π·turns, N) + noise·randn(N), ω = 2π/C; labels ordered by class."""
-    rng = np.random.default_rng(seed)
+    """The authors' construction: arm j has r = linspace(0, 1, N) and angle
+    linspace(ωj, ωj + 2π·turns, N) + noise·randn(N), ω = 2π/C; labels ordered by class.
+
+    ``draw`` picks the random stream: ``"authors"`` is the notebooks' legacy
+    ``RandomState(seed)`` with ``randn`` drawn arm after arm, so seeds give the papers' point
+    sets; ``"default_rng"`` numpy's ``default_rng(seed)`` (other point sets, same law)."""
+    if draw == "authors":
+        normal = np.random.RandomState(seed).randn
+    elif draw == "default_rng":
+        normal = np.random.default_rng(seed).standard_normal
+    else:
+        raise ValueError(f"unknown draw {draw!r}; allowed: default_rng, authors")
     omega = 2 * np.pi / classes
     xs, ys = [], []
     for arm in range(classes):
         r = np.linspace(0.0, 1.0, points_per_class)
         t = np.linspace(omega * arm, omega * arm + 2 * np.pi * turns, points_per_class)
-        t = t + noise * rng.standard_normal(points_per_class)
+        t = t + noise * normal(points_per_class)
         xs.append(np.stack([r * np.cos(t), r * np.sin(t)], axis=1))
         ys.append(np.full(points_per_class, arm))
     return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
@@ -71,8 +90,8 @@ def spiral_points(
 
 def spiral(options: SpiralOptions) -> Dataset:
     args = (options.classes, options.points_per_class, options.noise, options.turns)
-    x_train, y_train = spiral_points(*args, seed=options.seed)
-    x_val, y_val = spiral_points(*args, seed=options.val_seed)
+    x_train, y_train = spiral_points(*args, seed=options.seed, draw=options.draw)
+    x_val, y_val = spiral_points(*args, seed=options.val_seed, draw=options.draw)
     return Dataset("spiral", x_train, y_train, x_val, y_val, options.classes)
 
 

@@ -4,9 +4,10 @@
 period whose trials are members of vectorised ensemble runs, with a static-loss baseline,
 resumable storage, several workers, ``study.nc`` and ``report.md``. Read the modules top-down:
 ``config`` (the ``search`` section), ``storage``, ``liveness`` and ``lock`` (where trials live,
-retrying lost ones, taking jobs atomically), ``ladder`` (the width bisection), ``proposals`` (the
-(A, T) slots), ``pruning`` and ``evaluate`` (one batch of trials as one run), ``study`` (the
-workers), ``results`` and ``report`` (what comes out).
+retrying lost ones, taking jobs atomically), ``confirm`` (deciding a rung on fresh seeds),
+``ladder`` (the width bisection), ``proposals`` (the (A, T) slots), ``pruning`` and ``evaluate``
+(one batch of trials as one run), ``study`` (the workers), ``results`` and ``report`` (what
+comes out).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dlf.studies.search.config import SearchConfig, StudyConfig, load_study_config
+from dlf.studies.search.confirm import is_confirmation
 from dlf.studies.search.results import Finding, findings, open_study, study_dataset, write_study
 from dlf.studies.search.storage import open_storage, open_studies, storage_label, study_dir
 from dlf.studies.search.study import check_study, run_workers
@@ -66,15 +68,18 @@ def run_study(config: StudyConfig, out_dir: Path | None = None, workers: int = 1
         config = config.with_root(out_dir)
     check_study(config, workers)
     studies = open_studies(config, open_storage(config))  # refuses another setup's study
-    kept = sum(
-        t.state.is_finished()
+    finished = [
+        t
         for study in studies.values()
         for t in study.get_trials(deepcopy=False)
-    )
-    if kept:
+        if t.state.is_finished()
+    ]
+    if finished:
+        rounds = sum(is_confirmation(t) for t in finished)
         print(
-            f"resuming study {config.name!r} in {study_dir(config)}: {kept} finished trials kept "
-            "(delete that folder to start afresh)",
+            f"resuming study {config.name!r} in {study_dir(config)}: {len(finished)} finished "
+            f"trials kept, {rounds} of them confirmation rounds (delete that folder to start "
+            "afresh)",
             file=sys.stderr,
         )
     try:

@@ -22,6 +22,9 @@ from dlf.config import RunConfig, Section, apply_overrides, load_raw, validate
 from dlf.errors import ConfigError
 from dlf.hooks.manager import load_plugins
 
+# Confirmation seed k is seed_offset + CONFIRM_BASE + k; search seeds lie below CONFIRM_BASE.
+CONFIRM_BASE = 10_000
+
 
 class LogRange(Section):
     """A closed range searched on a log scale; ``low == high`` fixes the value."""
@@ -112,7 +115,23 @@ class SearchConfig(Section):
 
     target: float = Field(gt=0, le=1, description="mean over seeds of the final metric to reach")
     metric: Literal["val_accuracy", "eval_train_accuracy"] = "val_accuracy"
-    seeds: list[int] = Field([0, 1, 2, 3], description="seeds of every trial; an int n: 0..n-1")
+    seeds: list[int] = Field(
+        [0, 1, 2, 3],
+        description="seeds of every search trial (before seed_offset); an int n: 0..n-1",
+    )
+    seed_offset: int = Field(
+        0, ge=0, description="added to every seed, search and confirmation: another seed set"
+    )
+    confirm_seeds: int = Field(
+        20, ge=2, description="fresh seeds of a rung's first confirmation round"
+    )
+    confirm_step: int = Field(20, ge=1, description="fresh seeds added per further round")
+    confirm_max: int = Field(
+        80, ge=2, le=CONFIRM_BASE, description="most fresh seeds a rung's confirmation uses"
+    )
+    confirm_level: float = Field(
+        0.9, gt=0.5, lt=1, description="one-sided confidence of a verdict, over all its rounds"
+    )
     width: WidthLadder = Field(default_factory=WidthLadder)
     amplitude: AmplitudeRange = Field(default_factory=AmplitudeRange)
     period: PeriodRange = Field(default_factory=PeriodRange)
@@ -140,6 +159,14 @@ class SearchConfig(Section):
         description="name → dotted overrides, e.g. {paper: {train.steps: 35000}}",
     )
 
+    def trial_seeds(self) -> list[int]:
+        """The seeds search trials train with: ``seeds`` shifted by ``seed_offset``."""
+        return [s + self.seed_offset for s in self.seeds]
+
+    def confirm_seed(self, k: int) -> int:
+        """The k-th fresh seed of confirmation rounds; disjoint from the search seeds."""
+        return self.seed_offset + CONFIRM_BASE + k
+
     def trials_at_width(self, kind: str) -> int:
         """Trials a width gets before it counts as out of reach (the static loss has one)."""
         return self.trials_per_width if kind == "dynamical" else 1
@@ -158,7 +185,21 @@ class SearchConfig(Section):
     def _distinct_seeds(cls, value: list[int]) -> list[int]:
         if not value or len(set(value)) != len(value):
             raise ValueError("seeds must be a non-empty list of distinct integers")
+        if min(value) < 0 or max(value) >= CONFIRM_BASE:
+            raise ValueError(
+                f"seeds must lie in [0, {CONFIRM_BASE}); confirmation seeds start at "
+                f"{CONFIRM_BASE} (use seed_offset for another seed set)"
+            )
         return value
+
+    @model_validator(mode="after")
+    def _confirm_rounds(self) -> SearchConfig:
+        if self.confirm_max < self.confirm_seeds:
+            raise ValueError(
+                f"confirm_max ({self.confirm_max}) must be at least confirm_seeds "
+                f"({self.confirm_seeds})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _points_in_box(self) -> SearchConfig:
@@ -267,8 +308,11 @@ def setup_fingerprint(config: StudyConfig) -> dict[str, Any]:
     run["schedule"].pop("period")
     run["train"].pop("seeds")
     search = config.search.model_dump(
-        mode="json", include={"target", "metric", "seeds", "amplitude", "period"}
+        mode="json", include={"target", "metric", "amplitude", "period"}
     )
+    search["seeds"] = config.search.trial_seeds()  # seed_offset 0 keeps older studies' keys
+    if config.search.seed_offset:
+        search["seed_offset"] = config.search.seed_offset  # it shifts the confirmation seeds
     search["width"] = config.search.width.ladder()
     return _flatten({**run, "search": search})
 

@@ -42,6 +42,7 @@ class Candidate:
     trial: optuna.Trial
     amplitude: float
     period: float
+    seeds: tuple[int, ...] | None = None  # a confirmation round's fresh seeds (None: search)
 
 
 class BatchMonitor:
@@ -161,11 +162,14 @@ def run_batch(
     metric: str,
     trace: Path,
     progress: bool,
+    decide_early: bool = True,
 ) -> list[Outcome]:
-    """Train the batch as one ensemble, stopping once every trial is decided; the outcomes."""
+    """Train the batch as one ensemble, stopping once every trial is decided (unless
+    ``decide_early`` is off: confirmation rounds always train to the end); the outcomes."""
     monitor = BatchMonitor(study, candidates, metric, run_config.train.steps)
     plugins = load_plugins(run_config.plugins)
-    plugins.manager.register(monitor, name=MONITOR_NAME)
+    if decide_early:
+        plugins.manager.register(monitor, name=MONITOR_NAME)
     members = members_for(candidates, seeds, run_config.train.lr[0])
     execute(run_config, members=members, trace_path=trace, plugins=plugins, progress=progress)
     outcomes = measure(trace, len(candidates), len(seeds), metric)

@@ -28,6 +28,7 @@ HEARTBEAT_ATTR = "dlf:heartbeat"
 RETRY_OF = "retry_of"
 WIDTH = "width"
 SLOT = "slot"  # user attribute: the trial is the slot-th (A, T) proposal at its width
+ROLE = "role"  # user attribute: set on confirmation trials (dlf.studies.search.confirm)
 
 HOST = socket.gethostname()
 
@@ -109,7 +110,8 @@ def is_stale(trial: FrozenTrial, grace_seconds: float, now: float | None = None)
 
 def retry(study: optuna.Study, storage: BaseStorage, trial: FrozenTrial, reason: str) -> bool:
     """Fail ``trial`` and enqueue a fresh trial with its parameters; False if another process
-    finished or retried it first. ``storage`` is the one ``study`` was opened on."""
+    finished or retried it first. ``storage`` is the one ``study`` was opened on. A lost
+    confirmation round is only failed: the next round asked is the same one again."""
     tid = trial_id(storage, study, trial.number)
     try:
         storage.set_trial_system_attr(tid, "dlf:failed", reason)
@@ -117,7 +119,7 @@ def retry(study: optuna.Study, storage: BaseStorage, trial: FrozenTrial, reason:
             return False
     except UpdateFinishedTrialError:
         return False
-    if trial.params:
+    if trial.params and trial.user_attrs.get(ROLE) is None:  # a lost confirmation is redone
         width = trial.params.get(WIDTH, trial.user_attrs.get(WIDTH))
         attrs = {RETRY_OF: trial.number, WIDTH: width, SLOT: trial.user_attrs.get(SLOT)}
         study.enqueue_trial(trial.params, user_attrs=attrs)

@@ -21,7 +21,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import groupby
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -38,17 +38,20 @@ from dlf.engine.trace import interrupts_deferred
 from dlf.errors import ConfigError, DlfError, OutputError
 from dlf.hooks.manager import load_plugins
 from dlf.studies.search.config import StudyConfig
+from dlf.studies.search.confirm import CONFIRM, CONFIRMS, SEEDS, SequentialRule, is_confirmation
 from dlf.studies.search.evaluate import Candidate, run_batch, tell
 from dlf.studies.search.ladder import (
     FINISHED,
     PENDING,
     Bracket,
+    Job,
     bracket,
-    next_width,
+    next_job,
     rungs,
     trial_width,
 )
 from dlf.studies.search.liveness import (
+    ROLE,
     SLOT,
     WIDTH,
     WORKER_ATTR,
@@ -87,28 +90,31 @@ class Track:
     def bracket(self, config: StudyConfig) -> Bracket:
         search = config.search
         table = rungs(self.trials())
-        return bracket(search.width.ladder(), table, search.target, self.trials_per_width)
+        rule = SequentialRule.of(search)
+        return bracket(search.width.ladder(), table, rule, self.trials_per_width)
 
-    def next_job(self, config: StudyConfig) -> tuple[int, int, bool] | None:
-        """(width, number of trials, retries?) to start now, or None: retries first, then the
-        bisection. Only meaningful under the study lock, where nobody else asks meanwhile."""
+    def next_job(self, config: StudyConfig) -> tuple[Job, bool] | None:
+        """(job, retries?) to start now, or None: retries first, then the bisection (search
+        trials or a confirmation round). Only meaningful under the study lock, where nobody
+        else asks meanwhile."""
         trials = self.trials()
         waiting = [t for t in trials if t.state == TrialState.WAITING]
-        if waiting:  # retries of lost trials carry their width
+        if waiting:  # retries of lost search trials carry their width
             width = trial_width(waiting[0])
             same = [t for t in waiting if trial_width(t) == width]
             if width is not None:
-                return width, min(len(same), config.search.batch), True
+                return Job(width, room=min(len(same), config.search.batch)), True
         ladder = config.search.width.ladder()
-        job = next_width(ladder, rungs(trials), config.search.target, self.trials_per_width)
-        if job is None:
-            return None
-        width, room = job
-        room = min(room, config.search.batch)
+        rule = SequentialRule.of(config.search)
+        job = next_job(ladder, rungs(trials), rule, self.trials_per_width)
+        if job is None or job.confirm is not None:
+            return None if job is None else (job, False)
+        room = min(job.room, config.search.batch)
         if self.budget is not None:
-            used = sum(t.state in (*FINISHED, *PENDING) for t in trials)
+            searched = [t for t in trials if not is_confirmation(t)]
+            used = sum(t.state in (*FINISHED, *PENDING) for t in searched)
             room = min(room, self.budget - used)
-        return (width, room, False) if room > 0 else None
+        return (replace(job, room=room), False) if room > 0 else None
 
     def busy(self) -> bool:
         return any(t.state in PENDING for t in self.trials())
@@ -197,13 +203,34 @@ class Worker:
             retried = recover_stale(track.study, self.storage, self.config.search.grace_seconds)
             if retried:
                 self.say(f"{track.kind}: retrying trials {retried} whose worker is gone")
-            job = track.next_job(self.config)
-            if job is None:
+            found = track.next_job(self.config)
+            if found is None:
                 return []
-            width, n, retries = job
-            rung = rungs(track.trials()).get(width)  # its trials finished or under way
+            job, retries = found
+            if job.confirm is not None:
+                return [self.ask_confirmation(track, job)]
+            rung = rungs(track.trials()).get(job.width)  # its trials finished or under way
             first_slot = 0 if rung is None else rung.finished + rung.pending
-            return [self.ask(track, width, None if retries else first_slot + i) for i in range(n)]
+            return [
+                self.ask(track, job.width, None if retries else first_slot + i)
+                for i in range(job.room)
+            ]
+
+    def ask_confirmation(self, track: Track, job: Job) -> Candidate:
+        """A confirmation trial: the selected trial's width, A and T on fresh seeds, marked
+        (before its parameters are drawn) so that a lost one is failed, not re-enqueued."""
+        search = self.config.search
+        selected = next(t for t in track.trials() if t.number == job.confirm)
+        seeds = tuple(search.confirm_seed(k) for k in job.seeds)
+        with interrupts_deferred():
+            track.study.sampler = make_sampler(search, dict(selected.params), 0)
+            trial = track.study.ask()
+            claim(self.storage, trial_id(self.storage, track.study, trial.number), self.id)
+            trial.set_user_attr(ROLE, CONFIRM)
+            trial.set_user_attr(CONFIRMS, selected.number)
+            trial.set_user_attr(SEEDS, list(seeds))
+            candidate = self.suggest(track, trial)
+            return replace(candidate, seeds=seeds)
 
     def ask(self, track: Track, width: int, slot: int | None) -> Candidate:
         """One trial at ``width``: slot ``slot`` of its proposals, or (None) a waiting retry.
@@ -224,10 +251,15 @@ class Worker:
         track.study.sampler = make_sampler(search, fixed, seed % 2**32)
         trial = track.study.ask()
         claim(self.storage, trial_id(self.storage, track.study, trial.number), self.id)
-        ladder = search.width.ladder()
-        trial.suggest_int(WIDTH, ladder[0], ladder[-1], log=True)
         if slot is not None:
             trial.set_user_attr(SLOT, slot)
+        return self.suggest(track, trial)
+
+    def suggest(self, track: Track, trial: optuna.Trial) -> Candidate:
+        """Draw the trial's width (and A, T) from the sampler, which has them fixed."""
+        search = self.config.search
+        ladder = search.width.ladder()
+        trial.suggest_int(WIDTH, ladder[0], ladder[-1], log=True)
         if not track.dynamical:
             return Candidate(trial, 1.0, float(track.run.train.steps))
         amplitude = trial.suggest_float(
@@ -237,7 +269,8 @@ class Worker:
         return Candidate(trial, amplitude, period)
 
     def evaluate(self, track: Track, candidates: Sequence[Candidate]) -> None:
-        """Evaluate each width group (retries may differ) as one run."""
+        """Evaluate each width group (retries may differ) as one run; a confirmation round is
+        a job of its own."""
         ordered = sorted(candidates, key=lambda c: c.trial.params[WIDTH])
         for width, group in groupby(ordered, key=lambda c: c.trial.params[WIDTH]):
             self.evaluate_width(track, int(width), list(group))
@@ -245,11 +278,18 @@ class Worker:
     def evaluate_width(self, track: Track, width: int, candidates: Sequence[Candidate]) -> None:
         search = self.config.search
         numbers = [c.trial.number for c in candidates]
-        trace = Path("runs") / f"{track.kind}-w{width:04d}-t{numbers[0]:04d}.nc"
+        confirming = candidates[0].seeds is not None
+        seeds = candidates[0].seeds or search.trial_seeds()
+        role = "confirm" if confirming else "t"
+        trace = Path("runs") / f"{track.kind}-w{width:04d}-{role}{numbers[0]:04d}.nc"
         where = track.bracket(self.config).describe()
-        self.say(
-            f"{track.kind}: width {width}, trials {numbers} × {len(search.seeds)} seeds ({where})"
+        what = (
+            f"confirming trial {candidates[0].trial.user_attrs[CONFIRMS]} as trial {numbers[0]}"
+            f" on fresh seeds {seeds[0]}..{seeds[-1]}"
+            if confirming
+            else f"trials {numbers} × {len(seeds)} seeds"
         )
+        self.say(f"{track.kind}: width {width}, {what} ({where})")
         run = track.run.model_copy(
             update={"model": track.run.model.model_copy(update={"width": width})}
         )
@@ -261,10 +301,11 @@ class Worker:
                     track.study,
                     run,
                     candidates,
-                    search.seeds,
+                    seeds,
                     search.metric,
                     self.dir / trace,
                     self.progress,
+                    decide_early=not confirming,
                 )
         except OutputError:
             raise  # a full disk: run() releases the trials for a retry
@@ -272,7 +313,7 @@ class Worker:
             self.fail(ids, exc)
             raise
         self.batch_seconds.append(time.monotonic() - start)
-        n_seeds = len(search.seeds)
+        n_seeds = len(seeds)
         with interrupts_deferred():  # a finished batch is recorded whole before an interrupt
             for i, (candidate, outcome) in enumerate(zip(candidates, outcomes, strict=True)):
                 members = list(range(i * n_seeds, (i + 1) * n_seeds))
@@ -288,15 +329,25 @@ class Worker:
                 except UpdateFinishedTrialError:
                     number = candidate.trial.number
                     self.say(f"trial {number} was retried elsewhere; result dropped")
-        best = max(o.mean for o in outcomes)
-        pruned = sum(o.state == TrialState.PRUNED for o in outcomes)
-        stopped = outcomes[0].measured_step
-        early = "" if outcomes[0].full_length else f", run stopped at step {stopped}"
-        self.say(
-            f"{track.kind}: width {width} → best {search.metric} {best:.3f}"
-            f" ({pruned} of {len(outcomes)} pruned{early})"
-        )
+        if confirming:
+            self.say(f"{track.kind}: width {width} → {self.confirmation(track, width)}")
+        else:
+            best = max(o.mean for o in outcomes)
+            pruned = sum(o.state == TrialState.PRUNED for o in outcomes)
+            stopped = outcomes[0].measured_step
+            early = "" if outcomes[0].full_length else f", run stopped at step {stopped}"
+            self.say(
+                f"{track.kind}: width {width} → best {search.metric} {best:.3f}"
+                f" ({pruned} of {len(outcomes)} pruned{early})"
+            )
         self.say(self.overview())
+
+    def confirmation(self, track: Track, width: int) -> str:
+        """The rung's confirmed estimate so far and its verdict (or that more seeds are due)."""
+        rung = rungs(track.trials())[width]
+        estimate = SequentialRule.of(self.config.search).confirmed(rung.confirm_values)
+        verdict = estimate.verdict or "undecided, more seeds due"
+        return f"confirmed {self.config.search.metric} {estimate.describe()}: {verdict}"
 
     def overview(self) -> str:
         """The study's state after a batch: each track's bracket, time spent and a rough ETA
@@ -403,7 +454,8 @@ def check_study(config: StudyConfig, workers: int = 1) -> None:
     lr = config.run.train.lr[0]
     build_context(run, plugins, [Member(seed=0, amplitude=1.0, period=1.0, lr=lr)])
     widest = config.run.model.model_copy(update={"width": config.search.width.ladder()[-1]})
-    members = config.search.batch * len(config.search.seeds)
+    search = config.search
+    members = max(search.batch * len(search.seeds), search.confirm_seeds, search.confirm_step)
     try:
         check_budget(config.run.model_copy(update={"model": widest}), members)
     except ConfigError as exc:  # the width is the ladder's: name the search's field

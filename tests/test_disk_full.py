@@ -109,7 +109,7 @@ def test_a_full_disk_under_a_study_trace_releases_its_trials_for_a_retry(
         for t in optuna.load_study(study_name=s.study_name, storage=store).trials
     ]
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
-    assert failed and {t.system_attrs["dlf:failed"] for t in failed} == {"disk full"}
+    assert failed and {t.system_attrs["dlf:failed"] for t in failed} == {"released (disk full)"}
     retries = [t.user_attrs.get(RETRY_OF) for t in trials if t.state.name == "WAITING"]
     assert sorted(retries) == sorted(t.number for t in failed)  # each is retried next time
     monkeypatch.undo()

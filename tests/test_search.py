@@ -651,7 +651,7 @@ def journal_states(path: Path) -> tuple[set[int], set[int]]:
     return finished, claimed - finished
 
 
-def wait_for_journal(path: Path, finished: int, claimed_running: int, timeout: float = 90):
+def wait_for_journal(path: Path, finished: int, claimed_running: int, timeout: float = 600):
     """Until the journal holds ``finished`` finished trials and ``claimed_running`` trials that
     a worker claimed and still runs (a trial is RUNNING from Optuna's ``ask`` on, but only its
     claim makes it a worker's, so a signal sent before it would find nothing to release)."""
@@ -667,7 +667,7 @@ def wait_for_journal(path: Path, finished: int, claimed_running: int, timeout: f
 def test_sigterm_releases_running_trials_for_a_retry_and_writes_study_nc(tmp_path):
     config = stop_mid_study(tmp_path, signal.SIGTERM)
     trials = trials_of(config)
-    released = [t for t in trials if t.system_attrs.get("dlf:failed") == "interrupted"]
+    released = [t for t in trials if t.system_attrs.get("dlf:failed") == "released (interrupted)"]
     assert released and all(t.state == TrialState.FAIL for t in released)
     waiting = [t for t in trials if t.state == TrialState.WAITING]
     assert sorted(t.user_attrs["retry_of"] for t in waiting) == sorted(t.number for t in released)
@@ -701,7 +701,7 @@ def test_an_interrupt_while_a_trial_is_asked_or_told_leaves_none_running_or_unre
     assert sent and not [t.number for t in trials if t.state == TrialState.RUNNING]
     first = trials[0]
     if where == "claim":  # released for a retry, which waits for the next run
-        assert first.state == TrialState.FAIL and first.system_attrs["dlf:failed"] == "interrupted"
+        assert first.state == TrialState.FAIL and first.system_attrs["dlf:failed"] == "released (interrupted)"
         assert [t.user_attrs.get("retry_of") for t in trials[1:]] == [0]
         assert trials[1].state == TrialState.WAITING
     else:  # the finished trial is recorded, and nothing else was asked
@@ -789,7 +789,7 @@ def assert_released(config, numbers: set[int]) -> None:
     assert not [n for n, t in trials.items() if t.state == TrialState.RUNNING]
     for number in numbers:
         assert trials[number].state == TrialState.FAIL
-        assert trials[number].system_attrs["dlf:failed"] == "interrupted"
+        assert trials[number].system_attrs["dlf:failed"] == "released (interrupted)"
         retries = [t for t in trials.values() if t.user_attrs.get("retry_of") == number]
         assert len(retries) == 1 and retries[0].state == TrialState.WAITING
 

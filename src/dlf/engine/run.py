@@ -328,6 +328,21 @@ def run_fingerprint(config: RunConfig, members: Sequence[Member]) -> str:
     )
 
 
+def resume_point(config: RunConfig, members: Sequence[Member], trace: Path) -> int:
+    """The step a run of ``config`` with ``members`` would continue from at ``trace`` (0: it
+    would start afresh), for callers that replay what happened before (a study's monitor)."""
+    if config.analyzers:
+        return 0
+    checkpoint = resume.load(trace, run_fingerprint(config, members), torch.device("cpu"))
+    if checkpoint is None:
+        return 0
+    try:
+        finished = int(open_trace(trace).attrs.get("steps_completed", -1))
+    except InputError:
+        return 0
+    return checkpoint.step if finished >= checkpoint.step else 0
+
+
 def continued(recorder: Recorder, fingerprint: str, fresh: bool) -> resume.Checkpoint | None:
     """The checkpoint this run continues from, its records taken over from the earlier trace;
     None for a run that starts at step 0 (``fresh``, with analyzers, or nothing to continue

@@ -17,8 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from optuna.trial import FrozenTrial, TrialState
+
 from dlf.studies.search.config import SearchConfig, StudyConfig, load_study_config
 from dlf.studies.search.confirm import is_confirmation
+from dlf.studies.search.liveness import is_released
 from dlf.studies.search.results import Finding, findings, open_study, study_dataset, write_study
 from dlf.studies.search.storage import open_storage, open_studies, storage_label, study_dir
 from dlf.studies.search.study import check_study, run_workers
@@ -68,18 +71,11 @@ def run_study(config: StudyConfig, out_dir: Path | None = None, workers: int = 1
         config = config.with_root(out_dir)
     check_study(config, workers)
     studies = open_studies(config, open_storage(config))  # refuses another setup's study
-    finished = [
-        t
-        for study in studies.values()
-        for t in study.get_trials(deepcopy=False)
-        if t.state.is_finished()
-    ]
-    if finished:
-        rounds = sum(is_confirmation(t) for t in finished)
+    trials = [t for study in studies.values() for t in study.get_trials(deepcopy=False)]
+    if trials:
         print(
-            f"resuming study {config.name!r} in {study_dir(config)}: {len(finished)} finished "
-            f"trials kept, {rounds} of them confirmation rounds (delete that folder to start "
-            "afresh)",
+            f"resuming study {config.name!r} in {study_dir(config)}: {resume_counts(trials)} "
+            "(delete that folder to start afresh)",
             file=sys.stderr,
         )
     try:
@@ -88,6 +84,25 @@ def run_study(config: StudyConfig, out_dir: Path | None = None, workers: int = 1
         write_results(config)  # what finished so far, then the interrupt goes on to the CLI
         raise
     return write_results(config)
+
+
+def resume_counts(trials: Sequence[FrozenTrial]) -> str:
+    """What a resumed study keeps and what it runs again, in words: finished trials (and how
+    many are confirmation rounds), trials released by an interrupt or a lost worker (their
+    runs continue from their last checkpoints), and trials that failed with an error."""
+    kept = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    rounds = sum(is_confirmation(t) for t in kept)
+    parts = [f"{len(kept)} finished trials kept ({rounds} of them confirmation rounds)"]
+    released = [t for t in trials if t.state == TrialState.FAIL and is_released(t)]
+    if released:
+        parts.append(
+            f"{len(released)} released by an interrupt or a lost worker, to run again from "
+            "their runs' last checkpoints"
+        )
+    errors = [t for t in trials if t.state == TrialState.FAIL and not is_released(t)]
+    if errors:
+        parts.append(f"{len(errors)} failed with an error (report.md says why)")
+    return "; ".join(parts)
 
 
 def cli_run(config_path: Path, overrides: Sequence[str], out: Path | None, workers: int) -> int:

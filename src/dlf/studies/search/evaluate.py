@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
+import xarray as xr
 from optuna.trial import TrialState
 
 from dlf.config import Member, RunConfig
-from dlf.engine.run import execute
+from dlf.engine.run import execute, resume_point
 from dlf.engine.trace import open_trace
 from dlf.hooks.manager import load_plugins
 from dlf.hooks.specs import hookimpl
@@ -64,20 +65,33 @@ class BatchMonitor:
 
     @hookimpl
     def dlf_evaluate(self, state: EvalState) -> None:
-        if state.step >= self.total_steps:
-            return
         values = state.val_accuracy if self.metric == "val_accuracy" else state.train_accuracy
+        if self.observe(state.step, values):
+            state.run.request_stop(f"dlf.studies.search: every trial decided at step {state.step}")
+
+    def prime(self, trace: xr.Dataset, until: int) -> None:
+        """Observe the evaluations before step ``until`` that ``trace`` (a run continuing from
+        there) already holds, so that the trials' curves and decisions are whole."""
+        name = "val_accuracy" if self.metric == "val_accuracy" else "eval_train_accuracy"
+        for step in trace["eval_step"].values[trace["eval_step"].values < until]:
+            self.observe(int(step), torch.as_tensor(trace[name].sel(eval_step=step).values))
+
+    def observe(self, step: int, values: torch.Tensor) -> bool:
+        """Report each trial's seed mean of ``values (member,)`` at ``step`` and decide those
+        the pruner can; whether every trial is now decided."""
+        if step >= self.total_steps:
+            return False
         means = torch.nan_to_num(values.detach(), nan=0.0).view(len(self.trials), -1).mean(dim=1)
         pruner = self.study.pruner
         references = None  # read from the storage at most once per evaluation round
         for i, trial in enumerate(self.trials):
             value = float(means[i])
-            self.curves[i][state.step] = value
-            trial.report(value, state.step)  # decided trials too: full curves for the pruner
+            self.curves[i][step] = value
+            trial.report(value, step)  # decided trials too: full curves for the pruner
             if i in self.verdicts:
                 continue
             if isinstance(pruner, TargetPruner):
-                if state.step < pruner.judged_from(trial.params):
+                if step < pruner.judged_from(trial.params):
                     continue  # Γ oscillates or just stopped: not judged (no storage read)
                 if references is None:
                     references = pruner.references(self.study)
@@ -85,9 +99,8 @@ class BatchMonitor:
             else:
                 verdict = HOPELESS if trial.should_prune() else None
             if verdict is not None:
-                self.verdicts[i] = (verdict, state.step)
-        if len(self.verdicts) == len(self.trials):
-            state.run.request_stop(f"dlf.studies.search: every trial decided at step {state.step}")
+                self.verdicts[i] = (verdict, step)
+        return len(self.verdicts) == len(self.trials)
 
 
 @dataclass
@@ -171,6 +184,9 @@ def run_batch(
     if decide_early:
         plugins.manager.register(monitor, name=MONITOR_NAME)
     members = members_for(candidates, seeds, run_config.train.lr[0])
+    continues_from = resume_point(run_config, members, trace)  # a batch released by an interrupt
+    if decide_early and continues_from:
+        monitor.prime(open_trace(trace), continues_from)
     execute(run_config, members=members, trace_path=trace, plugins=plugins, progress=progress)
     outcomes = measure(trace, len(candidates), len(seeds), metric)
     for i, outcome in enumerate(outcomes):

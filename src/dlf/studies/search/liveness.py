@@ -25,7 +25,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 WORKER_ATTR = "dlf:worker"
 HEARTBEAT_ATTR = "dlf:heartbeat"
-RETRY_OF = "retry_of"
+RETRY_OF = "retry_of"  # a retried trial: the number of the trial first asked with its parameters
+FAILED_ATTR = "dlf:failed"  # a failed trial's system attribute: why (released, or the error)
 WIDTH = "width"
 SLOT = "slot"  # user attribute: the trial is the slot-th (A, T) proposal at its width
 ROLE = "role"  # user attribute: set on confirmation trials (dlf.studies.search.confirm)
@@ -114,16 +115,23 @@ def retry(study: optuna.Study, storage: BaseStorage, trial: FrozenTrial, reason:
     confirmation round is only failed: the next round asked is the same one again."""
     tid = trial_id(storage, study, trial.number)
     try:
-        storage.set_trial_system_attr(tid, "dlf:failed", reason)
+        storage.set_trial_system_attr(tid, FAILED_ATTR, f"released ({reason})")
         if not storage.set_trial_state_values(tid, TrialState.FAIL):
             return False
     except UpdateFinishedTrialError:
         return False
     if trial.params and trial.user_attrs.get(ROLE) is None:  # a lost confirmation is redone
         width = trial.params.get(WIDTH, trial.user_attrs.get(WIDTH))
-        attrs = {RETRY_OF: trial.number, WIDTH: width, SLOT: trial.user_attrs.get(SLOT)}
+        first = trial.user_attrs.get(RETRY_OF, trial.number)  # the trial first asked
+        attrs = {RETRY_OF: first, WIDTH: width, SLOT: trial.user_attrs.get(SLOT)}
         study.enqueue_trial(trial.params, user_attrs=attrs)
     return True
+
+
+def is_released(trial: FrozenTrial) -> bool:
+    """Whether a FAIL trial was released by :func:`retry` (an interrupt, a lost worker, a full
+    disk) rather than failed by an error of its run."""
+    return str(trial.system_attrs.get(FAILED_ATTR, "")).startswith("released")
 
 
 def recover_stale(study: optuna.Study, storage: BaseStorage, grace_seconds: float) -> list[int]:

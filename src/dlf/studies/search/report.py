@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,6 +46,8 @@ def _trials_frame(ds: xr.Dataset) -> pd.DataFrame:
         "measured_step",
         "verdict",
         "member_steps",
+        "retry_of",
+        "fail_reason",
     ]
     frame = ds[columns].to_dataframe().reset_index(drop=True)
     frame["shown"] = frame["value"].fillna(frame["last_intermediate"])
@@ -191,14 +194,32 @@ def _table(frame: pd.DataFrame) -> list[str]:
         "| study | # | state | width | A | T | value | ± sem | measured at step | verdict |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
+    ordered = frame.sort_values("number")
+    retried = {  # the trial first asked → its latest retry
+        int(first): int(number)
+        for first, number in zip(ordered["retry_of"], ordered["number"], strict=True)
+        if first >= 0
+    }
     for row in frame.sort_values(["kind", "width", "number"]).itertuples():
         lines.append(
             f"| {row.kind} | {row.number} | {row.state} | {_num(row.width, '.0f')} | "
             f"{_num(row.amplitude, '.3g')} | {_num(row.period, '.3g')} | "
             f"{_num(row.value, '.3f')} | {_num(row.sem, '.3f')} | "
-            f"{row.measured_step if row.measured_step >= 0 else ''} | {row.verdict} |"
+            f"{row.measured_step if row.measured_step >= 0 else ''} | {_verdict(row, retried)} |"
         )
     return lines
+
+
+def _verdict(row: Any, retried: dict[int, int]) -> str:
+    """The verdict column: the pruner's verdict, or for a failed trial why, and its retry."""
+    if row.state != "FAIL":
+        return str(row.verdict)
+    why = f"failed: {row.fail_reason or 'no reason recorded'}"
+    first = row.retry_of if row.retry_of >= 0 else row.number
+    again = retried.get(first)
+    return why + (
+        f"; run again as trial {again}" if again is not None and again != row.number else ""
+    )
 
 
 def _rung_table(rungs: pd.DataFrame, level: float) -> list[str]:

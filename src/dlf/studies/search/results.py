@@ -28,7 +28,7 @@ from dlf.studies.search.confirm import (
     is_confirmation,
 )
 from dlf.studies.search.ladder import FINISHED, Bracket, bracket, rungs, trial_width
-from dlf.studies.search.liveness import RETRY_OF
+from dlf.studies.search.liveness import FAILED_ATTR, RETRY_OF
 from dlf.studies.search.storage import redact
 
 STUDY_FILE = "study.nc"
@@ -212,6 +212,7 @@ COLUMNS: dict[str, Any] = {
     "member_steps": np.int64,
     "verdict": object,
     "retry_of": np.int64,
+    "fail_reason": object,
     "trace": object,
 }
 PER_SEED = ("seed_values", "val_accuracy", "train_accuracy", "val_loss")
@@ -234,6 +235,7 @@ def _row(kind: str, trial: FrozenTrial) -> dict[str, Any]:
         "member_steps": attrs.get("member_steps", 0),
         "verdict": attrs.get("verdict") or "",
         "retry_of": attrs.get(RETRY_OF, -1),
+        "fail_reason": str(trial.system_attrs.get(FAILED_ATTR, "")),
         "trace": attrs.get("trace", ""),
     }
 

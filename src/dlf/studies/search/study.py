@@ -51,6 +51,8 @@ from dlf.studies.search.ladder import (
     trial_width,
 )
 from dlf.studies.search.liveness import (
+    FAILED_ATTR,
+    RETRY_OF,
     ROLE,
     SLOT,
     WIDTH,
@@ -280,8 +282,7 @@ class Worker:
         numbers = [c.trial.number for c in candidates]
         confirming = candidates[0].seeds is not None
         seeds = candidates[0].seeds or search.trial_seeds()
-        role = "confirm" if confirming else "t"
-        trace = Path("runs") / f"{track.kind}-w{width:04d}-{role}{numbers[0]:04d}.nc"
+        trace = Path("runs") / batch_trace_name(track.kind, width, candidates)
         where = track.bracket(self.config).describe()
         what = (
             f"confirming trial {candidates[0].trial.user_attrs[CONFIRMS]} as trial {numbers[0]}"
@@ -368,7 +369,7 @@ class Worker:
         """Trials whose run raised an error fail with it (they are not retried)."""
         for tid in trial_ids:
             if not self.storage.get_trial(tid).state.is_finished():
-                self.storage.set_trial_system_attr(tid, "dlf:failed", repr(exc)[:500])
+                self.storage.set_trial_system_attr(tid, FAILED_ATTR, repr(exc)[:500])
                 self.storage.set_trial_state_values(tid, TrialState.FAIL)
 
     def release_held(self, reason: str) -> None:
@@ -385,6 +386,18 @@ class Worker:
                 for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                     if trial.system_attrs.get(WORKER_ATTR) == self.id:
                         retry(study, storage, trial, reason)
+
+
+def batch_trace_name(kind: str, width: int, candidates: Sequence[Candidate]) -> str:
+    """The trace file of a batch, named after its first trial as first asked (a retry keeps
+    its original's number, a confirmation round the trial it confirms and its first seed), so
+    that a batch released by an interrupt and asked again finds its run's checkpoint."""
+    first = candidates[0]
+    if first.seeds is not None:
+        confirms = first.trial.user_attrs[CONFIRMS]
+        return f"{kind}-w{width:04d}-confirm{confirms:04d}-s{first.seeds[0]}.nc"
+    number = first.trial.user_attrs.get(RETRY_OF, first.trial.number)
+    return f"{kind}-w{width:04d}-t{number:04d}.nc"
 
 
 def _minutes(seconds: float) -> str:

@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from dlf.studies.search.config import SearchConfig, StudyConfig, load_study_config
 from dlf.studies.search.confirm import is_confirmation
+from dlf.studies.search.cost import plan
 from dlf.studies.search.liveness import is_released
 from dlf.studies.search.results import Finding, findings, open_study, study_dataset, write_study
 from dlf.studies.search.storage import open_storage, open_studies, storage_label, study_dir
@@ -78,6 +79,7 @@ def run_study(config: StudyConfig, out_dir: Path | None = None, workers: int = 1
             "(delete that folder to start afresh)",
             file=sys.stderr,
         )
+    print(plan(config, workers), file=sys.stderr, flush=True)
     try:
         run_workers(config, workers)
     except KeyboardInterrupt:

@@ -361,7 +361,8 @@ class Worker:
                 probes_left += math.ceil(math.log2(b.hi - b.lo))
         elapsed = time.monotonic() - self.started
         mean = sum(self.batch_seconds) / len(self.batch_seconds)
-        eta = "done" if probes_left == 0 else f"≈ {probes_left} widths to go, ETA ≳ "
+        widths = "width" if probes_left == 1 else "widths"
+        eta = "done" if probes_left == 0 else f"≈ {probes_left} {widths} to go, ETA ≳ "
         eta += "" if probes_left == 0 else _minutes(probes_left * mean)
         return f"study: {'; '.join(parts)} — {_minutes(elapsed)} so far, {eta}"
 

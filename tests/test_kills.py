@@ -171,7 +171,7 @@ def test_a_torn_last_journal_record_is_survived_and_reported(tmp_path):
     assert again.returncode == 0, again.stderr
     warnings = [line for line in again.stderr.splitlines() if "torn record" in line]
     assert len(warnings) == 1 and str(journal) in warnings[0]
-    assert f"{finished} finished trials kept" in again.stderr
+    assert f"{finished} finished search trials and " in again.stderr
     assert b"dead-worker" in (journal.parent / "optuna.journal.torn").read_bytes()
     for line in journal.read_bytes().splitlines():
         json.loads(line)  # every record left is whole

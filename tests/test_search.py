@@ -449,7 +449,8 @@ def test_rerunning_a_finished_study_adds_no_trials_and_says_what_it_kept(finishe
     rounds = sum(is_confirmation(t) for t in every)
     assert rounds  # the study confirmed at least one rung on fresh seeds
     err = capsys.readouterr().err
-    assert f"{len(every)} finished trials kept, {rounds} of them confirmation rounds" in err
+    searched = len(every) - rounds
+    assert f"{searched} finished search trials and {rounds} confirmation rounds kept" in err
 
 
 def test_show_prints_the_answer_with_its_uncertainty_for_a_study_folder_or_file(finished, capsys):

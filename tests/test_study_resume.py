@@ -44,7 +44,7 @@ def test_an_interrupted_batch_continues_from_its_checkpoint(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=PATIENCE)
     assert done.returncode == 0, done.stderr
     assert (
-        "0 finished trials kept (0 of them confirmation rounds); 2 released by an " in done.stderr
+        "0 finished search trials and 0 confirmation rounds kept; 2 released by an " in done.stderr
     )
     finished = open_trace(trace)
     assert finished.attrs["status"] in ("complete", "stopped")

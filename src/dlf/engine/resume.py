@@ -10,14 +10,13 @@ is not saved, and a half-replayed analyzer would record a trace that no single r
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dlf.engine.trace import interrupts_deferred
+from dlf.engine.trace import interrupts_deferred, remove_stale_temp_files, temp_path
 
 
 @dataclass
@@ -40,7 +39,7 @@ def save(trace: Path, checkpoint: Checkpoint, fingerprint: str) -> None:
     """Write ``checkpoint`` atomically (temp file, then rename), tagged with the run's
     ``fingerprint`` (its settings and members) so that no other run continues from it."""
     path = checkpoint_path(trace)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temp_path(path)
     state = {
         "fingerprint": fingerprint,
         "step": checkpoint.step,
@@ -61,6 +60,7 @@ def load(trace: Path, fingerprint: str, device: torch.device) -> Checkpoint | No
     """The checkpoint of the run ``fingerprint`` names, on ``device``; None where there is
     none, it belongs to other settings, or it cannot be read (then the run starts afresh)."""
     path = checkpoint_path(trace)
+    remove_stale_temp_files(path)  # a run killed while saving leaves its temp file
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
@@ -79,5 +79,7 @@ def load(trace: Path, fingerprint: str, device: torch.device) -> Checkpoint | No
 
 
 def discard(trace: Path) -> None:
-    """Remove the checkpoint of a run that finished (or whose trace was replaced)."""
+    """Remove the checkpoint of a run that finished (or whose trace was replaced), and the
+    temp files of writers killed while saving one."""
     checkpoint_path(trace).unlink(missing_ok=True)
+    remove_stale_temp_files(checkpoint_path(trace))

@@ -302,7 +302,7 @@ class Recorder:
 TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
 
 
-def _temp_path(path: Path) -> Path:
+def temp_path(path: Path) -> Path:
     """Where ``path`` is written before its rename: hidden, named by the writer's PID."""
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
@@ -366,7 +366,7 @@ def write_netcdf(ds: xr.Dataset, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(path, exc) from None
-    tmp = _temp_path(path)
+    tmp = temp_path(path)
     encoding: dict[Hashable, dict[str, Any]] = {
         name: {"zlib": True, "complevel": 4}
         for name, var in ds.variables.items()

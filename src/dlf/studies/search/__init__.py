@@ -89,12 +89,12 @@ def run_study(config: StudyConfig, out_dir: Path | None = None, workers: int = 1
 
 
 def resume_counts(trials: Sequence[FrozenTrial]) -> str:
-    """What a resumed study keeps and what it runs again, in words: finished trials (and how
-    many are confirmation rounds), trials released by an interrupt or a lost worker (their
+    """What a resumed study keeps and what it runs again, in words: finished search trials and
+    confirmation rounds, trials released by an interrupt or a lost worker (their
     runs continue from their last checkpoints), and trials that failed with an error."""
     kept = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     rounds = sum(is_confirmation(t) for t in kept)
-    parts = [f"{len(kept)} finished trials kept ({rounds} of them confirmation rounds)"]
+    parts = [f"{len(kept) - rounds} finished search trials and {rounds} confirmation rounds kept"]
     released = [t for t in trials if t.state == TrialState.FAIL and is_released(t)]
     if released:
         parts.append(

@@ -22,6 +22,7 @@ from dlf.analysis.crossing import (
 from dlf.config import RunConfig, validate
 from dlf.curvature import lanczos
 from dlf.curvature.cadence import AdaptiveCadence
+from dlf.hooks.manager import load_plugins
 from dlf.studies.replay import replay
 from tests.conftest import tiny_config
 
@@ -56,6 +57,16 @@ def test_cadence_keeps_sampling_a_bounce_whose_walls_straddle_the_band():
 def test_cadence_rejects_a_band_without_one():
     with pytest.raises(ValueError, match="must contain 1"):
         AdaptiveCadence(25, 1.05, 1.2)
+
+
+def test_bad_cadence_options_name_the_field(tmp_path):
+    options = load_plugins().registries.analyzers.get("lanczos", "analyzers.lanczos").Options
+    with pytest.raises(dlf.ConfigError, match=r"analyzers\.lanczos\.band: must be \[low, high\]"):
+        validate(options, {"band": [1.05, 1.2]}, prefix="analyzers.lanczos")
+    with pytest.raises(dlf.ConfigError, match=r"analyzers\.lanczos\.windows: each window"):
+        validate(options, {"windows": [[50, 40]]}, prefix="analyzers.lanczos")
+    with pytest.raises(dlf.ConfigError, match=r"analyzers\.lanczos\.cadence: .*'adaptive'"):
+        validate(options, {"cadence": "sometimes"}, prefix="analyzers.lanczos")
 
 
 def planted_run(eta: float, lam0: float, rate: float, steps: int, n: int = 30):

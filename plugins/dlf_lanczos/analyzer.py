@@ -78,6 +78,13 @@ class LanczosOptions(plugin.AnalyzerOptions):
             raise ValueError("must be [low, high] with 0 < low < 1 < high")
         return value
 
+    @field_validator("windows")
+    @classmethod
+    def _ordered(cls, value: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        if any(not 0 <= first <= last for first, last in value):
+            raise ValueError("each window must be [first, last] with 0 ≤ first ≤ last")
+        return value
+
 
 class LanczosAnalyzer(plugin.Analyzer):
     """Records ``lanczos_eigenvalues``, ``lanczos_residuals``, ``lanczos_matvecs`` and, for λmax,

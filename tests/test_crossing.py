@@ -23,7 +23,7 @@ from dlf.config import RunConfig, validate
 from dlf.curvature import lanczos
 from dlf.curvature.cadence import AdaptiveCadence
 from dlf.hooks.manager import load_plugins
-from dlf.studies.replay import replay
+from dlf.studies.replay import replay, replay_windows
 from tests.conftest import tiny_config
 
 BAND = (0.9, 1.15)
@@ -206,3 +206,26 @@ def test_crossings_dataset_opens_with_plain_xarray(tmp_path):
     crossings.to_netcdf(tmp_path / "c.nc", engine="netcdf4")
     again = xr.open_dataset(tmp_path / "c.nc", engine="netcdf4")
     assert again["crossing_step"].dims == ("bifurcation_event",)
+
+
+def test_replay_windows_cover_coarse_crossings_and_events_already_above_one():
+    trace = xr.Dataset(
+        {
+            "bifurcation_member": ("bifurcation_event", [0, 0, 1, 2]),
+            "bifurcation_start": ("bifurcation_event", [300, 900, 400, 500]),
+        }
+    )
+    nan = np.nan
+    crossings = xr.Dataset(
+        {
+            f"crossing_{key}": ("bifurcation_event", np.array(values, dtype=float))
+            for key, values in {
+                "before": [250, 850, nan, nan],  # coarse; resolved; none, above 1; none, below
+                "bracket": [25, 1, nan, nan],
+                "growth_n": [0, 40, nan, nan],
+                "searched_from": [50, 301, 150, 250],
+                "max_factor": [1.1, 1.2, 1.05, 0.95],
+            }.items()
+        }
+    )
+    assert replay_windows(trace, crossings) == {0: [(250, 300)], 1: [(150, 400)]}

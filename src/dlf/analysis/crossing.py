@@ -159,6 +159,8 @@ def find_crossings(
         found = first_crossing(s["steps"][near], s["factor"][near], s["bound"][near])
         two_wall = trace[f"{prefix}_lambda_onset"].values[e]
         out["ratio_onset"][e] = two_wall * eta[e] / c
+        out["searched_from"][e] = lo
+        out["max_factor"][e] = np.max(s["factor"][near], initial=-np.inf)
         if found is None:
             continue
         rate, rate_se, used = growth_rate(s["steps"], s["along"], found.step, int(start[e]))
@@ -190,6 +192,9 @@ COLUMNS = {
     "step": "step where η_t·λmax/c first reaches 1 before the onset (interpolated; NaN: none)",
     "earliest": "the same for λmax's upper bound λ + error_bound: the crossing is in [this, step]",
     "before": "last sample below 1 before the crossing",
+    "searched_from": "first step searched: the previous event's end or lambda_window before",
+    "max_factor": "largest sampled η_t·λmax/c in the searched steps (≥ 1 and no crossing: the "
+    "factor was above 1 from the first sample searched)",
     "bracket": "steps between the samples around the crossing (1: resolved to the step)",
     "ratio": "η_t·λmax/c at the first sample at or above 1",
     "delay": "visible onset − crossing, in steps",

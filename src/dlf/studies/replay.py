@@ -30,17 +30,23 @@ AGREE = 1e-9  # largest relative difference of replayed and recorded losses
 
 
 def replay_windows(trace: xr.Dataset, crossings: xr.Dataset) -> dict[int, list[tuple[int, int]]]:
-    """Per member, the [first, last] steps to sample at every step: from the last sample below
-    the crossing to the onset, for events not resolved to the step or without a growth fit."""
+    """Per member, the [first, last] steps to sample at every step up to each coarse event's
+    onset: from the last sample below the crossing, for crossings not resolved to the step or
+    without a growth fit; from the first step searched, for events whose factor was already
+    above 1 there (the crossing came between sparse samples before the search's first)."""
     member = trace["bifurcation_member"].values
     start = trace["bifurcation_start"].values
     before = crossings["crossing_before"].values
-    coarse = (crossings["crossing_bracket"].values > 1) | (
-        crossings["crossing_growth_n"].values < MIN_FIT
+    found = np.isfinite(before)
+    coarse = found & (
+        (crossings["crossing_bracket"].values > 1)
+        | (crossings["crossing_growth_n"].values < MIN_FIT)
     )
+    above = ~found & (crossings["crossing_max_factor"].values >= 1)
+    first = np.where(found, before, crossings["crossing_searched_from"].values)
     windows: dict[int, list[tuple[int, int]]] = {}
-    for e in np.flatnonzero(coarse & np.isfinite(before)):
-        windows.setdefault(int(member[e]), []).append((int(before[e]), int(start[e])))
+    for e in np.flatnonzero(coarse | above):
+        windows.setdefault(int(member[e]), []).append((int(first[e]), int(start[e])))
     return windows
 
 
@@ -89,9 +95,9 @@ def _replay_member(
     config = replay_config(trace, spans)
     member = members_of(config)[m]
     result = execute(config, members=[member], trace_path=path, progress=False).open()
-    steps = result["step"].values
+    steps = np.intersect1d(result["step"].values, trace["step"].values)  # both record these
     recorded = trace["loss"].isel(member=m).sel(step=steps).values
-    again = result["loss"].isel(member=0).values
+    again = result["loss"].isel(member=0).sel(step=steps).values
     scale = np.maximum(np.abs(recorded), 1e-300)
     worst = float(np.nanmax(np.abs(again - recorded) / scale)) if steps.size else 0.0
     if not worst <= AGREE:

@@ -185,7 +185,7 @@ def distribution_lines(result: xr.Dataset) -> list[str]:
         ):
             row = {key: result[f"{name}_{key}"].values[i] for key in ("median", "q25", "q75", "n")}
             parts.append(
-                f"{label} {row['median']:.3g} [{row['q25']:.3g}, {row['q75']:.3g}] (n={row['n']})"
+                f"{label} {row['median']:.4g} [{row['q25']:.4g}, {row['q75']:.4g}] (n={row['n']})"
             )
         lines.append(f"  η = {eta:g}: " + "; ".join(parts))
     return lines

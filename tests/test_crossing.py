@@ -229,3 +229,9 @@ def test_replay_windows_cover_coarse_crossings_and_events_already_above_one():
         }
     )
     assert replay_windows(trace, crossings) == {0: [(250, 300)], 1: [(150, 400)]}
+
+
+def test_a_trace_without_the_factor_is_a_clear_error():
+    trace = xr.Dataset({"bifurcation_start": ("bifurcation_event", [3])})
+    with pytest.raises(dlf.DlfError, match="trace has no lanczos_factor"):
+        find_crossings(trace)

@@ -29,6 +29,7 @@ import xarray as xr
 from scipy import stats
 
 from dlf.analysis.stability import trace_stability_factor
+from dlf.errors import DlfError
 
 MIN_FIT = 3  # consecutive differences a growth-rate fit needs
 
@@ -139,6 +140,12 @@ def find_crossings(
     Needs the spectrum analyzer's ``factor`` (this version's ``lanczos``) and the detector's
     events; variables are ``crossing_*`` along ``<prefix>_event``.
     """
+    for name in (f"{prefix}_start", f"{spectrum}_factor"):
+        if name not in trace:
+            raise DlfError(
+                f"trace has no {name}: crossings need the bifurcation analyzer and this "
+                f"version's {spectrum} analyzer (which records the stability factor)"
+            )
     dim = f"{prefix}_event"
     member = trace[f"{prefix}_member"].values
     start = trace[f"{prefix}_start"].values

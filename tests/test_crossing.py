@@ -15,9 +15,9 @@ import xarray as xr
 import dlf
 from dlf.analysis.crossing import (
     find_crossings,
-    first_crossing,
     growth_rate,
     lambda_from_growth,
+    last_crossing,
 )
 from dlf.config import RunConfig, validate
 from dlf.curvature import lanczos
@@ -31,7 +31,7 @@ BAND = (0.9, 1.15)
 
 def sampled_steps(factor_of, steps: int, sparse: int = 25) -> list[int]:
     """The steps an adaptive cadence samples when the factor at step t is ``factor_of(t)``."""
-    cadence, taken = AdaptiveCadence(sparse, *BAND), []
+    cadence, taken = AdaptiveCadence(1, sparse, *BAND), []
     for t in range(steps):
         if cadence.due(t):
             taken.append(t)
@@ -56,7 +56,7 @@ def test_cadence_keeps_sampling_a_bounce_whose_walls_straddle_the_band():
 
 def test_cadence_rejects_a_band_without_one():
     with pytest.raises(ValueError, match="must contain 1"):
-        AdaptiveCadence(25, 1.05, 1.2)
+        AdaptiveCadence(1, 25, 1.05, 1.2)
 
 
 def test_bad_cadence_options_name_the_field(tmp_path):
@@ -75,7 +75,7 @@ def planted_run(eta: float, lam0: float, rate: float, steps: int, n: int = 30):
     gen = torch.Generator().manual_seed(0)
     q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
     bulk = torch.linspace(-0.2, 0.25, n - 1, dtype=torch.float64) / eta  # below λ0
-    cadence = AdaptiveCadence(25, *BAND)
+    cadence = AdaptiveCadence(1, 25, *BAND)
     start = lanczos.random_vectors((1, n), q, gen)
     rows = []
     for t in range(steps):
@@ -100,7 +100,7 @@ def test_crossing_lands_on_the_closed_form_step_of_a_planted_quadratic(eta):
     lam0, rate = 0.3 / eta, 0.0037 / eta
     exact = (2 / eta - lam0) / rate  # 459.46
     steps, factor, bound, lam = planted_run(eta, lam0, rate, 700)
-    found = first_crossing(steps, factor, bound)
+    found = last_crossing(steps, factor, bound)
     assert found is not None and found.resolved
     assert (found.before, found.after) == (int(np.floor(exact)), int(np.ceil(exact)))
     assert found.earliest - 1e-9 <= exact <= found.step + 1e-9  # the bound brackets t*
@@ -159,6 +159,13 @@ def test_adaptive_samples_match_dense_hessians_within_their_bound(tmp_path):
     ).open()
     steps = adaptive["lanczos_step"].values
     assert 40 < len(steps) < 300  # sparse early on, every step near the crossings
+    factor = adaptive["lanczos_factor"].values
+    sampled = np.isfinite(factor)
+    assert sampled.any(axis=0).all() and not sampled.all()  # each step solves only who is due
+    for m in range(factor.shape[0]):  # every step of a member in its band is sampled
+        mine = steps[sampled[m]]
+        inside = (factor[m][sampled[m]] >= BAND[0]) & (factor[m][sampled[m]] <= BAND[1])
+        assert set(mine[inside] + 1) <= set(mine) | {360}
     windows = [(int(t), int(t)) for t in steps[::4]]
     exact = {"k": 1, "mode": "exact", "every": 10**6, "windows": windows}
     dense = dlf.execute(eos_config(tmp_path, "exact", exact, 360)).open()
@@ -166,14 +173,21 @@ def test_adaptive_samples_match_dense_hessians_within_their_bound(tmp_path):
     truth = dense["lanczos_eigenvalues"].sel(lanczos_step=at).values[..., 0]
     lam = adaptive["lanczos_eigenvalues"].sel(lanczos_step=at).values[..., 0]
     bound = adaptive["lanczos_error_bound"].sel(lanczos_step=at).values
+    ok = np.isfinite(lam)
+    truth, lam, bound = truth[ok], lam[ok], bound[ok]
+    assert ok.sum() > 40
     assert np.all(truth >= lam - 1e-10 * np.abs(truth))
     assert np.all(truth <= lam + bound + 1e-10 * np.abs(truth))
-    assert adaptive["lanczos_converged"].values.all()
+    np.testing.assert_array_equal(adaptive["lanczos_converged"].values, sampled)
+    np.testing.assert_array_equal(adaptive["lanczos_matvecs"].values > 0, sampled)
     np.testing.assert_array_equal(adaptive["lanczos_factor"].attrs["band"], BAND)
     lr = adaptive["lr"].sel(step=steps).values
     np.testing.assert_allclose(
         adaptive["lanczos_factor"].values, lr * adaptive["lanczos_eigenvalues"].values[..., 0] / 2
     )
+    bracket = find_crossings(adaptive)["crossing_bracket"].values
+    found = np.isfinite(bracket)  # one event bounces with λmax·η/2 ≤ 0.9997: no crossing
+    assert found.sum() == 2 and (bracket[found] == 1).all()
 
 
 def test_replay_resolves_a_sparse_runs_crossings_as_a_dense_run_does(tmp_path):

@@ -6,7 +6,8 @@ step (landscape, bifurcation) reuse the same solve and the next solve is warm-st
 Optionally it also records the whole spectrum's density by stochastic Lanczos quadrature.
 
 With ``cadence: adaptive`` it samples every ``every`` steps while the stability factor η_t·λmax/c
-is far from 1 and every step inside ``band`` (:class:`dlf.curvature.cadence.AdaptiveCadence`);
+is far from 1 and every step inside ``band`` (:class:`dlf.curvature.cadence.AdaptiveCadence`),
+per member: with k = 1 a step solves only the members due then (the others read NaN);
 ``windows`` adds step ranges sampled at every step (a replay's, :mod:`dlf.studies.replay`). Each
 sample stores λmax's certificate: the residual bound, the matvecs, whether it converged.
 """
@@ -113,7 +114,9 @@ class LanczosAnalyzer(plugin.Analyzer):
             else None
         )
         self.cadence = (
-            AdaptiveCadence(opts.every, *opts.band) if opts.cadence == "adaptive" else None
+            AdaptiveCadence(run.n_members, opts.every, *opts.band)
+            if opts.cadence == "adaptive"
+            else None
         )
         train = run.config.train
         self.factor = plugin.stability_factor(train.momentum, train.nesterov)
@@ -125,6 +128,18 @@ class LanczosAnalyzer(plugin.Analyzer):
         if self.cadence is not None:
             return self.cadence.due(step)
         return step % self.options.every == 0
+
+    def _rows_due(self, step: int) -> torch.Tensor | None:
+        """The members the adaptive cadence wants at ``step`` where only some do and the tracker
+        can solve for them alone; None: every member (a window, a fixed cadence, k > 1)."""
+        if self.cadence is None or self.tracker is None:
+            return None
+        if any(first <= step <= last for first, last in self.options.windows):
+            return None
+        due = self.cadence.members_due(step)
+        if due.all():
+            return None
+        return torch.as_tensor(np.flatnonzero(due), device=self.run.device)
 
     def density_due(self, step: int) -> bool:
         density = self.options.density
@@ -138,8 +153,9 @@ class LanczosAnalyzer(plugin.Analyzer):
         opts = self.options
         inactive = ~state.active
         if self.spectrum_due(state.step):
+            rows = self._rows_due(state.step)
             if self.tracker is not None:
-                result = self.tracker(state.curvature)
+                result = self.tracker(state.curvature, rows)
             else:
                 result = state.curvature.spectrum(
                     opts.k, tol=opts.tol, max_iter=opts.max_iter, loss=opts.loss, mode=opts.mode
@@ -172,14 +188,18 @@ class LanczosAnalyzer(plugin.Analyzer):
         """
         nan = float("nan")
         top, bound = result.values[:, 0], result.residuals[:, 0]
+        sampled = torch.isfinite(top)  # members the cadence left out are NaN
         vector = result.vectors[:, 0]
         if self._top is not None:
             flip = (vector * self._top).sum(dim=-1) < 0
             vector = torch.where(flip[:, None], -vector, vector)
-        self._top = vector
+            self._top = torch.where(sampled[:, None], vector, self._top)
+        else:
+            self._top = vector
         factor = (state.lr * top / self.factor).masked_fill(inactive, nan)
         if self.cadence is not None:
-            self.cadence.observe(state.step, factor.cpu().double().numpy())
+            solved = sampled | inactive  # a diverged member is observed as NaN: sparse
+            self.cadence.observe(state.step, factor.cpu().double().numpy(), solved.cpu().numpy())
         converged = (bound <= self.options.tol * top.abs()) & ~inactive
         return (
             result.values.masked_fill(inactive[:, None], nan),

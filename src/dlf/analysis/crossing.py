@@ -2,9 +2,10 @@
 
 Three estimators of the threshold of one instability, which differ (docs/concepts.md):
 
-* the **crossing**: the first step at which the stability factor s = η_t·λmax/c of the sampled
-  spectrum reaches 1, interpolated linearly between the last sample below 1 and the first at or
-  above it. It is *resolved to the step* when those two samples are consecutive steps. The Ritz
+* the **crossing**: the step at which the stability factor s = η_t·λmax/c of the sampled
+  spectrum reaches 1 for the last time before the visible onset (on the upper of the two walls
+  once the iterate bounces), interpolated linearly between the last sample below 1 and the first
+  at or above it; *resolved to the step* when those two samples are consecutive steps. The Ritz
   value θ never exceeds λmax and λmax ≤ θ + ε (ε the residual, the analyzer's ``error_bound``),
   so the true crossing lies between the crossing of θ + ε (``crossing_earliest``) and that of θ.
 * the **visible onset**: the bifurcation detector's first bouncing step (dlf.analysis.bifurcation).
@@ -36,7 +37,7 @@ MIN_FIT = 3  # consecutive differences a growth-rate fit needs
 
 @dataclass(frozen=True)
 class Crossing:
-    """The first upward crossing of s = 1 in a window of samples."""
+    """The upward crossing of s = 1 an onset follows, in a window of samples."""
 
     step: float  # interpolated crossing of the Ritz values' factor
     earliest: float  # the same for the upper bound θ + ε (NaN: already above at the window start)
@@ -56,29 +57,43 @@ def _interpolate(steps: np.ndarray, factor: np.ndarray, i: int) -> float:
     return float(t0 + (1.0 - s0) * (t1 - t0) / (s1 - s0))
 
 
-def _first_up(factor: np.ndarray) -> int:
-    """Index of the first finite sample ≥ 1 after one below 1; −1 if none (or above from the
-    first sample, where the crossing came before the window)."""
-    above = np.flatnonzero(np.isfinite(factor) & (factor >= 1.0))
-    if above.size == 0 or above[0] == 0 or not factor[above[0] - 1] < 1.0:
-        return -1
-    return int(above[0])
+def upper_wall(steps: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """The larger of each sample's factor and the previous step's (where that was sampled): a
+    bounce alternates between walls whose curvatures straddle 1, and this follows the upper one."""
+    upper = factor.copy()
+    consecutive = np.flatnonzero(np.diff(steps) == 1) + 1
+    upper[consecutive] = np.fmax(factor[consecutive], factor[consecutive - 1])
+    return upper
 
 
-def first_crossing(steps: np.ndarray, factor: np.ndarray, bound: np.ndarray) -> Crossing | None:
-    """The first crossing of s = 1 in samples ``steps`` (increasing) with factors ``factor`` and
-    the factor's error bound ``bound`` (η_t·ε/c); None where s does not cross from below."""
-    i = _first_up(factor)
+def _last_up(factor: np.ndarray, until: int | None = None) -> int:
+    """Index of the last sample ≥ 1 right after one below 1 (up to index ``until``); −1 if none
+    (above from the first sample: the crossing came before the window)."""
+    up = np.flatnonzero((factor[1:] >= 1.0) & (factor[:-1] < 1.0)) + 1
+    if until is not None:
+        up = up[up <= until]
+    return int(up[-1]) if up.size else -1
+
+
+def last_crossing(steps: np.ndarray, factor: np.ndarray, bound: np.ndarray) -> Crossing | None:
+    """The crossing of s = 1 that the onset follows: the last upward crossing of the upper wall
+    (:func:`upper_wall`) in samples ``steps`` (increasing) with factors ``factor`` and the
+    factor's error bound ``bound`` (η_t·ε/c). The last, not the first: an early transient above
+    1 that fell back is not this instability's. None where the upper wall does not cross."""
+    upper = upper_wall(steps, factor)
+    i = _last_up(upper)
     if i < 0:
         return None
-    j = _first_up(factor + np.nan_to_num(bound))
-    earliest = _interpolate(steps, factor + np.nan_to_num(bound), j) if j >= 0 else float("nan")
+    crossing = _interpolate(steps, upper, i)
+    high = upper_wall(steps, factor + np.nan_to_num(bound))
+    j = _last_up(high, until=i)
+    earliest = _interpolate(steps, high, j) if j >= 0 else float("nan")
     return Crossing(
-        step=_interpolate(steps, factor, i),
-        earliest=min(earliest, _interpolate(steps, factor, i)),
+        step=crossing,
+        earliest=min(earliest, crossing),
         before=int(steps[i - 1]),
         after=int(steps[i]),
-        factor_after=float(factor[i]),
+        factor_after=float(upper[i]),
     )
 
 
@@ -163,7 +178,7 @@ def find_crossings(
         lo = max(start[e] - window, int(end[mine].max()) + 1 if mine.any() else 0)
         s = samples[member[e]]
         near = (s["steps"] >= lo) & (s["steps"] <= start[e])
-        found = first_crossing(s["steps"][near], s["factor"][near], s["bound"][near])
+        found = last_crossing(s["steps"][near], s["factor"][near], s["bound"][near])
         two_wall = trace[f"{prefix}_lambda_onset"].values[e]
         out["ratio_onset"][e] = two_wall * eta[e] / c
         out["searched_from"][e] = lo
@@ -196,7 +211,7 @@ def find_crossings(
 
 
 COLUMNS = {
-    "step": "step where η_t·λmax/c first reaches 1 before the onset (interpolated; NaN: none)",
+    "step": "step where η_t·λmax/c (upper wall) last reaches 1 before the onset (interpolated)",
     "earliest": "the same for λmax's upper bound λ + error_bound: the crossing is in [this, step]",
     "before": "last sample below 1 before the crossing",
     "searched_from": "first step searched: the previous event's end or lambda_window before",

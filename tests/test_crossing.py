@@ -225,8 +225,8 @@ def test_crossings_dataset_opens_with_plain_xarray(tmp_path):
 def test_replay_windows_cover_coarse_crossings_and_events_already_above_one():
     trace = xr.Dataset(
         {
-            "bifurcation_member": ("bifurcation_event", [0, 0, 1, 2]),
-            "bifurcation_start": ("bifurcation_event", [300, 900, 400, 500]),
+            "bifurcation_member": ("bifurcation_event", [0, 0, 1, 2, 3]),
+            "bifurcation_start": ("bifurcation_event", [300, 900, 400, 500, 600]),
         }
     )
     nan = np.nan
@@ -234,15 +234,16 @@ def test_replay_windows_cover_coarse_crossings_and_events_already_above_one():
         {
             f"crossing_{key}": ("bifurcation_event", np.array(values, dtype=float))
             for key, values in {
-                "before": [250, 850, nan, nan],  # coarse; resolved; none, above 1; none, below
-                "bracket": [25, 1, nan, nan],
-                "growth_n": [0, 40, nan, nan],
-                "searched_from": [50, 301, 150, 250],
-                "max_factor": [1.1, 1.2, 1.05, 0.95],
+                "before": [250, 850, nan, nan, nan],  # coarse; resolved; none: above 1, below 1
+                "bracket": [25, 1, nan, nan, nan],  # sampled to the onset, sparse before it
+                "growth_n": [0, 40, nan, nan, nan],
+                "searched_from": [50, 301, 150, 250, 350],
+                "max_factor": [1.1, 1.2, 1.05, 0.95, 0.85],
+                "last_sample": [300, 900, 400, 500, 550],
             }.items()
         }
     )
-    assert replay_windows(trace, crossings) == {0: [(250, 300)], 1: [(150, 400)]}
+    assert replay_windows(trace, crossings) == {0: [(250, 300)], 1: [(150, 400)], 3: [(350, 600)]}
 
 
 def test_a_trace_without_the_factor_is_a_clear_error():

@@ -183,6 +183,7 @@ def find_crossings(
         out["ratio_onset"][e] = two_wall * eta[e] / c
         out["searched_from"][e] = lo
         out["max_factor"][e] = np.max(s["factor"][near], initial=-np.inf)
+        out["last_sample"][e] = np.max(s["steps"][near], initial=-1)
         if found is None:
             continue
         rate, rate_se, used = growth_rate(s["steps"], s["along"], found.step, int(start[e]))
@@ -217,6 +218,7 @@ COLUMNS = {
     "searched_from": "first step searched: the previous event's end or lambda_window before",
     "max_factor": "largest sampled η_t·λmax/c in the searched steps (≥ 1 and no crossing: the "
     "factor was above 1 from the first sample searched)",
+    "last_sample": "last sample at or before the onset (-1: none)",
     "bracket": "steps between the samples around the crossing (1: resolved to the step)",
     "ratio": "η_t·λmax/c at the first sample at or above 1",
     "delay": "visible onset − crossing, in steps",

@@ -32,8 +32,9 @@ AGREE = 1e-9  # largest relative difference of replayed and recorded losses
 def replay_windows(trace: xr.Dataset, crossings: xr.Dataset) -> dict[int, list[tuple[int, int]]]:
     """Per member, the [first, last] steps to sample at every step up to each coarse event's
     onset: from the last sample below the crossing, for crossings not resolved to the step or
-    without a growth fit; from the first step searched, for events whose factor was already
-    above 1 there (the crossing came between sparse samples before the search's first)."""
+    without a growth fit; from the first step searched, for events without a crossing whose
+    factor was already above 1 there (the crossing came before the search's first sample) or
+    whose last sample came before the onset (the factor rose too fast for the cadence)."""
     member = trace["bifurcation_member"].values
     start = trace["bifurcation_start"].values
     before = crossings["crossing_before"].values
@@ -42,7 +43,8 @@ def replay_windows(trace: xr.Dataset, crossings: xr.Dataset) -> dict[int, list[t
         (crossings["crossing_bracket"].values > 1)
         | (crossings["crossing_growth_n"].values < MIN_FIT)
     )
-    above = ~found & (crossings["crossing_max_factor"].values >= 1)
+    late = crossings["crossing_last_sample"].values < start - 1
+    above = ~found & ((crossings["crossing_max_factor"].values >= 1) | late)
     first = np.where(found, before, crossings["crossing_searched_from"].values)
     windows: dict[int, list[tuple[int, int]]] = {}
     for e in np.flatnonzero(coarse | above):

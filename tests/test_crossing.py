@@ -243,7 +243,8 @@ def test_replay_windows_cover_coarse_crossings_and_events_already_above_one():
             }.items()
         }
     )
-    assert replay_windows(trace, crossings) == {0: [(250, 300)], 1: [(150, 400)], 3: [(350, 600)]}
+    expected = {0: [(250, 302)], 1: [(150, 402)], 3: [(350, 602)]}
+    assert replay_windows(trace, crossings) == expected
 
 
 def test_a_trace_without_the_factor_is_a_clear_error():

@@ -176,6 +176,7 @@ def test_threshold_nc_carries_the_distributions_of_both_ratios_and_the_delay():
                 "step": [60, 60, 70, 30, 50, 75],
                 "delay": [40, 50, 50, 30, 20, 5],
                 "bracket": [1, 1, 1, 1, 1, 25],
+                "lambda_onset": [np.nan] * 6,  # no samples of their own: the detector's λ
             }.items()
         }
     )

@@ -29,6 +29,7 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
+from dlf.analysis.bifurcation import two_walls
 from dlf.analysis.stability import trace_stability_factor
 from dlf.errors import DlfError
 
@@ -179,7 +180,9 @@ def find_crossings(
         s = samples[member[e]]
         near = (s["steps"] >= lo) & (s["steps"] <= start[e])
         found = last_crossing(s["steps"][near], s["factor"][near], s["bound"][near])
-        two_wall = trace[f"{prefix}_lambda_onset"].values[e]
+        close = np.abs(s["steps"] - start[e]) <= window  # the detector's samples, and replays'
+        two_wall = two_walls(s["steps"][close], s["lambda"][close, None], int(start[e]))[0]
+        out["lambda_onset"][e] = two_wall
         out["ratio_onset"][e] = two_wall * eta[e] / c
         out["searched_from"][e] = lo
         out["max_factor"][e] = np.max(s["factor"][near], initial=-np.inf)
@@ -222,7 +225,8 @@ COLUMNS = {
     "bracket": "steps between the samples around the crossing (1: resolved to the step)",
     "ratio": "η_t·λmax/c at the first sample at or above 1",
     "delay": "visible onset − crossing, in steps",
-    "ratio_onset": "two-wall mean λmax at the visible onset × η/c (the detector's ratio)",
+    "lambda_onset": "two-wall mean λmax at the visible onset, from these samples (with replays')",
+    "ratio_onset": "that × η/c (the detector's ratio)",
     "growth_rate": "bounce growth per step r between crossing and onset (fit of log|Δp|)",
     "growth_rate_se": "standard error of r",
     "growth_n": "consecutive-step differences the fit of r used",

@@ -83,9 +83,10 @@ def member_onsets(
     and whether it diverged. A diverged member's onset is NaN, so that no mean counts it: its
     last instabilities are the run away, not the edge of stability being measured.
 
-    With ``crossings`` (:func:`dlf.analysis.crossing.find_crossings` of the trace), the same
-    event's (or mean over events') ratio at the crossing of 2/η, its step and the delay to the
-    visible onset; NaN without."""
+    With ``crossings`` (:func:`dlf.analysis.crossing.find_crossings` of the trace, or
+    :func:`dlf.studies.replay.replay`'s), λ at onset is their two-wall mean (from the samples
+    with any replay's), and the same event's (or mean over events') ratio at the crossing of
+    2/η, its step and the delay to the visible onset are added; NaN without."""
     if "bifurcation_start" not in trace:
         raise DlfError("trace has no bifurcation_* variables; run with the bifurcation analyzer")
     m = trace.sizes["member"]
@@ -94,6 +95,10 @@ def member_onsets(
     lam = trace["bifurcation_lambda_onset"].values
     eta_onset = trace["bifurcation_eta"].values
     diverged = trace["diverged_step"].values >= 0 if "diverged_step" in trace else np.zeros(m, bool)
+    if crossings is not None:  # the two-wall mean from the samples with the replays'
+        lam = np.where(
+            np.isfinite(crossings["crossing_lambda_onset"]), crossings["crossing_lambda_onset"], lam
+        )
     per_event = {"lambda_onset": lam, "ratio": lam * eta_onset / 2}
     for key, (name, _) in CROSSING.items():
         missing = np.full(len(member), np.nan)

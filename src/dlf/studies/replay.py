@@ -30,11 +30,12 @@ AGREE = 1e-9  # largest relative difference of replayed and recorded losses
 
 
 def replay_windows(trace: xr.Dataset, crossings: xr.Dataset) -> dict[int, list[tuple[int, int]]]:
-    """Per member, the [first, last] steps to sample at every step up to each coarse event's
-    onset: from the last sample below the crossing, for crossings not resolved to the step or
-    without a growth fit; from the first step searched, for events without a crossing whose
-    factor was already above 1 there (the crossing came before the search's first sample) or
-    whose last sample came before the onset (the factor rose too fast for the cadence)."""
+    """Per member, the [first, last] steps to sample at every step, to two steps past each
+    coarse event's onset (both walls around it): from the last sample below the crossing, for
+    crossings not resolved to the step or without a growth fit; from the first step searched,
+    for events without a crossing whose factor was already above 1 there (the crossing came
+    before the search's first sample) or whose last sample came before the onset (the factor
+    rose too fast for the cadence)."""
     member = trace["bifurcation_member"].values
     start = trace["bifurcation_start"].values
     before = crossings["crossing_before"].values
@@ -48,7 +49,7 @@ def replay_windows(trace: xr.Dataset, crossings: xr.Dataset) -> dict[int, list[t
     first = np.where(found, before, crossings["crossing_searched_from"].values)
     windows: dict[int, list[tuple[int, int]]] = {}
     for e in np.flatnonzero(coarse | above):
-        windows.setdefault(int(member[e]), []).append((int(first[e]), int(start[e])))
+        windows.setdefault(int(member[e]), []).append((int(first[e]), int(start[e]) + 2))
     return windows
 
 

@@ -177,34 +177,11 @@ def find_crossings(
     for e in range(n):
         mine = (member == member[e]) & (end < start[e])
         lo = max(start[e] - window, int(end[mine].max()) + 1 if mine.any() else 0)
-        s = samples[member[e]]
-        near = (s["steps"] >= lo) & (s["steps"] <= start[e])
-        found = last_crossing(s["steps"][near], s["factor"][near], s["bound"][near])
-        close = np.abs(s["steps"] - start[e]) <= window  # the detector's samples, and replays'
-        two_wall = two_walls(s["steps"][close], s["lambda"][close, None], int(start[e]))[0]
-        out["lambda_onset"][e] = two_wall
-        out["ratio_onset"][e] = two_wall * eta[e] / c
-        out["searched_from"][e] = lo
-        out["max_factor"][e] = np.max(s["factor"][near], initial=-np.inf)
-        out["last_sample"][e] = np.max(s["steps"][near], initial=-1)
-        if found is None:
-            continue
-        rate, rate_se, used = growth_rate(s["steps"], s["along"], found.step, int(start[e]))
-        fitted = (s["steps"] >= found.step) & (s["steps"] <= start[e])
-        values = {
-            "step": found.step,
-            "before": found.before,
-            "earliest": found.earliest,
-            "bracket": found.after - found.before,
-            "ratio": found.factor_after,
-            "delay": start[e] - found.step,
-            "growth_rate": rate,
-            "growth_rate_se": rate_se,
-            "growth_n": used,
-            "lambda_growth": np.nan if nesterov else lambda_from_growth(rate, eta[e], momentum),
-            "lambda_ritz": float(np.nanmean(s["lambda"][fitted])) if fitted.any() else np.nan,
-        }
-        for key, value in values.items():
+        row = _event(samples[member[e]], lo, int(start[e]), window)
+        row["ratio_onset"] = row["lambda_onset"] * eta[e] / c
+        if not nesterov:
+            row["lambda_growth"] = lambda_from_growth(row["growth_rate"], eta[e], momentum)
+        for key, value in row.items():
             out[key][e] = value
     return xr.Dataset(
         {
@@ -212,6 +189,35 @@ def find_crossings(
             for key, text in COLUMNS.items()
         }
     )
+
+
+def _event(s: dict[str, np.ndarray], lo: int, start: int, window: int) -> dict[str, float]:
+    """One event's columns from its member's samples ``s``, searched from ``lo`` to ``start``."""
+    near = (s["steps"] >= lo) & (s["steps"] <= start)
+    close = np.abs(s["steps"] - start) <= window  # the detector's samples, and replays'
+    row = {
+        "lambda_onset": two_walls(s["steps"][close], s["lambda"][close, None], start)[0],
+        "searched_from": lo,
+        "max_factor": np.max(s["factor"][near], initial=-np.inf),
+        "last_sample": np.max(s["steps"][near], initial=-1),
+    }
+    found = last_crossing(s["steps"][near], s["factor"][near], s["bound"][near])
+    if found is None:
+        return row | {"growth_rate": np.nan}
+    rate, rate_se, used = growth_rate(s["steps"], s["along"], found.step, start)
+    fitted = (s["steps"] >= found.step) & (s["steps"] <= start)
+    return row | {
+        "step": found.step,
+        "before": found.before,
+        "earliest": found.earliest,
+        "bracket": found.after - found.before,
+        "ratio": found.factor_after,
+        "delay": start - found.step,
+        "growth_rate": rate,
+        "growth_rate_se": rate_se,
+        "growth_n": used,
+        "lambda_ritz": float(np.nanmean(s["lambda"][fitted])) if fitted.any() else np.nan,
+    }
 
 
 COLUMNS = {

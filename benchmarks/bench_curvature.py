@@ -22,11 +22,18 @@ A = 10, T = 100, η = 1, float64, 20 members.
    from the previous step's power-stepped vector, the share of member-steps whose residual meets
    the full solve's test, and the share whose eigenvalue error is certified ≤ 1e-3 by the
    Kato–Temple bound ε²/(θ − λ₂) (λ₂ of the previous step), against an accurate reference.
+7. Adaptive cadence on the 2021 Fig. 4 run (one member, width 100, A = 70, T = 5000, η = 1,
+   70 000 steps; ``--fig4-steps`` shortens it): training with the bifurcation detector alone
+   against the same with the lanczos analyzer at ``cadence: adaptive`` (k = 1, sparse every 25),
+   interleaved; whether every step in the band was sampled and each crossing resolved to the
+   step; the sampled λmax against dense ``eigvalsh`` (the analyzer's exact mode, torch.func's
+   Hessian) at sampled steps of the same trajectory, and whether λmax ∈ [λ, λ + error_bound].
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import statistics
 import tempfile
@@ -413,12 +420,117 @@ def bench_ntk(objective: dlf.Objective, thetas: list[torch.Tensor], repeats: int
     return "\n".join(lines)
 
 
+# --- 7. adaptive cadence on the 2021 Fig. 4 run --------------------------------------------------
+
+
+def fig4_config(steps: int, analyzers: dict, root: str) -> dlf.RunConfig:
+    return dlf.RunConfig.model_validate(
+        {
+            "name": "bench_fig4",
+            "model": {"width": WIDTH, "dtype": "float64"},
+            "loss": {"name": "dce"},
+            "schedule": {"amplitude": 70, "period": 5000},
+            "train": {"steps": steps, "lr": 1.0, "seeds": 1, "eval_every": 10**6},
+            "analyzers": analyzers,
+            "output": {"root": root, "progress": "never", "checkpoint_seconds": 10**6},
+        }
+    )
+
+
+def band_coverage(ds, low: float, high: float) -> tuple[int, int]:
+    """Sampled steps whose factor (or the previous sample's) is in the band, and how many of
+    them were not followed by a sample at the next step (0: every step in the band resolved)."""
+    steps, factor = ds.lanczos_step.values, ds.lanczos_factor.values[0]
+    inside = (factor >= low) & (factor <= high)
+    inside[1:] |= inside[:-1] & (np.diff(steps) == 1)
+    followed = np.append(np.diff(steps) == 1, True)
+    return int(inside.sum()), int((inside & ~followed).sum())
+
+
+def bench_adaptive(steps: int, repeats: int, dense_samples: int) -> str:
+    sparse = {
+        f"adaptive, sparse every {n}": {"k": 1, "every": n, "cadence": "adaptive"}
+        for n in (25, 100)
+    }
+    lines = [
+        f"7. Adaptive cadence, 2021 Fig. 4 run, {steps} steps (time ratio against training with "
+        f"the bifurcation detector alone, median of {repeats} interleaved; target <= 2x)"
+    ]
+    with tempfile.TemporaryDirectory() as root:
+        runs = {"alone": {"bifurcation": {}}}
+        runs.update({name: {"bifurcation": {}, "lanczos": opts} for name, opts in sparse.items()})
+        paths = {name: Path(root) / f"{i}.nc" for i, name in enumerate(runs)}
+        fns = {
+            name: functools.partial(
+                dlf.execute, fig4_config(steps, runs[name], root), trace_path=paths[name]
+            )
+            for name in runs
+        }
+        t = interleaved(fns, repeats)
+        lines.append(f"   training + bifurcation alone: {t['alone'] / steps * 1e3:.3f} ms per step")
+        for name in sparse:
+            lines += adaptive_lines(name, t[name] / t["alone"], dlf.open_trace(paths[name]))
+        lines.append(dense_check(dlf.open_trace(paths[name]), root, steps, dense_samples))
+    return "\n".join(lines)
+
+
+def adaptive_lines(name: str, ratio: float, ds) -> list[str]:
+    """What one adaptive run cost and resolved: samples, band coverage, crossings, estimators."""
+    from dlf.analysis.crossing import find_crossings
+
+    band = [float(b) for b in ds.lanczos_factor.attrs["band"]]
+    in_band, missed = band_coverage(ds, *band)
+    matvecs = ds.lanczos_matvecs.values[0]
+    c = find_crossings(ds)
+
+    def show(key: str, digits: int) -> list[float]:
+        return np.round(c[f"crossing_{key}"].values, digits).tolist()
+
+    return [
+        f"   {name} (band {band}): {ratio:.2f}x; {ds.sizes['lanczos_step']} samples, "
+        f"{matvecs.sum()} matvecs ({matvecs.mean():.2f} per sample), all converged: "
+        f"{bool(ds.lanczos_converged.all())}",
+        f"     sampled steps in the band {in_band}, of them not followed by the next step {missed}",
+        f"     events {ds.sizes['bifurcation_event']}, crossings found "
+        f"{int(np.isfinite(c.crossing_step).sum())}, resolved to the step "
+        f"{int((c.crossing_bracket == 1).sum())}",
+        f"     crossing step {show('step', 1)}",
+        f"     delay onset - crossing {show('delay', 1)}",
+        f"     ratio at onset (two walls) {show('ratio_onset', 3)}",
+        f"     growth-rate λ {show('lambda_growth', 3)} (r ± se: {show('growth_rate', 4)} ± "
+        f"{show('growth_rate_se', 4)})",
+        f"     mean sampled λ over the same steps {show('lambda_ritz', 3)}",
+    ]
+
+
+def dense_check(ds, root: str, steps: int, samples: int) -> str:
+    """λmax of the adaptive run against eigvalsh of the dense Hessian at sampled steps."""
+    chosen = ds.lanczos_step.values[:: max(1, ds.sizes["lanczos_step"] // samples)]
+    windows = [(int(t), int(t)) for t in chosen]
+    exact = {"k": 1, "mode": "exact", "every": steps + 1, "windows": windows}
+    path = Path(root) / "exact.nc"
+    dlf.execute(fig4_config(steps, {"lanczos": exact}, root), trace_path=path)
+    dense = dlf.open_trace(path).lanczos_eigenvalues.sel(lanczos_step=chosen).values[0, :, 0]
+    lam = ds.lanczos_eigenvalues.sel(lanczos_step=chosen).values[0, :, 0]
+    bound = ds.lanczos_error_bound.sel(lanczos_step=chosen).values[0]
+    slack = 1e-10 * np.abs(dense)
+    inside = (dense >= lam - slack) & (dense <= lam + bound + slack)
+    error = np.abs(lam - dense) / np.abs(dense)
+    return (
+        f"   against dense eigvalsh at {len(chosen)} sampled steps: max rel error "
+        f"{error.max():.1e}, median {np.median(error):.1e}; λmax in [λ, λ + bound] at "
+        f"{int(inside.sum())}/{len(chosen)}; median bound/λ {np.median(bound / np.abs(dense)):.1e}"
+    )
+
+
 def main() -> None:
     global CLOCK
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     parser.add_argument("--overhead-only", action="store_true", help="sections 1 and 2 only")
     parser.add_argument("--one-product-only", action="store_true", help="section 6 only")
+    parser.add_argument("--adaptive-only", action="store_true", help="section 7 only")
+    parser.add_argument("--fig4-steps", type=int, default=70_000, help="section 7's run length")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = parser.parse_args()
@@ -428,6 +540,9 @@ def main() -> None:
         CLOCK = time.process_time
     steps, track_steps, repeats, members = (20, 26, 1, 2) if args.quick else (300, 201, 3, 5)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock")
+    if args.adaptive_only:
+        print(bench_adaptive(args.fig4_steps, 1 if args.quick else 3, 10 if args.quick else 120))
+        return
     if args.one_product_only:
         objective, theta0 = objective_of(WIDTH)
         print(bench_one_product(objective, trajectory(objective, theta0, track_steps)))

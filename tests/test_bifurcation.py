@@ -10,6 +10,7 @@ import xarray as xr
 
 import dlf
 from dlf.analysis import BifurcationDetector, BifurcationSettings, events_dataset, find_bifurcations
+from dlf.analysis.bifurcation import two_walls
 from dlf.config import RunConfig, validate
 from dlf.hooks.manager import load_plugins
 from tests.conftest import tiny_config
@@ -227,3 +228,12 @@ def test_run_records_events_equal_to_the_offline_detector(tmp_path):
     recorded = ds[list(offline.data_vars)]
     recorded = recorded.drop_vars(list(recorded.coords)).drop_attrs(deep=False)
     xr.testing.assert_identical(offline, recorded)
+
+
+def test_two_walls_skip_samples_that_left_the_member_out():
+    """A per-member cadence records NaN for members not sampled at a step: no wall of theirs."""
+    steps = np.array([10, 11, 12, 13, 14])
+    values = np.array([[1.0], [3.0], [np.nan], [np.nan], [1.4]]).repeat(3, axis=1)
+    # even steps 10 and 14 interpolate to 1.2 at step 12; odd: only 11, so no odd wall at 12
+    np.testing.assert_allclose(two_walls(steps, values, 12), [1.2, 1.2, 1.2])
+    np.testing.assert_allclose(two_walls(steps, values, 11), [2.05, 2.05, 2.05])  # (1.1 + 3)/2

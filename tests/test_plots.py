@@ -177,10 +177,11 @@ def test_threshold_from_a_threshold_study_result(edge_trace):
 
     result = threshold_dataset(member_onsets(edge_trace, "first"), "first")
     fig = plots.threshold([result])
-    (points,) = fig.axes[0].containers
-    eta, mean = points.lines[0].get_data()
+    (points,) = [c for c in fig.axes[0].containers if "visible onset" in str(c.get_label())]
+    eta, median = points.lines[0].get_data()
     assert list(eta) == [2.0, 4.0]
-    np.testing.assert_allclose(mean, result["lambda_mean"].values)  # the study's own means
+    expected = result["ratio_onset_median"].values * 2 / result["eta"].values  # the study's own
+    np.testing.assert_allclose(median, expected)
 
 
 def test_phase_cells_are_seed_means(grid_trace):

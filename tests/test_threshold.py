@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 import dlf
-from dlf.analysis.threshold import fit_threshold, member_onsets, threshold_dataset
+from dlf.analysis.threshold import fit_threshold, member_onsets, summary, threshold_dataset
 from dlf.studies.threshold import run_threshold_study, study_points
 from tests.conftest import tiny_config
 
@@ -134,6 +134,65 @@ def test_diverged_members_are_left_out_and_counted():
     assert result["n_fitted"].item() == 3
 
 
+def test_summary_is_median_quartiles_and_a_bootstrap_interval():
+    small = summary(np.array([5.0, 1.0, np.nan, 3.0, 2.0, 4.0]))
+    assert (small["median"], small["q25"], small["q75"], small["n"]) == (3.0, 2.0, 4.0, 5)
+    assert 1.0 <= small["ci_low"] <= 3.0 <= small["ci_high"] <= 5.0
+    rng = np.random.default_rng(1)
+    large = summary(rng.standard_normal(400))
+    # the median of n normal samples has standard error √(π/2)/√n: the 95 % interval's width
+    width = 2 * 1.96 * np.sqrt(np.pi / 2) / np.sqrt(400)
+    assert large["ci_high"] - large["ci_low"] == pytest.approx(width, rel=0.25)
+    assert large["ci_low"] < large["median"] < large["ci_high"]
+    one = summary(np.array([0.97]))
+    assert one["median"] == 0.97 and np.isnan(one["ci_low"]) and one["n"] == 1
+    assert summary(np.array([np.nan]))["n"] == 0
+
+
+def test_threshold_nc_carries_the_distributions_of_both_ratios_and_the_delay():
+    """Per η: the ratio at crossing, at visible onset and the delay over members, a diverged
+    member counted and left out."""
+    eta = [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]
+    trace = xr.Dataset(
+        {
+            "bifurcation_member": ("bifurcation_event", np.arange(6)),
+            "bifurcation_start": ("bifurcation_event", [100, 110, 120, 60, 70, 80]),
+            "bifurcation_lambda_onset": ("bifurcation_event", [1.9, 1.94, 1.98, 0.97, 0.99, 5]),
+            "bifurcation_eta": ("bifurcation_event", eta),
+            "diverged_step": ("member", [-1, -1, -1, -1, -1, 90]),
+        },
+        coords={
+            "eta": ("member", eta),
+            "amplitude": ("member", np.ones(6)),
+            "period": ("member", np.full(6, 100.0)),
+            "seed": ("member", np.arange(6)),
+        },
+    )
+    crossings = xr.Dataset(
+        {
+            f"crossing_{key}": ("bifurcation_event", np.array(values, dtype=float))
+            for key, values in {
+                "ratio": [1.001, 1.002, 1.003, 1.01, 1.02, 1.5],
+                "step": [60, 60, 70, 30, 50, 75],
+                "delay": [40, 50, 50, 30, 20, 5],
+                "bracket": [1, 1, 1, 1, 1, 25],
+                "lambda_onset": [np.nan] * 6,  # no samples of their own: the detector's λ
+            }.items()
+        }
+    )
+    result = threshold_dataset(member_onsets(trace, "first", crossings), "first")
+    np.testing.assert_allclose(result["ratio_onset_median"].values, [0.97, 0.98])
+    np.testing.assert_allclose(result["ratio_onset_q25"].values, [0.96, 0.975])
+    np.testing.assert_allclose(result["ratio_crossing_median"].values, [1.002, 1.015])
+    np.testing.assert_allclose(result["delay_median"].values, [50, 25])
+    np.testing.assert_array_equal(result["delay_n"].values, [3, 2])
+    np.testing.assert_array_equal(result["n_diverged"].values, [0, 1])
+    low, high = result["ratio_onset_ci_low"].values, result["ratio_onset_ci_high"].values
+    assert (low <= result["ratio_onset_median"].values).all()
+    assert (result["ratio_onset_median"].values <= high).all()
+    assert result["crossing_bracket"].dims == ("study_member",)
+
+
 def test_tiny_study_writes_results_and_resumes(tmp_path, capsys):
     raw = tiny_config(
         tmp_path,
@@ -157,5 +216,10 @@ def test_tiny_study_writes_results_and_resumes(tmp_path, capsys):
     fit = fit_threshold(result["member_eta"].values, result["lambda_onset"].values)
     assert result["exponent"].item() == pytest.approx(fit.exponent)
     assert result["ratio_mean"].item() == pytest.approx(fit.ratio_mean)
+    assert (root / "eta-2" / "crossings.nc").exists()
+    for name in ("ratio_onset", "ratio_crossing", "delay"):
+        for stat in ("median", "q25", "q75", "ci_low", "ci_high", "n"):
+            assert saved[f"{name}_{stat}"].dims == ("eta",)
+    assert "λη/2 at crossing" in capsys.readouterr().out
     run_threshold_study(raw, tmp_path / "out")
     assert capsys.readouterr().out.count("already complete") == 2

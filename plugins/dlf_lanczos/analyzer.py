@@ -4,6 +4,12 @@ At each due step it asks the shared curvature helper for the top-k eigenpairs of
 the loss being minimised (F at the current Γ, or the static loss), so other analyzers at that
 step (landscape, bifurcation) reuse the same solve and the next solve is warm-started from it.
 Optionally it also records the whole spectrum's density by stochastic Lanczos quadrature.
+
+With ``cadence: adaptive`` it samples every ``every`` steps while the stability factor η_t·λmax/c
+is far from 1 and every step inside ``band`` (:class:`dlf.curvature.cadence.AdaptiveCadence`),
+per member: with k = 1 a step solves only the members due then (the others read NaN);
+``windows`` adds step ranges sampled at every step (a replay's, :mod:`dlf.studies.replay`). Each
+sample stores λmax's certificate: the residual bound, the matvecs, whether it converged.
 """
 
 from __future__ import annotations
@@ -13,10 +19,10 @@ from typing import Literal
 import numpy as np
 import torch
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dlf import plugin
-from dlf.plugin import DEFAULT_MAX_ITER, DEFAULT_TOL, LambdaMaxTracker
+from dlf.plugin import DEFAULT_MAX_ITER, DEFAULT_TOL, AdaptiveCadence, LambdaMaxTracker
 
 
 class DensityOptions(BaseModel):
@@ -48,13 +54,43 @@ class LanczosOptions(plugin.AnalyzerOptions):
     track: bool | None = Field(
         None,
         description="λmax by the tracker (≈ one HVP per step, k = 1 only); null: when k = 1, "
-        "every = 1 and mode = lanczos",
+        "mode = lanczos and steps in a row are sampled (every = 1, adaptive or windows)",
     )
     track_period: int = Field(50, ge=1, description="steps between the tracker's full solves")
+    cadence: Literal["fixed", "adaptive"] = Field(
+        "fixed",
+        description="adaptive: every `every` steps far from the edge of stability, every step "
+        "while η_t·λmax/c lies in `band`",
+    )
+    band: tuple[float, float] = Field(
+        (0.9, 1.15), description="[low, high] of η_t·λmax/c sampled at every step (adaptive)"
+    )
+    windows: list[tuple[int, int]] = Field(
+        [], description="[first, last] step ranges sampled at every step as well (replays)"
+    )
+    stop_after_windows: bool = Field(
+        False, description="end the run after the last window's last step (replays)"
+    )
+
+    @field_validator("band")
+    @classmethod
+    def _around_one(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] < 1 < value[1]:
+            raise ValueError("must be [low, high] with 0 < low < 1 < high")
+        return value
+
+    @field_validator("windows")
+    @classmethod
+    def _ordered(cls, value: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        if any(not 0 <= first <= last for first, last in value):
+            raise ValueError("each window must be [first, last] with 0 ≤ first ≤ last")
+        return value
 
 
 class LanczosAnalyzer(plugin.Analyzer):
-    """Records ``lanczos_eigenvalues``, ``lanczos_residuals`` and ``lanczos_matvecs``."""
+    """Records ``lanczos_eigenvalues``, ``lanczos_residuals``, ``lanczos_matvecs`` and, for λmax,
+    ``lanczos_error_bound``, ``lanczos_converged``, ``lanczos_factor``,
+    ``lanczos_grad_along_top``."""
 
     Options = LanczosOptions
     options: LanczosOptions
@@ -62,13 +98,14 @@ class LanczosAnalyzer(plugin.Analyzer):
     def __init__(self, name: str, options: plugin.AnalyzerOptions, run: plugin.RunContext) -> None:
         super().__init__(name, options, run)
         self.steps: list[int] = []
-        self.records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.records: list[tuple[torch.Tensor, ...]] = []
         self.density_steps: list[int] = []
         self.densities: list[tuple[torch.Tensor, torch.Tensor]] = []
         opts = self.options
         track = opts.track
         if track is None:
-            track = opts.k == 1 and opts.every == 1 and opts.mode == "lanczos"
+            in_a_row = opts.every == 1 or opts.cadence == "adaptive" or bool(opts.windows)
+            track = opts.k == 1 and opts.mode == "lanczos" and in_a_row
         if track and (opts.k != 1 or opts.mode != "lanczos"):
             raise ValueError("lanczos: track needs k = 1 and mode = lanczos")
         self.tracker = (
@@ -76,33 +113,57 @@ class LanczosAnalyzer(plugin.Analyzer):
             if track
             else None
         )
+        self.cadence = (
+            AdaptiveCadence(run.n_members, opts.every, *opts.band)
+            if opts.cadence == "adaptive"
+            else None
+        )
+        train = run.config.train
+        self.factor = plugin.stability_factor(train.momentum, train.nesterov)
+        self._top: torch.Tensor | None = None  # last sample's top vectors, to fix their sign
+
+    def spectrum_due(self, step: int) -> bool:
+        if any(first <= step <= last for first, last in self.options.windows):
+            return True
+        if self.cadence is not None:
+            return self.cadence.due(step)
+        return step % self.options.every == 0
+
+    def _rows_due(self, step: int) -> torch.Tensor | None:
+        """The members the adaptive cadence wants at ``step`` where only some do and the tracker
+        can solve for them alone; None: every member (a window, a fixed cadence, k > 1)."""
+        if self.cadence is None or self.tracker is None:
+            return None
+        if any(first <= step <= last for first, last in self.options.windows):
+            return None
+        due = self.cadence.members_due(step)
+        if due.all():
+            return None
+        return torch.as_tensor(np.flatnonzero(due), device=self.run.device)
 
     def density_due(self, step: int) -> bool:
         density = self.options.density
         return density is not None and step % (density.every or self.options.every) == 0
 
     def due(self, step: int) -> bool:
-        return step % self.options.every == 0 or self.density_due(step)
+        return self.spectrum_due(step) or self.density_due(step)
 
     @plugin.hookimpl
     def dlf_step_end(self, state: plugin.StepState) -> None:
         opts = self.options
         inactive = ~state.active
-        if state.step % opts.every == 0:
+        if self.spectrum_due(state.step):
+            rows = self._rows_due(state.step)
             if self.tracker is not None:
-                result = self.tracker(state.curvature)
+                result = self.tracker(state.curvature, rows)
             else:
                 result = state.curvature.spectrum(
                     opts.k, tol=opts.tol, max_iter=opts.max_iter, loss=opts.loss, mode=opts.mode
                 )
             self.steps.append(state.step)
-            self.records.append(
-                (
-                    result.values.masked_fill(inactive[:, None], float("nan")),
-                    result.residuals.masked_fill(inactive[:, None], float("nan")),
-                    result.matvecs,
-                )
-            )
+            self.records.append(self._record(state, result, inactive))
+        if opts.stop_after_windows and state.step >= max((w[1] for w in opts.windows), default=0):
+            state.run.request_stop("replay: past the last window")
         if opts.density is not None and self.density_due(state.step):
             density = state.curvature.density(opts.density.probes, opts.density.order, opts.loss)
             mask = inactive[:, None, None]
@@ -114,13 +175,49 @@ class LanczosAnalyzer(plugin.Analyzer):
                 )
             )
 
+    def _record(
+        self, state: plugin.StepState, result: plugin.LanczosResult, inactive: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """One sample's per-member arrays; tells the adaptive cadence the stability factors.
+
+        λmax's error bound is the residual ε = ‖Hy − θy‖ of its Ritz pair: for symmetric H an
+        eigenvalue lies within ε of θ, and θ (a Rayleigh quotient) is never above λmax, so
+        λmax ∈ [θ, θ + ε] unless a larger eigenvalue was missed altogether. The gradient's
+        component along y (signed consistently from sample to sample) grows by |1 − ηλ| per
+        step in a period-2 instability: an independent estimate of λ (dlf.analysis.crossing).
+        """
+        nan = float("nan")
+        top, bound = result.values[:, 0], result.residuals[:, 0]
+        sampled = torch.isfinite(top)  # members the cadence left out are NaN
+        vector = result.vectors[:, 0]
+        if self._top is not None:
+            flip = (vector * self._top).sum(dim=-1) < 0
+            vector = torch.where(flip[:, None], -vector, vector)
+            self._top = torch.where(sampled[:, None], vector, self._top)
+        else:
+            self._top = vector
+        factor = (state.lr * top / self.factor).masked_fill(inactive, nan)
+        if self.cadence is not None:
+            solved = sampled | inactive  # a diverged member is observed as NaN: sparse
+            self.cadence.observe(state.step, factor.cpu().double().numpy(), solved.cpu().numpy())
+        converged = (bound <= self.options.tol * top.abs()) & ~inactive
+        return (
+            result.values.masked_fill(inactive[:, None], nan),
+            result.residuals.masked_fill(inactive[:, None], nan),
+            result.matvecs,
+            bound.masked_fill(inactive, nan),
+            converged,
+            factor,
+            (vector * state.grad).sum(dim=-1).masked_fill(inactive, nan),
+        )
+
     @plugin.hookimpl
     def dlf_trace_contribute(self, run: plugin.RunContext) -> dict[str, xr.DataArray]:
         opts = self.options
         m = run.n_members
         k = min(opts.k, run.model.n_params)
-        values, residuals, matvecs = (
-            _stack([r[i] for r in self.records], (m, k) if i < 2 else (m,)) for i in range(3)
+        values, residuals, matvecs, bound, converged, factor, along = (
+            _stack([r[i] for r in self.records], (m, k) if i < 2 else (m,)) for i in range(7)
         )
         step = self.var("step")
         coords = {step: (step, np.array(self.steps, dtype=np.int64), {"units": "step"})}
@@ -147,6 +244,38 @@ class LanczosAnalyzer(plugin.Analyzer):
                 dims=("member", step),
                 coords=coords,
                 attrs={"long_name": "Hessian-vector products used (0: exact mode)"},
+            ),
+            self.var("error_bound"): xr.DataArray(
+                bound,
+                dims=dims[:2],
+                coords=coords,
+                attrs={
+                    "long_name": "λmax ∈ [λ, λ + bound]: the residual of its Ritz pair",
+                    "method": "residual",
+                },
+            ),
+            self.var("converged"): xr.DataArray(
+                converged.astype(bool),
+                dims=dims[:2],
+                coords=coords,
+                attrs={"long_name": "λmax's residual ≤ tol·|λmax|"},
+            ),
+            self.var("factor"): xr.DataArray(
+                factor,
+                dims=dims[:2],
+                coords=coords,
+                attrs={
+                    "long_name": "stability factor η_t·λmax/c (1: the edge of stability)",
+                    "c": self.factor,
+                    "cadence": opts.cadence,
+                    "band": list(opts.band),
+                },
+            ),
+            self.var("grad_along_top"): xr.DataArray(
+                along,
+                dims=dims[:2],
+                coords=coords,
+                attrs={"long_name": "gradient's component along λmax's eigenvector (sign kept)"},
             ),
         }
         if opts.density is not None:

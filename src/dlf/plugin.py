@@ -17,7 +17,9 @@ from dlf.analysis import (
     find_bifurcations,
     stability_factor,
 )
+from dlf.curvature.cadence import AdaptiveCadence
 from dlf.curvature.helper import DEFAULT_MAX_ITER, DEFAULT_TOL, Curvature
+from dlf.curvature.lanczos import LanczosResult
 from dlf.curvature.ntk import choose_method as choose_ntk_method
 from dlf.curvature.tracker import LambdaMaxTracker
 from dlf.errors import ConfigError, DlfError, PluginError
@@ -34,6 +36,7 @@ __all__ = [
     "DEFAULT_MAX_ITER",
     "DEFAULT_TOL",
     "MLP",
+    "AdaptiveCadence",
     "Analyzer",
     "AnalyzerOptions",
     "BifurcationDetector",
@@ -46,6 +49,7 @@ __all__ = [
     "EvalState",
     "Event",
     "LambdaMaxTracker",
+    "LanczosResult",
     "Loss",
     "ModelEntry",
     "ModuleModel",

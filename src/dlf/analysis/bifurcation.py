@@ -37,6 +37,7 @@ Every quantity at step t depends only on the losses of steps t − :func:`histor
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -331,13 +332,14 @@ class BifurcationDetector:
         if watch.jump_done:
             return
         lo = ev.start - window
-        for i in range(1, len(steps)):
+        mine = [i for i in range(len(steps)) if np.isfinite(self._samples[i][1][m, 0])]
+        for before, i in itertools.pairwise(mine):  # samples that left m out: skipped
             t = int(steps[i])
             if t <= watch.scanned or t < lo:
                 continue
             if t > ev.end:
                 break
-            change = abs(self._samples[i][1][m, 0] - self._samples[i - 1][1][m, 0])
+            change = abs(self._samples[i][1][m, 0] - self._samples[before][1][m, 0])
             watch.scanned = t
             if change > self.settings.lambda_jump:
                 ev.jump_step, watch.jump_done = t, True
@@ -355,12 +357,13 @@ class BifurcationDetector:
 def two_walls(steps: np.ndarray, values: np.ndarray, step: int) -> np.ndarray:
     """λ ``(3,)`` at ``step`` as the mean over even and odd steps' samples, each interpolated.
 
-    ``steps (S,)`` increasing, ``values (S, 3)``. A parity contributes where it has a sample at
-    ``step`` or on both sides of it; NaN where neither parity does.
+    ``steps (S,)`` increasing, ``values (S, 3)`` (rows with NaN λmax are not samples of this
+    member). A parity contributes where it has a sample at ``step`` or on both sides of it; NaN
+    where neither parity does.
     """
     walls = []
     for parity in (0, 1):
-        mine = steps % 2 == parity
+        mine = (steps % 2 == parity) & np.isfinite(values[:, 0])  # NaN: this member not sampled
         t, v = steps[mine], values[mine]
         k = int(np.searchsorted(t, step))
         if k < len(t) and t[k] == step:

@@ -34,7 +34,7 @@ class LatestSpectrum:
     """A solved spectrum and where it was solved: the step, and its tolerance (0 = exact)."""
 
     step: int
-    result: LanczosResult  # values, vectors, residuals and matvecs per member
+    result: LanczosResult  # values, vectors, residuals and matvecs per member (NaN: not solved)
     tol: float
 
 
@@ -186,11 +186,23 @@ class Curvature:
         self.share(result, used_tol, loss)
         return result
 
-    def share(self, result: LanczosResult, tol: float, loss: LossKind = "dynamical") -> None:
+    def share(
+        self, result: LanczosResult, tol: float, loss: LossKind = "dynamical", partial: bool = False
+    ) -> None:
         """Make ``result`` (solved at this step to ``tol``, e.g. by a tracker) this step's
-        spectrum: later :meth:`spectrum` calls it satisfies and :meth:`latest_spectrum` see it."""
-        self.cache[("spectrum", loss)] = (result, tol)
-        self._previous_vectors[loss] = result.vectors
+        spectrum: later :meth:`spectrum` calls it satisfies and :meth:`latest_spectrum` see it.
+
+        ``partial``: only some members were solved (the others NaN): :meth:`latest_spectrum`
+        sees it and their vectors warm-start later solves, but no :meth:`spectrum` call is
+        answered with it."""
+        vectors = result.vectors
+        previous = self._previous_vectors.get(loss)
+        if partial and previous is not None and previous.shape[:2] == vectors.shape[:2]:
+            solved = torch.isfinite(result.values).all(dim=1)
+            vectors = torch.where(solved[:, None, None], vectors, previous)
+        if not partial:
+            self.cache[("spectrum", loss)] = (result, tol)
+        self._previous_vectors[loss] = vectors
         self._latest[loss] = LatestSpectrum(self.step, result, tol)
 
     def latest_spectrum(self, loss: LossKind = "dynamical") -> LatestSpectrum | None:

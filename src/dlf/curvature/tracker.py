@@ -13,6 +13,9 @@ A new top direction orthogonal to v (an exact crossing, which a generic one-para
 Hessians avoids) shows in no residual of v: every ``period`` steps, and after a member's product
 was not finite, the helper's full solve runs instead, whose warm start carries a random half
 (see :func:`dlf.curvature.lanczos.warm_start`).
+
+Given ``rows``, only those members are tracked (their products alone are computed); the others'
+entries of the result are NaN, and the helper sees it as a partial spectrum (not this step's).
 """
 
 from __future__ import annotations
@@ -32,31 +35,38 @@ class LambdaMaxTracker:
         self.start: torch.Tensor | None = None  # (M, n) unit: where the next step begins
         self.last_full = -period
 
-    def __call__(self, curvature: Curvature) -> LanczosResult:
-        """The top eigenpair at the helper's current step (values, vectors, residuals, matvecs)."""
+    def __call__(self, curvature: Curvature, rows: torch.Tensor | None = None) -> LanczosResult:
+        """The top eigenpair at the helper's current step (values, vectors, residuals, matvecs)
+        of every member, or of the members ``rows`` (indices; the others NaN, 0 matvecs)."""
         step = curvature.step
         if self.start is None or step - self.last_full >= self.period:
             result = curvature.spectrum(1, tol=self.tol, max_iter=self.max_iter, loss=self.loss)
             self.last_full = step
             self.start = result.vectors[:, 0]
+            rows = None
         else:
-            result = self._track(curvature, self.start)
-            curvature.share(result, self.tol, self.loss)
-        if not bool(torch.isfinite(result.values).all()):
+            result = self._track(curvature, rows)
+            curvature.share(result, self.tol, self.loss, partial=rows is not None)
+        tracked = result.values if rows is None else result.values[rows]
+        if not bool(torch.isfinite(tracked).all()):
             self.last_full = step - self.period  # a member failed: solve afresh next step
         return result
 
-    def _track(self, curvature: Curvature, v: torch.Tensor) -> LanczosResult:
-        w = curvature.hvp(v, self.loss)
+    def _track(self, curvature: Curvature, rows: torch.Tensor | None) -> LanczosResult:
+        assert self.start is not None
+        every = rows is None
+        v = self.start if every else self.start[rows]
+        w = curvature.hvp(v, self.loss) if every else curvature.matvec(rows, self.loss)(v)
         theta = (v * w).sum(dim=-1)
         residual = (w - theta[:, None] * v).norm(dim=-1)
         matvecs = torch.ones(v.shape[0], dtype=torch.long, device=v.device)
         values, vectors, residuals = theta[:, None], v[:, None], residual[:, None]
-        self.start = w / w.norm(dim=-1, keepdim=True)
+        start = w / w.norm(dim=-1, keepdim=True)
         rest = (~(residual <= self.tol * theta.abs())).nonzero()[:, 0]  # NaN: not converged
         if len(rest):
+            members = rest if every else rows[rest]
             more = lanczos.top_eigenpairs(
-                curvature.matvec(rest, self.loss),
+                curvature.matvec(members, self.loss),
                 v[rest],
                 1,
                 self.tol,
@@ -67,5 +77,26 @@ class LambdaMaxTracker:
             values, vectors, residuals = values.clone(), vectors.clone(), residuals.clone()
             values[rest], vectors[rest], residuals[rest] = more.values, more.vectors, more.residuals
             matvecs[rest] = more.matvecs
-            self.start[rest] = more.vectors[:, 0]
-        return LanczosResult(values, vectors, residuals, matvecs)
+            start[rest] = more.vectors[:, 0]
+        if every:
+            self.start = start
+            return LanczosResult(values, vectors, residuals, matvecs)
+        self.start = self.start.clone()  # it may be a view of a shared full solve's vectors
+        self.start[rows] = start
+        return _scatter(LanczosResult(values, vectors, residuals, matvecs), rows, self.start)
+
+
+def _scatter(part: LanczosResult, rows: torch.Tensor, like: torch.Tensor) -> LanczosResult:
+    """``part`` (of the members ``rows``) as a result for all members: NaN and 0 matvecs else."""
+    m = like.shape[0]
+    values = part.values.new_full((m, 1), float("nan"))
+    vectors = part.vectors.new_full((m, 1, like.shape[1]), float("nan"))
+    residuals = values.clone()
+    matvecs = part.matvecs.new_zeros(m)
+    values[rows], vectors[rows], residuals[rows], matvecs[rows] = (
+        part.values,
+        part.vectors,
+        part.residuals,
+        part.matvecs,
+    )
+    return LanczosResult(values, vectors, residuals, matvecs)

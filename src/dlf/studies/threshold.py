@@ -1,13 +1,17 @@
 """The threshold study: λmax at the onset of instabilities versus the learning rate (2024 Fig. 4).
 
 The study trains, for each learning rate η, one ensemble of A × T × seeds members on the 2024
-protocol rescaled to η (period T/η, total_steps/η steps), with the ``lanczos`` and
-``bifurcation`` analyzers, then fits the onsets with :mod:`dlf.analysis.threshold`.
+protocol rescaled to η (period T/η, total_steps/η steps), with the ``lanczos`` (adaptive
+cadence: every step while η·λmax/2 is near 1) and ``bifurcation`` analyzers, resolves each
+onset's crossing of 2/η to the step (replaying the members whose crossing the cadence bracketed
+coarsely, :mod:`dlf.studies.replay`), then fits the onsets and summarises the ratios at crossing
+and at visible onset per η as distributions with :mod:`dlf.analysis.threshold`.
 
 A config file for the study is a run config (the part every η shares) with a ``threshold_study``
 section, :class:`ThresholdStudySettings`. Results go to ``<root>/<name>/threshold.nc`` and
-``threshold.png``; the traces to ``<root>/<name>/eta-<η>/trace.nc``, and a trace already complete
-for the same config is reused, so running the study again resumes it.
+``threshold.png``; the traces to ``<root>/<name>/eta-<η>/trace.nc`` and their crossings to
+``crossings.nc`` beside; a trace already complete for the same config, and crossings computed
+from that trace, are reused, so running the study again resumes it.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from typing import Any, Literal
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from dlf.analysis.crossing import find_crossings
 from dlf.analysis.threshold import member_onsets, threshold_dataset
 from dlf.config import load_raw, validate
 from dlf.engine.trace import open_trace, write_netcdf
 from dlf.errors import ConfigError
 from dlf.plots.threshold import threshold as threshold_figure
+from dlf.studies.replay import replay
 from dlf.studies.sweeps import SweepPoint, plan, run_points
 
 SECTION = "threshold_study"
@@ -65,6 +71,9 @@ class ThresholdStudySettings(BaseModel):
     onset: Literal["first", "mean"] = Field(
         "first", description="λ per member: at its first instability (2024) or mean over all"
     )
+    replay: bool = Field(
+        True, description="replay members whose crossing of 2/η the cadence did not resolve"
+    )
     reduced: StudyScale = StudyScale(
         lrs=[0.5, 1.0, 2.0, 4.0], seeds=1, time_fraction=0.3, spectrum_every=25
     )
@@ -93,7 +102,11 @@ def study_points(raw: dict[str, Any]) -> tuple[ThresholdStudySettings, list[Swee
         analyzers[name] = dict(analyzers.get(name) or {})
     variants = {}
     for eta in scale.lrs:
-        lanczos = {**analyzers["lanczos"], "every": odd_cadence(scale.spectrum_every / eta)}
+        lanczos = {
+            "cadence": "adaptive",
+            **analyzers["lanczos"],
+            "every": odd_cadence(scale.spectrum_every / eta),
+        }
         variants[f"eta-{eta:g}"] = {
             "schedule": {
                 "amplitude": settings.amplitudes,
@@ -125,7 +138,10 @@ def run_threshold_study(
         raw["output"] = {**(raw.get("output") or {}), "root": str(out_dir)}
     settings, points = study_points(raw)
     root = points[0].config.output.root / str(raw.get("name", "sweep"))
-    tables = [member_onsets(open_trace(path), settings.onset) for path in run_points(points, root)]
+    tables = []
+    for path in run_points(points, root):
+        trace = open_trace(path)
+        tables.append(member_onsets(trace, settings.onset, crossings_of(trace, path, settings)))
     attrs = {"settings": settings.model_dump_json(), "scale": settings.scale}
     result = threshold_dataset(xr.concat(tables, dim="member"), settings.onset, attrs)
     write_netcdf(result, root / "threshold.nc")
@@ -136,7 +152,43 @@ def run_threshold_study(
         f"({result['n_fitted'].item()} members{excluded(result)}); results in "
         f"{root / 'threshold.nc'}"
     )
+    for line in distribution_lines(result):
+        print(line)
     return result
+
+
+def crossings_of(trace: xr.Dataset, path: Path, settings: ThresholdStudySettings) -> xr.Dataset:
+    """The trace's crossings (replayed where coarse, if the settings say so), cached beside it
+    in ``crossings.nc`` for the trace they were computed from."""
+    cached = path.parent / "crossings.nc"
+    if cached.exists():
+        saved = open_trace(cached)
+        if saved.attrs.get("trace_written") == trace.attrs.get("written"):
+            return saved
+    replays = path.parent / "replays"
+    crossings = replay(trace, replays) if settings.replay else find_crossings(trace)
+    crossings.attrs["trace_written"] = trace.attrs.get("written", "")
+    write_netcdf(crossings, cached)
+    return crossings
+
+
+def distribution_lines(result: xr.Dataset) -> list[str]:
+    """Per η: median [interquartile range] (members) of the ratios at crossing and visible
+    onset and of the delay between them."""
+    lines = []
+    for i, eta in enumerate(result["eta"].values):
+        parts = []
+        for name, label in (
+            ("ratio_crossing", "λη/2 at crossing"),
+            ("ratio_onset", "at visible onset"),
+            ("delay", "delay"),
+        ):
+            row = {key: result[f"{name}_{key}"].values[i] for key in ("median", "q25", "q75", "n")}
+            parts.append(
+                f"{label} {row['median']:.4g} [{row['q25']:.4g}, {row['q75']:.4g}] (n={row['n']})"
+            )
+        lines.append(f"  η = {eta:g}: " + "; ".join(parts))
+    return lines
 
 
 def excluded(result: xr.Dataset) -> str:

@@ -7,9 +7,10 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from dlf.errors import ConfigError, DlfError, DlfWarning, InputError
+from dlf.hooks.guard import user_interrupts
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -87,8 +88,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit code 2, as every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"dlf-study: error: {message}\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = OneLineParser(
         prog="dlf-study", description="Train and analyse ensembles on dynamical loss functions."
     )
     sub = top.add_subparsers(dest="command", required=True)
@@ -152,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     warnings.formatwarning = _one_line_warning  # a broken plugin: one line, not a stack
     try:
-        return int(args.func(args))
+        with user_interrupts():  # a plugin raising KeyboardInterrupt is not the user's Ctrl-C
+            return int(args.func(args))
     except DlfError as exc:
         print(f"dlf-study: error: {exc}", file=sys.stderr)
         return exc.exit_code

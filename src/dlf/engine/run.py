@@ -7,7 +7,7 @@ import importlib
 import inspect
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ from dlf.engine.trace import TRACE_NAME, ContributionError, Recorder, TraceLock
 from dlf.engine.trainer import Trainer
 from dlf.errors import ConfigError, PluginError
 from dlf.hooks.analyzer import Analyzer
+from dlf.hooks.guard import UserInterrupt, plugin_failure
 from dlf.hooks.manager import Plugins, load_plugins
 from dlf.hooks.registries import ModelEntry, Registry
 from dlf.hooks.state import RunContext
@@ -57,7 +58,9 @@ def import_factory(name: str) -> ModelEntry:
     module_name, _, attribute = name.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # any import failure of the user's module is a config problem
+    except BaseException as exc:  # any import failure of the user's module is a config problem
+        if not plugin_failure(exc):
+            raise
         why = f"{type(exc).__name__}: {exc}".splitlines()[0]
         raise ConfigError("model.name", f"cannot import {module_name!r} ({why})") from None
     factory = getattr(module, attribute, None)
@@ -84,14 +87,27 @@ def build_model(config: ModelConfig, models: Registry[ModelEntry], data: Dataset
         inspect.signature(entry.build).bind(data.input_shape, data.n_classes, **options)
     except TypeError as exc:
         raise ConfigError("model.options", f"{name} does not take them: {exc}") from None
+    except ValueError:  # a builtin without a signature: its call below says what is wrong
+        pass
     factory = functools.partial(entry.build, data.input_shape, data.n_classes, **options)
     try:
         built = factory()
-        if not isinstance(built, torch.nn.Module):
-            return built  # an ensemble model over the flat θ itself, as the MLP
+    except BaseException as exc:  # the factory is the config's code: its failure is the config's
+        if not plugin_failure(exc):
+            raise
+        why = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        raise ConfigError("model.name", f"{name}: {why.splitlines()[0] if why else ''}") from None
+    if not isinstance(built, torch.nn.Module):
+        if ":" in name or not hasattr(built, "init"):
+            raise ConfigError(
+                "model.name",
+                f"{name} returned a {type(built).__name__}, not a torch.nn.Module",
+            )
+        return built  # a registered ensemble model over the flat θ itself, as the MLP
+    try:
         way = ensemble_way(config, built)
         return ModuleModel(name, factory, data.input_shape, data.n_classes, ensemble=way)
-    except ValueError as exc:  # the factory (or ModuleModel) refusing these inputs or options
+    except ValueError as exc:  # ModuleModel refusing this module (buffers, shapes)
         raise ConfigError("model.name", f"{name}: {exc}") from None
 
 
@@ -205,7 +221,7 @@ def terminate_as_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        raise UserInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
@@ -274,10 +290,17 @@ class Contributions:
             plugin = impl.plugin_name
             try:
                 result = impl.function(run=self.run)
-            except Exception as exc:
+            except BaseException as exc:
+                if not plugin_failure(exc):
+                    raise
                 raise PluginError(plugin, step, exc) from exc
+            if result is None:
+                continue
+            if not isinstance(result, Mapping):
+                why = f"must return a dict of trace variables, not {type(result).__name__}"
+                raise PluginError(plugin, step, TypeError(why))
             prefix = plugin_prefix(plugin)
-            for name, value in dict(result or {}).items():
+            for name, value in result.items():
                 if not str(name).startswith(prefix):
                     why = f"trace variable {name!r} must start with {prefix!r}"
                     raise PluginError(plugin, step, ValueError(why))

@@ -66,6 +66,40 @@ class ContributionError(ValueError):
         super().__init__(f"trace variable {name!r}: {message}")
 
 
+#: Attribute values NetCDF stores: text, numbers, and 1-D arrays of one numeric type.
+ATTRIBUTE_TYPES = (str, int, float, np.integer, np.floating)
+
+
+def check_storable(name: str, added: str, var: xr.Variable) -> None:
+    """Refuse (:class:`ContributionError` on ``name``) a contributed variable or coordinate
+    ``added`` that NetCDF-4 cannot store, so that it never costs the core trace its write:
+    float16, complex or object data, a '/' in a name (HDF5's group separator) or a dimension,
+    an attribute that is not text, a number or a flat list of numbers."""
+    dtype = var.dtype
+    if dtype.kind not in "biufUS" or (dtype.kind == "f" and dtype.itemsize < 4):
+        raise ContributionError(
+            name,
+            f"{added!r} has dtype {dtype}, which NetCDF cannot store; "
+            "use float32/64, integers, bool or text",
+        )
+    for label in (added, *map(str, var.dims), *map(str, var.attrs)):
+        if "/" in label or not label or label != label.strip():
+            raise ContributionError(
+                name, f"name {label!r} is not a NetCDF name (no '/', not empty)"
+            )
+    for key, value in var.attrs.items():
+        flat = isinstance(value, ATTRIBUTE_TYPES) and not isinstance(value, bool)
+        array = isinstance(value, list | tuple | np.ndarray) and np.asarray(value).ndim == 1
+        if array:
+            flat = np.asarray(value).dtype.kind in "iuf"
+        if not flat:
+            raise ContributionError(
+                name,
+                f"attribute {key!r} of {added!r} is a {type(value).__name__}; NetCDF "
+                "stores text, numbers and flat lists of numbers",
+            )
+
+
 STATUSES = {  # the trace's `status` attribute: every value and when it is set
     "running": "a checkpoint of a live run, or of one killed before it could say more",
     "complete": "every step was taken",
@@ -231,10 +265,13 @@ class Recorder:
         for name, value in (contributions or {}).items():
             if name in ds.variables:
                 raise ContributionError(name, "collides with a core variable of the trace")
+            core = set(ds.variables)
             try:
                 ds[name] = value
-            except (ValueError, TypeError) as exc:
+            except Exception as exc:  # xarray refuses it in many ways; any is the plugin's
                 raise ContributionError(name, str(exc).splitlines()[0]) from None
+            for added in set(ds.variables) - core:  # the variable and any coordinate with it
+                check_storable(str(name), str(added), ds.variables[added])
         ds.attrs.update(
             {
                 "title": f"dlf-study trace of run {run.config.name!r}",

@@ -19,6 +19,7 @@ from dlf.engine.gradients import gradient_for, why_chosen
 from dlf.engine.trace import ContributionError, Recorder
 from dlf.errors import PluginError
 from dlf.hooks.analyzer import Analyzer
+from dlf.hooks.guard import plugin_failure
 from dlf.hooks.manager import Plugins, blame
 from dlf.hooks.state import EvalState, RunContext, StepState
 from dlf.numerics.schedules import Schedule, weights
@@ -127,7 +128,9 @@ class Trainer:
             caller = self._callers[key]
         try:
             return caller(**kw)
-        except Exception as exc:
+        except BaseException as exc:  # a hook's sys.exit() or KeyboardInterrupt is its failure
+            if not plugin_failure(exc):
+                raise
             raise PluginError(blame(caller, exc.__traceback__), step, exc) from exc
 
     # --- the loop

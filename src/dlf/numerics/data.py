@@ -14,6 +14,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from dlf.config import Seed
 from dlf.errors import ConfigError
 
 
@@ -48,8 +49,8 @@ class SpiralOptions(BaseModel):
     points_per_class: int = Field(100, ge=2, description="points per arm N")
     noise: float = Field(0.2, ge=0, description="std of the Gaussian noise on the angle")
     turns: float = Field(2.0, gt=0, description="turns of each arm (the notebooks: 2, i.e. 4π)")
-    seed: int = Field(0, description="seed of the training set")
-    val_seed: int = Field(1, description="seed of the validation set (same generator)")
+    seed: Seed = Field(0, description="seed of the training set")
+    val_seed: Seed = Field(1, description="seed of the validation set (same generator)")
 
 
 def spiral_points(
@@ -81,7 +82,9 @@ class DigitsOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     val_fraction: float = Field(0.3, gt=0, lt=1, description="share held out for validation")
-    split_seed: int = Field(0, description="seed of the stratified train/validation split")
+    split_seed: int = Field(
+        0, ge=0, lt=2**32, description="seed of the stratified train/validation split"
+    )
 
 
 def digits(options: DigitsOptions) -> Dataset:
@@ -122,7 +125,7 @@ class Cifar10Options(BaseModel):
     )
     train_size: int | None = Field(None, ge=1, description="random training subset (null: all)")
     val_size: int | None = Field(None, ge=1, description="random subset of test_batch (null: all)")
-    seed: int = Field(0, description="seed of both subsets")
+    seed: Seed = Field(0, description="seed of both subsets")
     normalize: bool = Field(True, description="per-channel mean/std of the training subset")
 
     @field_validator("classes", mode="before")

@@ -97,8 +97,10 @@ def parse_zoom(text: str) -> Zoom:
         window = (int(start), int(stop))
     except ValueError:
         window = None
-    if not sep or window is None or window[0] >= window[1]:
-        raise ConfigError("--zoom", f"expected START:STOP with START < STOP or auto, got {text!r}")
+    if not sep or window is None or not 0 <= window[0] < window[1]:
+        raise ConfigError(
+            "--zoom", f"expected START:STOP with 0 <= START < STOP, or auto; got {text!r}"
+        )
     return window
 
 

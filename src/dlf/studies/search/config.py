@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from dlf.config import RunConfig, Section, apply_overrides, load_raw, validate
+from dlf.config import RunConfig, Section, Seed, apply_overrides, load_raw, validate
 from dlf.errors import ConfigError
 from dlf.hooks.manager import load_plugins
 
@@ -81,7 +81,7 @@ class SamplerConfig(Section):
     """
 
     name: Literal["sobol", "tpe", "random"] = "sobol"
-    seed: int = Field(0, description="seed of the Sobol scrambling or of Optuna's sampler")
+    seed: Seed = Field(0, description="seed of the Sobol scrambling or of Optuna's sampler")
     startup_trials: int = Field(8, ge=0, description="TPE: random trials before modelling")
 
 
@@ -112,7 +112,7 @@ class SearchConfig(Section):
 
     target: float = Field(gt=0, le=1, description="mean over seeds of the final metric to reach")
     metric: Literal["val_accuracy", "eval_train_accuracy"] = "val_accuracy"
-    seeds: list[int] = Field([0, 1, 2, 3], description="seeds of every trial; an int n: 0..n-1")
+    seeds: list[Seed] = Field([0, 1, 2, 3], description="seeds of every trial; an int n: 0..n-1")
     width: WidthLadder = Field(default_factory=WidthLadder)
     amplitude: AmplitudeRange = Field(default_factory=AmplitudeRange)
     period: PeriodRange = Field(default_factory=PeriodRange)

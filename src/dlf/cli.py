@@ -69,6 +69,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     """Summarise a trace or a study, told apart by what the file holds, not by its name."""
     from dlf.engine.trace import TRACE_NAME, open_netcdf
+    from dlf.plots.command import MALFORMED
     from dlf.studies.search.results import STUDY_FILE, is_study, study_summary
     from dlf.summary import is_trace, summarise
 
@@ -79,12 +80,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
             raise InputError(path, f"holds no {STUDY_FILE} (a study) or {TRACE_NAME} (a run)")
         path = inside[0]
     ds = open_netcdf(path)
-    if is_study(ds):
-        print(study_summary(ds, path))
-    elif is_trace(ds):
-        print(summarise(ds, path))
-    else:
+    if not (is_study(ds) or is_trace(ds)):
         raise InputError(path, "is NetCDF but neither a dlf-study trace nor a study's study.nc")
+    try:
+        print(study_summary(ds, path) if is_study(ds) else summarise(ds, path))
+    except MALFORMED as exc:  # a variable or attribute missing or spoiled: the file's fault
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise InputError(path, f"not a complete dlf-study file ({why})") from None
     return 0
 
 

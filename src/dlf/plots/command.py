@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import matplotlib
 import xarray as xr
 from matplotlib.figure import Figure
 
+from dlf.config import MAX_NAME
 from dlf.engine.trace import TRACE_NAME, open_trace
 from dlf.errors import ConfigError, DlfError, InputError
 from dlf.plots.dynamics import Zoom, dynamics
@@ -22,6 +24,10 @@ from dlf.plots.threshold import threshold
 from dlf.plots.width import width
 
 FORMATS = ("png", "svg", "pdf")
+UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")  # characters a figure's file name may not take over
+#: What drawing raises on a file that lacks what its kind always holds (no steps, no
+#: members, a variable missing, an attribute that is not JSON): the file's fault, one line.
+MALFORMED = (KeyError, ValueError, IndexError, TypeError, AttributeError)
 DPI = 110  # PNG resolution: sharp on screen, a few hundred kB at most
 #: Result files that stand for their directory: a min-width study, a threshold study.
 RESULT_NAMES = ("study.nc", "threshold.nc")
@@ -82,9 +88,16 @@ def diverged_note(ds: xr.Dataset) -> str | None:
     return f"{run_name(ds)}: {gone} of {members} members diverged, left out of the figures' means"
 
 
+def _file_stem(name: str) -> str:
+    """A run name read from a file, made one safe file-name component: it is untrusted, and
+    a name like ``../../x`` must not write outside ``--out``."""
+    stem = UNSAFE.sub("_", name).lstrip(".-")[:MAX_NAME]
+    return stem or "trace"
+
+
 def _stems(datasets: Sequence[xr.Dataset]) -> list[str]:
     """A distinct file-name stem per trace: its run name, numbered where names repeat."""
-    names = [run_name(ds) for ds in datasets]
+    names = [_file_stem(run_name(ds)) for ds in datasets]
     return [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
 
 
@@ -102,6 +115,18 @@ def parse_zoom(text: str) -> Zoom:
             "--zoom", f"expected START:STOP with 0 <= START < STOP, or auto; got {text!r}"
         )
     return window
+
+
+def save(fig: Figure, path: Path, fmt: str) -> Path:
+    """Save ``fig`` to ``path`` (its folder made); a folder that cannot be written is --out's
+    one-line error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=DPI if fmt == "png" else None)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise ConfigError("--out", f"cannot write figures in {path.parent}: {why}") from None
+    return path
 
 
 def cli_plot(
@@ -125,11 +150,13 @@ def cli_plot(
     if figure is not None and figure not in FIGURES:
         raise ConfigError("--figure", f"unknown figure {figure!r}; allowed: {', '.join(FIGURES)}")
     window = None if zoom is None else parse_zoom(zoom)
-    datasets = load_traces(paths)
+    files = trace_files(paths)
+    datasets = [open_trace(file) for file in files]
     if out is None:
         first = paths[0]
         out = (first if first.is_dir() else first.parent) / "figures"
     traces = [ds for ds in datasets if "member" in ds.dims]  # not the studies' results
+    source = {id(ds): str(file) for ds, file in zip(datasets, files, strict=True)}
     stems = _stems(traces)
     written: list[Path] = []
     skipped: list[tuple[str, str]] = []
@@ -150,14 +177,18 @@ def cli_plot(
             except DlfError as exc:
                 skipped.append((stem, str(exc)))
                 continue
-            out.mkdir(parents=True, exist_ok=True)
-            path = out / f"{stem}.{fmt}"
-            fig.savefig(path, dpi=DPI if fmt == "png" else None)
-            written.append(path)
+            except MALFORMED as exc:
+                named = source.get(id(data), ", ".join(map(str, files)))
+                why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                skipped.append((stem, f"{named}: not a complete dlf-study file ({why})"))
+                continue
+            written.append(save(fig, out / f"{stem}.{fmt}", fmt))
     if not written:
+        where = ", ".join(map(str, files))
         if len(skipped) == 1:
-            raise DlfError(skipped[0][1])
-        raise DlfError("no figure could be drawn: " + "; ".join(f"{s}: {m}" for s, m in skipped))
+            raise InputError(where, skipped[0][1])
+        why = "; ".join(f"{s}: {m}" for s, m in skipped)
+        raise InputError(where, f"no figure could be drawn: {why}")
     for stem, message in skipped:
         print(f"skipped {stem}: {message}", file=sys.stderr)
     for ds in traces:

@@ -97,10 +97,10 @@ BAD: dict[str, Bad] = {
     # sizes that scale memory, refused before they are allocated
     "points-per-class-1e9": Bad({"data.points_per_class": 10**9}, "data.points_per_class"),
     "classes-1e6": Bad({"data.classes": 10**6}, "data.classes"),
-    "landscape-grid-1e5": Bad(
-        {"analyzers": {"landscape": {"grid": 100_000}}}, "analyzers.landscape.grid"
+    "landscape-grid-1e6": Bad(
+        {"analyzers": {"landscape": {"grid": 10**6, "steps": [5]}}}, "analyzers.landscape.grid"
     ),
-    "lanczos-k-1e6": Bad({"analyzers": {"lanczos": {"k": 10**6}}}, "analyzers.lanczos.k"),
+    "lanczos-k-1e8": Bad({"analyzers": {"lanczos": {"k": 10**8}}}, "analyzers.lanczos.k"),
     # flags
     "workers-two": Bad(args=("--workers", "two"), field="--workers", base=STUDY_BASE),
 }

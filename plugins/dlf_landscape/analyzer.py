@@ -145,6 +145,11 @@ class LandscapeAnalyzer(plugin.Analyzer):
 
     # --- schedule ---------------------------------------------------------------------------
 
+    def memory(self) -> dict[str, float]:
+        """A slice keeps its grid × grid losses (float64) for each member sliced."""
+        opts = self.options
+        return {"grid": 8.0 * opts.grid**2 * len(opts.members)}
+
     def slicing_at(self, step: int) -> bool:
         every = self.options.every
         return step in self.slice_steps or bool(every and step % every == 0)

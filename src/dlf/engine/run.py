@@ -17,7 +17,7 @@ import torch
 import xarray as xr
 
 from dlf.config import Member, ModelConfig, RunConfig, members_of, validate
-from dlf.engine.budget import check_budget, n_members
+from dlf.engine.budget import check_analyzers, check_budget, n_members, planned_data_sizes
 from dlf.engine.trace import TRACE_NAME, ContributionError, Recorder, TraceLock
 from dlf.engine.trainer import Trainer
 from dlf.errors import ConfigError, PluginError
@@ -191,23 +191,28 @@ def prepare(
     analyzer options, and the memory the run would need. Raises ConfigError; writes nothing.
     Sweeps call this for every point before running the first."""
     plugins = plugins or load_plugins(config.plugins)
+    planned = planned_data_sizes(config, plugins.registries)  # before the data is allocated
     if members is None:
-        check_budget(config, n_members(config))
+        check_budget(config, n_members(config), **planned)
         members = members_of(config)
     else:
         members = list(members)
-        check_budget(config, len(members))
+        check_budget(config, len(members), **planned)
     run = build_context(config, plugins, members)
     data = run.data
     check_budget(
         config,
         len(members),
-        n_features=data.n_features,
-        n_classes=data.n_classes,
-        n_train=len(data.y_train),
-        n_val=len(data.y_val),
+        **{
+            **planned,
+            "n_features": data.n_features,
+            "n_classes": data.n_classes,
+            "n_train": len(data.y_train),
+            "n_val": len(data.y_val),
+        },
     )
     run.analyzers = build_analyzers(config, plugins, run)
+    check_analyzers(run.analyzers, config.model.device)
     return plugins, members, run
 
 

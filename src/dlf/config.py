@@ -51,6 +51,16 @@ class Section(BaseModel):
 
 #: A random seed: numpy, torch and Optuna all take 0 ≤ seed < 2⁶³ (torch refuses larger ones).
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
+
+
+def seeds_in_range(seeds: list[int]) -> list[int]:
+    """``seeds`` if each is a :data:`Seed`; else ValueError naming the first that is not."""
+    wrong = [s for s in seeds if not 0 <= s < 2**63]
+    if wrong:
+        raise ValueError(f"every seed must be >= 0 and < 2**63 (got {wrong[0]})")
+    return seeds
+
+
 MAX_NAME = 100  # characters of a run name: one directory component, well below NAME_MAX
 MAX_SEEDS = 1_000_000
 
@@ -168,7 +178,7 @@ class TrainConfig(Section):
 
     steps: int = Field(2000, ge=1)
     lr: list[float] = Field([1.0], description="learning rate η; a list makes members")
-    seeds: list[Seed] = Field([0], description="an int n means seeds 0..n-1; or a list")
+    seeds: list[int] = Field([0], description="an int n means seeds 0..n-1; or a list")
     optimizer: Literal["gd", "sgd"] = Field("gd", description="gd: full batch; sgd: minibatches")
     batch_size: int | None = Field(None, ge=1, description="minibatch size for sgd")
     momentum: float = Field(0.0, ge=0, lt=1, description="β of heavy-ball momentum")
@@ -217,7 +227,7 @@ class TrainConfig(Section):
     def _some_seeds(cls, value: list[int]) -> list[int]:
         if not value:
             raise ValueError("give at least one seed (an integer n means seeds 0..n-1)")
-        return value
+        return seeds_in_range(value)
 
     @model_validator(mode="after")
     def _sgd_needs_batch(self) -> TrainConfig:

@@ -110,10 +110,10 @@ def parse_zoom(text: str) -> Zoom:
         window = (int(start), int(stop))
     except ValueError:
         window = None
-    if not sep or window is None or not 0 <= window[0] < window[1]:
-        raise ConfigError(
-            "--zoom", f"expected START:STOP with 0 <= START < STOP, or auto; got {text!r}"
-        )
+    if not sep or window is None or window[0] >= window[1]:
+        raise ConfigError("--zoom", f"expected START:STOP with START < STOP or auto, got {text!r}")
+    if window[0] < 0:
+        raise ConfigError("--zoom", f"steps are >= 0, got {text!r}")
     return window
 
 
@@ -184,9 +184,9 @@ def cli_plot(
                 continue
             written.append(save(fig, out / f"{stem}.{fmt}", fmt))
     if not written:
-        where = ", ".join(map(str, files))
         if len(skipped) == 1:
-            raise InputError(where, skipped[0][1])
+            raise DlfError(skipped[0][1])
+        where = ", ".join(map(str, files))
         why = "; ".join(f"{s}: {m}" for s, m in skipped)
         raise InputError(where, f"no figure could be drawn: {why}")
     for stem, message in skipped:

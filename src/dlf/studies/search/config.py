@@ -18,7 +18,15 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from dlf.config import RunConfig, Section, Seed, apply_overrides, load_raw, validate
+from dlf.config import (
+    RunConfig,
+    Section,
+    Seed,
+    apply_overrides,
+    load_raw,
+    seeds_in_range,
+    validate,
+)
 from dlf.errors import ConfigError
 from dlf.hooks.manager import load_plugins
 
@@ -112,7 +120,7 @@ class SearchConfig(Section):
 
     target: float = Field(gt=0, le=1, description="mean over seeds of the final metric to reach")
     metric: Literal["val_accuracy", "eval_train_accuracy"] = "val_accuracy"
-    seeds: list[Seed] = Field([0, 1, 2, 3], description="seeds of every trial; an int n: 0..n-1")
+    seeds: list[int] = Field([0, 1, 2, 3], description="seeds of every trial; an int n: 0..n-1")
     width: WidthLadder = Field(default_factory=WidthLadder)
     amplitude: AmplitudeRange = Field(default_factory=AmplitudeRange)
     period: PeriodRange = Field(default_factory=PeriodRange)
@@ -158,7 +166,7 @@ class SearchConfig(Section):
     def _distinct_seeds(cls, value: list[int]) -> list[int]:
         if not value or len(set(value)) != len(value):
             raise ValueError("seeds must be a non-empty list of distinct integers")
-        return value
+        return seeds_in_range(value)
 
     @model_validator(mode="after")
     def _points_in_box(self) -> SearchConfig:

@@ -405,3 +405,60 @@ def test_a_tilde_in_output_root_is_the_home_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     config = RunConfig.model_validate({"output": {"root": "~/runs"}})
     assert config.output.root == tmp_path / "runs"
+
+
+# --- checkpoints and interrupts ---------------------------------------------------------------
+
+ON_DISK = """
+import xarray as xr
+import dlf.plugin
+
+seen = []
+
+@dlf.plugin.hookimpl
+def dlf_evaluate(state):
+    if state.step == 50:
+        with xr.open_dataset(state.run.config.output.root / "p" / "trace.nc") as ds:
+            seen.append(int(ds.attrs["steps_completed"]))
+"""
+
+
+def test_checkpoints_are_taken_inside_a_block_of_steps(tmp_path, monkeypatch):
+    """60 steps are one block of 256; with checkpoint_seconds tiny, the trace on disk at step
+    50 must already hold finished steps (it held none when checkpoints waited for the block)."""
+    from dlf.config import RunConfig
+    from dlf.engine.run import execute
+
+    (tmp_path / "ondisk.py").write_text(ON_DISK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = tiny_config(tmp_path / "out", name="p", plugins=["ondisk"])
+    raw["output"]["checkpoint_seconds"] = 1e-6
+    execute(RunConfig.model_validate(raw))
+    import ondisk
+
+    assert ondisk.seen and ondisk.seen[0] >= 40, ondisk.seen
+
+
+SECOND_CTRL_C = """
+import os
+import signal
+import dlf.plugin
+
+@dlf.plugin.hookimpl
+def dlf_evaluate(state):
+    if state.step == 20:
+        os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C
+
+@dlf.plugin.hookimpl
+def dlf_trace_contribute(run):
+    os.kill(os.getpid(), signal.SIGINT)  # a second one, while the last trace is written
+    return {}
+"""
+
+
+def test_a_second_ctrl_c_waits_for_the_last_write(tmp_path):
+    config = plugin_config(tmp_path, "twice", SECOND_CTRL_C)
+    done = dlf_study("run", str(config), cwd=tmp_path, pythonpath=tmp_path)
+    assert done.returncode == 130, done.stderr
+    with xr.open_dataset(tmp_path / "out" / "p" / "trace.nc", engine="netcdf4") as ds:
+        assert ds.attrs["status"] == "interrupted" and ds.attrs["steps_completed"] == 20

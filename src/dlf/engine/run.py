@@ -18,7 +18,13 @@ import xarray as xr
 
 from dlf.config import Member, ModelConfig, RunConfig, members_of, validate
 from dlf.engine.budget import check_analyzers, check_budget, n_members, planned_data_sizes
-from dlf.engine.trace import TRACE_NAME, ContributionError, Recorder, TraceLock
+from dlf.engine.trace import (
+    TRACE_NAME,
+    ContributionError,
+    Recorder,
+    TraceLock,
+    interrupts_deferred,
+)
 from dlf.engine.trainer import Trainer
 from dlf.errors import ConfigError, PluginError
 from dlf.hooks.analyzer import Analyzer
@@ -268,8 +274,9 @@ def execute(
                 recorder.write()  # the first checkpoint: a run killed now still leaves a trace
                 theta, ending = trainer.train(theta0)
             except (PluginError, KeyboardInterrupt) as exc:
-                recorder.finish("failed" if isinstance(exc, PluginError) else "interrupted")
-                contributions.write_after_failure()
+                with interrupts_deferred():  # a second Ctrl-C waits for this last write
+                    recorder.finish("failed" if isinstance(exc, PluginError) else "interrupted")
+                    contributions.write_after_failure()
                 raise
             recorder.finish(ending, run.stop_reason)
             contributions.write_final()

@@ -243,14 +243,18 @@ class Trainer:
                 rec.steps_completed = t + 1
                 if run.stop_reason is not None:
                     break
+                if rec.checkpoint_due():  # inside the block: slow analyzers make blocks long
+                    self.checkpoint()
             bar.update(rec.steps_completed - start)
             if run.stop_reason is not None:
                 break
             if not bool(active.any()):
                 break
-            if rec.checkpoint_due():
-                try:
-                    rec.write(self.contribute())
-                except ContributionError as exc:
-                    self.contribute.raise_for(exc)  # type: ignore[attr-defined]
         return theta
+
+    def checkpoint(self) -> None:
+        """Write the trace of the finished steps, with the plugins' contributions."""
+        try:
+            self.recorder.write(self.contribute())
+        except ContributionError as exc:
+            self.contribute.raise_for(exc)  # type: ignore[attr-defined]

@@ -89,7 +89,9 @@ def estimate(
     }
     largest = max(terms, key=lambda k: terms[k])
     memory_field = {
-        "params": classes_field if (w + 1) * n_classes > hidden else width_field,
+        "params": (
+            classes_field if n_classes > max(n_features, w * (depth - 1)) + 1 else width_field
+        ),
         "activations": samples_field
         if rows > w * depth + n_classes
         else (classes_field if n_classes > w * depth else width_field),

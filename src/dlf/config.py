@@ -90,7 +90,9 @@ class ModelConfig(Section):
     plugin's, ``module.path:factory``) takes its keyword arguments from ``options``."""
 
     name: str = Field(
-        "mlp", description="mlp, a registered model (myrtle5, a plugin's) or module.path:factory"
+        "mlp",
+        description="mlp, a registered model (myrtle5, a plugin's) or module.path:factory "
+        "(imported and called: a config that names code runs it; trust its source)",
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of a model other than mlp"
@@ -272,7 +274,9 @@ class RunConfig(Section):
     analyzers: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="analyzer name → its options"
     )
-    plugins: list[str] = Field(default_factory=list, description="extra plugin modules to load")
+    plugins: list[str] = Field(
+        default_factory=list, description="extra plugin modules to import (code: trust them)"
+    )
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @field_validator("name")

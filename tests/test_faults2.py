@@ -306,7 +306,7 @@ def test_a_secret_query_parameter_is_kept_out_of_report_and_study_file(tmp_path)
     if (folder / "study.nc").exists():
         with xr.open_dataset(folder / "study.nc", engine="netcdf4") as ds:
             texts.append(json.dumps(dict(ds.attrs), default=str))
-    assert len(texts) == 4 or done.returncode == 2, done.stderr
+    assert done.returncode == 0 and len(texts) == 4, done.stderr
     for text in texts:
         assert SECRET not in text
 

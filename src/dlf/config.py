@@ -40,8 +40,8 @@ class Section(BaseModel):
     @classmethod
     def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         """``width: true`` is not the number 1: a boolean is refused where no bool is allowed."""
-        field = cls.model_fields[info.field_name or ""]
-        if "bool" in str(field.annotation):
+        annotation = str(cls.model_fields[info.field_name or ""].annotation)
+        if "bool" in annotation or not ("int" in annotation or "float" in annotation):
             return value
         values = value if isinstance(value, list) else [value]
         if any(isinstance(v, bool) for v in values):

@@ -95,6 +95,12 @@ class LanczosAnalyzer(plugin.Analyzer):
     Options = LanczosOptions
     options: LanczosOptions
 
+    def memory(self) -> dict[str, float]:
+        """k Ritz vectors (and as many Lanczos vectors) of every member's parameters."""
+        run = self.run
+        size = torch.empty((), dtype=run.dtype).element_size()
+        return {"k": 2.0 * self.options.k * run.n_members * run.model.n_params * size}
+
     def __init__(self, name: str, options: plugin.AnalyzerOptions, run: plugin.RunContext) -> None:
         super().__init__(name, options, run)
         self.steps: list[int] = []

@@ -164,6 +164,11 @@ class LandscapeAnalyzer(plugin.Analyzer):
         inside = o.every_start <= step and (o.every_stop is None or step < o.every_stop)
         return bool(o.every and inside and (step - o.every_start) % o.every == 0)
 
+    def memory(self) -> dict[str, float]:
+        """A slice keeps its grid × grid losses (float64) for each member sliced."""
+        opts = self.options
+        return {"grid": 8.0 * opts.grid**2 * len(opts.members)}
+
     def slicing_at(self, step: int) -> bool:
         return step in self.slice_steps or self.on_cadence(step)
 

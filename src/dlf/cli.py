@@ -8,9 +8,10 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from dlf.errors import ConfigError, DlfError, DlfWarning, InputError
+from dlf.hooks.guard import user_interrupts
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -91,6 +92,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     """Summarise a trace or a study, told apart by what the file holds, not by its name."""
     from dlf.engine.trace import TRACE_NAME, open_netcdf
+    from dlf.plots.command import MALFORMED
     from dlf.studies.search.results import STUDY_FILE, is_study, study_summary
     from dlf.summary import is_trace, summarise
 
@@ -101,12 +103,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
             raise InputError(path, f"holds no {STUDY_FILE} (a study) or {TRACE_NAME} (a run)")
         path = inside[0]
     ds = open_netcdf(path)
-    if is_study(ds):
-        print(study_summary(ds, path))
-    elif is_trace(ds):
-        print(summarise(ds, path))
-    else:
+    if not (is_study(ds) or is_trace(ds)):
         raise InputError(path, "is NetCDF but neither a dlf-study trace nor a study's study.nc")
+    try:
+        print(study_summary(ds, path) if is_study(ds) else summarise(ds, path))
+    except MALFORMED as exc:  # a variable or attribute missing or spoiled: the file's fault
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise InputError(path, f"not a complete dlf-study file ({why})") from None
     return 0
 
 
@@ -126,8 +129,15 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit code 2, as every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"dlf-study: error: {message}\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = OneLineParser(
         prog="dlf-study", description="Train and analyse ensembles on dynamical loss functions."
     )
     top.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -207,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     warnings.formatwarning = _one_line_warning  # a broken plugin: one line, not a stack
     try:
-        return int(args.func(args))
+        with user_interrupts():  # a plugin raising KeyboardInterrupt is not the user's Ctrl-C
+            return int(args.func(args))
     except DlfError as exc:
         print(f"dlf-study: error: {exc}", file=sys.stderr)
         return exc.exit_code

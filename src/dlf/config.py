@@ -12,10 +12,19 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from dlf.errors import ConfigError
 
@@ -26,6 +35,30 @@ class Section(BaseModel):
     # NaN and ±∞ are refused for every float field: a NaN learning rate or period would train
     # (NaN compares False to every bound) and an infinite range breaks the search afterwards
     model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``width: true`` is not the number 1: a boolean is refused where no bool is allowed."""
+        annotation = str(cls.model_fields[info.field_name or ""].annotation)
+        if "bool" in annotation or not ("int" in annotation or "float" in annotation):
+            return value
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, bool) for v in values):
+            raise ValueError("must be a number, not true or false")
+        return value
+
+
+#: A random seed: numpy, torch and Optuna all take 0 ≤ seed < 2⁶³ (torch refuses larger ones).
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
+
+
+def seeds_in_range(seeds: list[int]) -> list[int]:
+    """``seeds`` if each is a :data:`Seed`; else ValueError naming the first that is not."""
+    wrong = [s for s in seeds if not 0 <= s < 2**63]
+    if wrong:
+        raise ValueError(f"every seed must be >= 0 and < 2**63 (got {wrong[0]})")
+    return seeds
 
 
 MAX_NAME = 100  # characters of a run name: one directory component, well below NAME_MAX
@@ -57,7 +90,9 @@ class ModelConfig(Section):
     plugin's, ``module.path:factory``) takes its keyword arguments from ``options``."""
 
     name: str = Field(
-        "mlp", description="mlp, a registered model (myrtle5, a plugin's) or module.path:factory"
+        "mlp",
+        description="mlp, a registered model (myrtle5, a plugin's) or module.path:factory "
+        "(imported and called: a config that names code runs it; trust its source)",
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of a model other than mlp"
@@ -194,7 +229,7 @@ class TrainConfig(Section):
     def _some_seeds(cls, value: list[int]) -> list[int]:
         if not value:
             raise ValueError("give at least one seed (an integer n means seeds 0..n-1)")
-        return value
+        return seeds_in_range(value)
 
     @model_validator(mode="after")
     def _sgd_needs_batch(self) -> TrainConfig:
@@ -211,6 +246,16 @@ class OutputConfig(Section):
     root: Path = Field(Path("studies"), description="each run writes under root/<name>/")
     checkpoint_seconds: float = Field(60.0, gt=0, description="rewrite the trace this often")
     progress: Literal["auto", "always", "never"] = Field("auto", description="auto: on a terminal")
+
+    @field_validator("root", mode="before")
+    @classmethod
+    def _root(cls, value: Any) -> Any:
+        """``~`` is the home folder, as in a shell; a NUL byte can name no folder."""
+        if isinstance(value, str | Path):
+            if "\x00" in str(value):
+                raise ValueError("a folder name cannot hold a NUL byte")
+            return Path(value).expanduser()
+        return value
 
     def wants_progress(self) -> bool:
         """Whether to draw a progress bar: ``always``, or ``auto`` when stderr is a terminal."""
@@ -229,7 +274,9 @@ class RunConfig(Section):
     analyzers: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="analyzer name → its options"
     )
-    plugins: list[str] = Field(default_factory=list, description="extra plugin modules to load")
+    plugins: list[str] = Field(
+        default_factory=list, description="extra plugin modules to import (code: trust them)"
+    )
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @field_validator("name")
@@ -245,13 +292,13 @@ class RunConfig(Section):
         return value
 
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def safe_component(value: str) -> str:
     """``value`` if it is one safe path component (a directory name): letters, digits, '_',
     '.', '-', not starting with '.' or '-' (so never '.' or '..'), at most MAX_NAME long."""
-    if not NAME_PATTERN.match(value):
+    if not NAME_PATTERN.fullmatch(value):  # fullmatch: "$" would let a final newline by
         raise ValueError(
             "must be one folder name: letters, digits, '_', '.', '-', not starting with '.' or '-'"
         )
@@ -278,6 +325,86 @@ def members_of(config: RunConfig) -> list[Member]:
     return [Member(seed=s, amplitude=a, period=t, lr=lr) for a, t, lr, s in grid]
 
 
+# --- secrets ---------------------------------------------------------------------------------
+
+#: Query parameters of a URL whose values are secrets (libpq's sslpassword, tokens, keys).
+SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with every secret part as ``***``: the password of ``user:password@host`` (found
+    by parsing, so an unencoded '@' or '/' in it is still all hidden) and the value of each
+    query parameter named like a secret. Text without ``://`` is returned as it is."""
+    return _split_secrets(url)[0]
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secret parts of ``url`` that :func:`redact_url` hides, longest first (to scrub them
+    from messages that quote them, e.g. a database driver's)."""
+    return sorted(_split_secrets(url)[1], key=len, reverse=True)
+
+
+def with_encoded_password(url: str) -> str:
+    """``url`` with the characters of its password that end a URL's parts ('@', '/', '?', '#',
+    ':') percent-encoded: a database driver would otherwise split ``user:T@pw@host`` at the
+    first '@' (and quote the rest of the password as a host name)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo = _userinfo(rest) if sep else None
+    if userinfo is None:
+        return url
+    user, colon, password, after = userinfo
+    encoded = "".join(quote(c, safe="") if c in "@/?#:" else c for c in password)
+    return f"{scheme}://{user}{colon}{encoded}{after}"
+
+
+def _userinfo(rest: str) -> tuple[str, str, str, str] | None:
+    """``user``, ``:``, ``password`` and the rest from ``@host`` on, of a URL after its
+    ``scheme://``; None without '@'. The user part ends at the last '@' before the query (a
+    password may hold '@' and '/'; a database path hardly ever holds '@')."""
+    ends = [i for i in (rest.find(c) for c in "?#") if i >= 0]
+    last_at = rest.rfind("@", 0, min(ends, default=len(rest)))
+    if last_at < 0:
+        last_at = rest.rfind("@")  # a '?' or '#' in the password itself
+    if last_at < 0:
+        return None
+    user, colon, password = rest[:last_at].partition(":")
+    return user, colon, password, rest[last_at:]
+
+
+def _split_secrets(url: str) -> tuple[str, list[str]]:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url, []
+    secrets = []
+    userinfo = _userinfo(rest)
+    if userinfo is not None:
+        user, colon, password, after = userinfo
+        secrets.append(password)
+        rest = f"{user}{':***' if colon else ''}{after}"
+    base, question, query = rest.partition("?")
+    if question:
+        parts = []
+        for item in query.split("&"):
+            key, equals, value = item.partition("=")
+            if equals and SECRET_PARAMETER.search(key):
+                secrets.append(value)
+                item = f"{key}=***"
+            parts.append(item)
+        rest = f"{base}?{'&'.join(parts)}"
+    return f"{scheme}://{rest}", [s for s in secrets if s]
+
+
+def redacted(value: Any) -> Any:
+    """``value`` with :func:`redact_url` applied to every string in it (lists, mappings)."""
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, list | tuple):
+        return type(value)(redacted(v) for v in value)
+    if isinstance(value, dict):
+        return {k: redacted(v) for k, v in value.items()}
+    return value
+
+
 # --- loading -----------------------------------------------------------------------------------
 
 
@@ -289,7 +416,7 @@ def _describe(error: dict[str, Any], model: type[BaseModel]) -> ConfigError:
         return ConfigError(field, f"unknown key; allowed: {', '.join(allowed)}")
     message = error["msg"].removeprefix("Value error, ")
     if "input" in error and error["type"] != "missing" and not isinstance(error["input"], dict):
-        message += f" (got {error['input']!r})"
+        message += f" (got {redacted(error['input'])!r})"
     return ConfigError(field, message)
 
 
@@ -317,6 +444,31 @@ MAX_CONFIG_BYTES = 1 << 20  # a config file (or one --set value) larger than 1 M
 MAX_CONFIG_NODES = 100_000  # YAML nodes after expanding aliases: bounds an alias bomb
 
 
+def _duplicate_key(root: yaml.Node) -> tuple[str, int] | None:
+    """The dotted path and line of the first key given twice in one mapping (YAML itself
+    silently keeps the last value), or None."""
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    seen_nodes: set[int] = set()
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, f"{path}.{i}".lstrip(".")) for i, child in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            keys: set[str] = set()
+            for key, child in node.value:
+                if not isinstance(key, yaml.ScalarNode):
+                    continue
+                dotted = f"{path}.{key.value}".lstrip(".")
+                if key.value in keys and key.value != "<<":
+                    return dotted, key.start_mark.line + 1
+                keys.add(key.value)
+                stack.append((child, dotted))
+    return None
+
+
 def parse_yaml(text: str, where: str) -> Any:
     """Parse YAML with the safe loader, refusing documents that are too large or that expand
     (through aliases) to more than MAX_CONFIG_NODES nodes, before anything is constructed."""
@@ -333,6 +485,9 @@ def parse_yaml(text: str, where: str) -> Any:
                 f"expands to {expanded:,} YAML nodes through aliases (at most "
                 f"{MAX_CONFIG_NODES:,}); write the values out instead of nesting aliases",
             )
+        duplicate = _duplicate_key(node)
+        if duplicate is not None:
+            raise ConfigError(duplicate[0], f"given twice (line {duplicate[1]}); keep one")
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

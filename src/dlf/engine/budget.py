@@ -8,12 +8,17 @@ could never fit; one they accept may still be slow.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from dlf.config import RunConfig
+from dlf.config import RunConfig, validate
 from dlf.errors import ConfigError
+from dlf.hooks.analyzer import Analyzer
+from dlf.hooks.registries import Registries
 
 MAX_MEMBERS = 1_000_000
 # Floating-point operations a run may need before it is refused: about a month at 10¹¹ flop/s.
@@ -59,25 +64,41 @@ def estimate(
     n_classes: int = 2,
     n_train: int = 1,
     n_val: int = 0,
+    samples_field: str = "data",
+    classes_field: str = "data",
 ) -> Estimate:
     """Memory and work of training ``members`` members of ``config`` on the given data sizes
-    (defaults: the smallest any data set has, so the estimate is a lower bound)."""
+    (defaults: the smallest any data set has, so the estimate is a lower bound). The fields
+    that set the data's samples and classes are named when those drive the estimate."""
     model, train = config.model, config.train
     w, depth = model.width, model.depth
     size = 4 if model.dtype == "float32" else 8
-    n_params = (n_features + 1) * w + (depth - 1) * (w + 1) * w + (w + 1) * n_classes
+    hidden = (n_features + 1) * w + (depth - 1) * (w + 1) * w
+    n_params = hidden + (w + 1) * n_classes
     batch = min(train.batch_size or n_train, n_train)
-    # θ, gradient, velocity and the update's temporary, per member
-    params = 4.0 * members * n_params * size
-    # the forward pass keeps every layer's activations for the backward pass
-    activations = 2.0 * members * max(batch, n_val) * (w * depth + n_classes) * size
-    records = train.steps / train.record_every * members * (BYTES_PER_RECORD + 4 * n_classes)
-    terms = {"params": params, "activations": activations, "records": records}
+    width_field = "model.depth" if depth > w else "model.width"
+    # the samples as generated (float64) and as tensors; θ, gradient, velocity and the
+    # update's temporary per member; every layer's activations kept for the backward pass;
+    # the recorded series and Γ per step
+    rows = max(batch, n_val)
+    terms = {
+        samples_field: (n_train + n_val) * (n_features + 1) * (8.0 + size),
+        "params": 4.0 * members * n_params * size,
+        "activations": 2.0 * members * rows * (w * depth + n_classes) * size,
+        "records": train.steps / train.record_every * members * (BYTES_PER_RECORD + 4 * n_classes),
+    }
     largest = max(terms, key=lambda k: terms[k])
-    if largest == "records":
-        memory_field = "train.steps" if train.steps / train.record_every >= members else "members"
-    else:
-        memory_field = "model.depth" if depth > w else "model.width"
+    memory_field = {
+        "params": (
+            classes_field if n_classes > max(n_features, w * (depth - 1)) + 1 else width_field
+        ),
+        "activations": samples_field
+        if rows > w * depth + n_classes
+        else (classes_field if n_classes > w * depth else width_field),
+        "records": classes_field
+        if 4 * n_classes > BYTES_PER_RECORD
+        else ("train.steps" if train.steps / train.record_every >= members else "members"),
+    }.get(largest, largest)
     # forward + backward ≈ 6 flops per parameter per sample per step
     flops = 6.0 * train.steps * members * batch * n_params
     flops_field = "train.steps" if train.steps >= members * n_params / 1e4 else memory_field
@@ -92,6 +113,16 @@ def estimate(
         memory_field = biggest if memory_field == "members" else memory_field
         flops_field = biggest if flops_field == "members" else flops_field
     return Estimate(sum(terms.values()), memory_field, flops, flops_field)
+
+
+def planned_data_sizes(config: RunConfig, registries: Registries) -> dict[str, Any]:
+    """The data set's sizes known from its options before it is built (for
+    :func:`check_budget`), or nothing where its entry cannot say."""
+    entry = registries.datasets.get(config.data.name, "data.name")
+    if entry.sizes is None:
+        return {}
+    sizes = entry.sizes(validate(entry.options, config.data.options, prefix="data"))
+    return dataclasses.asdict(sizes)
 
 
 def available_memory(device: str) -> float:
@@ -122,7 +153,7 @@ def _gb(value: float) -> str:
     return f"{value / 1e9:,.3g} GB"
 
 
-def check_budget(config: RunConfig, members: int, **data_sizes: int) -> Estimate:
+def check_budget(config: RunConfig, members: int, **data_sizes: Any) -> Estimate:
     """Refuse (ConfigError naming the driving field) a run that cannot fit in memory or
     would need more than :data:`MAX_FLOPS`; returns the estimate otherwise."""
     found = estimate(config, members, **data_sizes)
@@ -141,3 +172,17 @@ def check_budget(config: RunConfig, members: int, **data_sizes: int) -> Estimate
             f"or more of computing; at most {MAX_FLOPS:.0e} are accepted)",
         )
     return found
+
+
+def check_analyzers(analyzers: Mapping[str, Analyzer], device: str) -> None:
+    """Refuse (ConfigError naming ``analyzers.<name>.<option>``) analyzers whose memory
+    (:meth:`Analyzer.memory`) cannot fit, before the run's first step."""
+    free = available_memory(device)
+    for name, analyzer in analyzers.items():
+        for option, needed in analyzer.memory().items():
+            if needed > free:
+                raise ConfigError(
+                    f"analyzers.{name}.{option}",
+                    f"would need at least {_gb(needed)} of memory, more than the "
+                    f"{_gb(free)} available",
+                )

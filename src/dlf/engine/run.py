@@ -8,7 +8,7 @@ import inspect
 import json
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +19,19 @@ import xarray as xr
 
 from dlf.config import Member, ModelConfig, RunConfig, members_of, validate
 from dlf.engine import resume
-from dlf.engine.budget import check_budget, n_members
-from dlf.engine.trace import TRACE_NAME, ContributionError, Recorder, TraceLock, open_trace
+from dlf.engine.budget import check_analyzers, check_budget, n_members, planned_data_sizes
+from dlf.engine.trace import (
+    TRACE_NAME,
+    ContributionError,
+    Recorder,
+    TraceLock,
+    interrupts_deferred,
+    open_trace,
+)
 from dlf.engine.trainer import Trainer
 from dlf.errors import ConfigError, InputError, PluginError
 from dlf.hooks.analyzer import Analyzer
+from dlf.hooks.guard import UserInterrupt, plugin_failure
 from dlf.hooks.manager import Plugins, load_plugins
 from dlf.hooks.registries import ModelEntry, Registry
 from dlf.hooks.state import RunContext
@@ -58,7 +66,9 @@ def import_factory(name: str) -> ModelEntry:
     module_name, _, attribute = name.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # any import failure of the user's module is a config problem
+    except BaseException as exc:  # any import failure of the user's module is a config problem
+        if not plugin_failure(exc):
+            raise
         why = f"{type(exc).__name__}: {exc}".splitlines()[0]
         raise ConfigError("model.name", f"cannot import {module_name!r} ({why})") from None
     factory = getattr(module, attribute, None)
@@ -85,14 +95,27 @@ def build_model(config: ModelConfig, models: Registry[ModelEntry], data: Dataset
         inspect.signature(entry.build).bind(data.input_shape, data.n_classes, **options)
     except TypeError as exc:
         raise ConfigError("model.options", f"{name} does not take them: {exc}") from None
+    except ValueError:  # a builtin without a signature: its call below says what is wrong
+        pass
     factory = functools.partial(entry.build, data.input_shape, data.n_classes, **options)
     try:
         built = factory()
-        if not isinstance(built, torch.nn.Module):
-            return built  # an ensemble model over the flat θ itself, as the MLP
+    except BaseException as exc:  # the factory is the config's code: its failure is the config's
+        if not plugin_failure(exc):
+            raise
+        why = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        raise ConfigError("model.name", f"{name}: {why.splitlines()[0] if why else ''}") from None
+    if not isinstance(built, torch.nn.Module):
+        if ":" in name or not hasattr(built, "init"):
+            raise ConfigError(
+                "model.name",
+                f"{name} returned a {type(built).__name__}, not a torch.nn.Module",
+            )
+        return built  # a registered ensemble model over the flat θ itself, as the MLP
+    try:
         way = ensemble_way(config, built)
         return ModuleModel(name, factory, data.input_shape, data.n_classes, ensemble=way)
-    except ValueError as exc:  # the factory (or ModuleModel) refusing these inputs or options
+    except ValueError as exc:  # ModuleModel refusing this module (buffers, shapes)
         raise ConfigError("model.name", f"{name}: {exc}") from None
 
 
@@ -176,23 +199,28 @@ def prepare(
     analyzer options, and the memory the run would need. Raises ConfigError; writes nothing.
     Sweeps call this for every point before running the first."""
     plugins = plugins or load_plugins(config.plugins)
+    planned = planned_data_sizes(config, plugins.registries)  # before the data is allocated
     if members is None:
-        check_budget(config, n_members(config))
+        check_budget(config, n_members(config), **planned)
         members = members_of(config)
     else:
         members = list(members)
-        check_budget(config, len(members))
+        check_budget(config, len(members), **planned)
     run = build_context(config, plugins, members)
     data = run.data
     check_budget(
         config,
         len(members),
-        n_features=data.n_features,
-        n_classes=data.n_classes,
-        n_train=len(data.y_train),
-        n_val=len(data.y_val),
+        **{
+            **planned,
+            "n_features": data.n_features,
+            "n_classes": data.n_classes,
+            "n_train": len(data.y_train),
+            "n_val": len(data.y_val),
+        },
     )
     run.analyzers = build_analyzers(config, plugins, run)
+    check_analyzers(run.analyzers, config.model.device)
     return plugins, members, run
 
 
@@ -250,7 +278,7 @@ def terminate_as_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        raise UserInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
@@ -304,8 +332,9 @@ def execute(
                 recorder.write()  # the first checkpoint: a run killed now still leaves a trace
                 theta, ending = trainer.train(theta0, checkpoint)
             except (PluginError, KeyboardInterrupt) as exc:
-                recorder.finish("failed" if isinstance(exc, PluginError) else "interrupted")
-                contributions.write_after_failure()
+                with interrupts_deferred():  # a second Ctrl-C waits for this last write
+                    recorder.finish("failed" if isinstance(exc, PluginError) else "interrupted")
+                    contributions.write_after_failure()
                 raise
             recorder.finish(ending, run.stop_reason)
             contributions.write_final()
@@ -377,10 +406,17 @@ class Contributions:
             plugin = impl.plugin_name
             try:
                 result = impl.function(run=self.run)
-            except Exception as exc:
+            except BaseException as exc:
+                if not plugin_failure(exc):
+                    raise
                 raise PluginError(plugin, step, exc) from exc
+            if result is None:
+                continue
+            if not isinstance(result, Mapping):
+                why = f"must return a dict of trace variables, not {type(result).__name__}"
+                raise PluginError(plugin, step, TypeError(why))
             prefix = plugin_prefix(plugin)
-            for name, value in dict(result or {}).items():
+            for name, value in result.items():
                 if not str(name).startswith(prefix):
                     why = f"trace variable {name!r} must start with {prefix!r}"
                     raise PluginError(plugin, step, ValueError(why))

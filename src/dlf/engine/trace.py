@@ -9,6 +9,7 @@ the last complete trace. The schema is documented in ``docs/trace-format.md``.
 from __future__ import annotations
 
 import errno
+import faulthandler
 import json
 import os
 import re
@@ -39,6 +40,7 @@ except ImportError:  # not POSIX: runs aimed at one trace are not guarded
 ENGINE = "netcdf4"
 TRACE_NAME = "trace.nc"  # a run's trace in its folder: <output.root>/<name>/trace.nc
 CHUNK = 512  # records buffered on the device before one copy to the host
+READ_SECONDS = 60.0  # a file's trial read (open_netcdf) may take this, plus a second per MB
 
 SERIES = {
     "loss": ("dynamical loss F", "1"),
@@ -65,6 +67,40 @@ class ContributionError(ValueError):
     def __init__(self, name: str, message: str) -> None:
         self.name = name
         super().__init__(f"trace variable {name!r}: {message}")
+
+
+#: Attribute values NetCDF stores: text, numbers, and 1-D arrays of one numeric type.
+ATTRIBUTE_TYPES = (str, int, float, np.integer, np.floating)
+
+
+def check_storable(name: str, added: str, var: xr.Variable) -> None:
+    """Refuse (:class:`ContributionError` on ``name``) a contributed variable or coordinate
+    ``added`` that NetCDF-4 cannot store, so that it never costs the core trace its write:
+    float16, complex or object data, a '/' in a name (HDF5's group separator) or a dimension,
+    an attribute that is not text, a number or a flat list of numbers."""
+    dtype = var.dtype
+    if dtype.kind not in "biufUS" or (dtype.kind == "f" and dtype.itemsize < 4):
+        raise ContributionError(
+            name,
+            f"{added!r} has dtype {dtype}, which NetCDF cannot store; "
+            "use float32/64, integers, bool or text",
+        )
+    for label in (added, *map(str, var.dims), *map(str, var.attrs)):
+        if "/" in label or not label or label != label.strip():
+            raise ContributionError(
+                name, f"name {label!r} is not a NetCDF name (no '/', not empty)"
+            )
+    for key, value in var.attrs.items():
+        flat = isinstance(value, ATTRIBUTE_TYPES) and not isinstance(value, bool)
+        array = isinstance(value, list | tuple | np.ndarray) and np.asarray(value).ndim == 1
+        if array:
+            flat = np.asarray(value).dtype.kind in "iuf"
+        if not flat:
+            raise ContributionError(
+                name,
+                f"attribute {key!r} of {added!r} is a {type(value).__name__}; NetCDF "
+                "stores text, numbers and flat lists of numbers",
+            )
 
 
 STATUSES = {  # the trace's `status` attribute: every value and when it is set
@@ -251,10 +287,13 @@ class Recorder:
         for name, value in (contributions or {}).items():
             if name in ds.variables:
                 raise ContributionError(name, "collides with a core variable of the trace")
+            core = set(ds.variables)
             try:
                 ds[name] = value
-            except (ValueError, TypeError) as exc:
+            except Exception as exc:  # xarray refuses it in many ways; any is the plugin's
                 raise ContributionError(name, str(exc).splitlines()[0]) from None
+            for added in set(ds.variables) - core:  # the variable and any coordinate with it
+                check_storable(str(name), str(added), ds.variables[added])
         ds.attrs.update(
             {
                 "title": f"dlf-study trace of run {run.config.name!r}",
@@ -487,6 +526,9 @@ def open_netcdf(path: str | Path) -> xr.Dataset:
     path = Path(path)
     if path.is_dir():
         raise InputError(path, "is a folder, not a NetCDF file")
+    crash = _crash_of_reading(path)
+    if crash is not None:
+        raise InputError(path, f"damaged: {crash}")
     try:
         with xr.open_dataset(path, engine=ENGINE) as ds:
             return ds.load()
@@ -495,6 +537,63 @@ def open_netcdf(path: str | Path) -> xr.Dataset:
     except Exception as exc:  # a damaged file fails anywhere in netCDF4/HDF5/xarray, any type
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(path, f"not a readable NetCDF file (damaged?): {reason}") from None
+
+
+def _crash_of_reading(path: Path) -> str | None:
+    """Read ``path`` once in a forked child first: a damaged file can crash HDF5 itself (a
+    segmentation fault, beyond any exception) or keep it reading for ever, and must not take
+    the command down without its one-line error. Returns what went wrong (the signal that
+    killed the child, or the time it was given), or None: read, or failed with an ordinary
+    error that the real read reports. Without ``fork``, or with other Python threads running
+    (one could hold a lock the child would then wait on for ever), None."""
+    if not hasattr(os, "fork") or _other_threads() or not path.is_file():
+        return None
+    limit = READ_SECONDS + path.stat().st_size / 1e6  # a second per MB beyond a generous base
+    pid = os.fork()
+    if pid == 0:  # the child: read, say nothing, never return into the caller's code
+        code = 1
+        try:
+            faulthandler.disable()  # a crash here is reported by the parent, in one line
+            silent = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(silent, 1)
+            os.dup2(silent, 2)  # HDF5's diagnostics too: the parent's read says what failed
+            with xr.open_dataset(path, engine=ENGINE) as ds:
+                ds.load()
+            code = 0
+        finally:
+            os._exit(code)
+    try:
+        status = _wait(pid, limit)
+    except BaseException:  # interrupted while waiting: leave no orphan reader
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    if status is None:
+        return f"reading it did not finish in {limit:.0f} s"
+    if os.WIFSIGNALED(status):
+        name = signal.Signals(os.WTERMSIG(status)).name
+        return f"reading it crashed the NetCDF library ({name})"
+    return None
+
+
+def _other_threads() -> bool:
+    """Whether Python threads besides the main one run (tqdm's monitor, which only sleeps and
+    refreshes bars, aside)."""
+    main = threading.main_thread()
+    return any(t is not main and t.name != "tqdm_monitor" for t in threading.enumerate())
+
+
+def _wait(pid: int, seconds: float) -> int | None:
+    """The exit status of child ``pid``, or None (and the child killed) after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
 
 
 def open_trace(path: str | Path) -> xr.Dataset:

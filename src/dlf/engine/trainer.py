@@ -21,6 +21,7 @@ from dlf.engine.resume import Checkpoint
 from dlf.engine.trace import ContributionError, Recorder
 from dlf.errors import PluginError
 from dlf.hooks.analyzer import Analyzer
+from dlf.hooks.guard import plugin_failure
 from dlf.hooks.manager import Plugins, blame
 from dlf.hooks.state import EvalState, RunContext, StepState
 from dlf.numerics.schedules import Schedule, weights
@@ -83,7 +84,7 @@ class Trainer:
         recorder: Recorder,
         contribute: Callable[[], dict[str, object]],
         progress: bool = False,
-        checkpoint: Callable[[Checkpoint], None] | None = None,
+        save_state: Callable[[Checkpoint], None] | None = None,
     ) -> None:
         self.run = run
         self.pm = plugins.manager
@@ -91,7 +92,7 @@ class Trainer:
         self.recorder = recorder
         self.contribute = contribute
         self.progress = progress
-        self.checkpoint = checkpoint  # saves what continuing needs, for resumable runs
+        self.save_state = save_state  # saves what continuing needs, for resumable runs
         self.curvature = Curvature(run.curvature_objective or run.objective)
         self.gradient = gradient_for(run.objective)
         recorder.gradient_path = (self.gradient.name, why_chosen(run.objective))
@@ -140,7 +141,9 @@ class Trainer:
             caller = self._callers[key]
         try:
             return caller(**kw)
-        except Exception as exc:
+        except BaseException as exc:  # a hook's sys.exit() or KeyboardInterrupt is its failure
+            if not plugin_failure(exc):
+                raise
             raise PluginError(blame(caller, exc.__traceback__), step, exc) from exc
 
     # --- the loop
@@ -269,19 +272,29 @@ class Trainer:
                 rec.steps_completed = t + 1
                 if run.stop_reason is not None:
                     break
+                if rec.checkpoint_due():  # inside the block: slow analyzers make blocks long
+                    self.checkpoint(theta, active, opt, batches)
             bar.update(rec.steps_completed - start)
             if run.stop_reason is not None:
                 break
             if not bool(active.any()):
                 break
-            if rec.checkpoint_due():
-                try:
-                    rec.write(self.contribute())
-                except ContributionError as exc:
-                    self.contribute.raise_for(exc)  # type: ignore[attr-defined]
-                if self.checkpoint is not None:
-                    state = None if batches is None else batches.state()
-                    self.checkpoint(
-                        Checkpoint(rec.steps_completed, theta, active, opt.velocity, state)
-                    )
         return theta
+
+    def checkpoint(
+        self,
+        theta: torch.Tensor,
+        active: torch.Tensor,
+        opt: Optimizer,
+        batches: Minibatches | None,
+    ) -> None:
+        """Write the trace of the finished steps, with the plugins' contributions, and, for a
+        resumable run, what continuing after them needs."""
+        try:
+            self.recorder.write(self.contribute())
+        except ContributionError as exc:
+            self.contribute.raise_for(exc)  # type: ignore[attr-defined]
+        if self.save_state is not None:
+            state = None if batches is None else batches.state()
+            step = self.recorder.steps_completed
+            self.save_state(Checkpoint(step, theta, active, opt.velocity, state))

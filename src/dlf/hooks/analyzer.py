@@ -34,6 +34,12 @@ class Analyzer:
     def due(self, step: int) -> bool:
         return step % self.options.every == 0
 
+    def memory(self) -> dict[str, float]:
+        """Bytes this analyzer will hold at most, by the option that scales them (``grid``,
+        ``k``): the run is refused before its first step if they cannot fit, naming the option.
+        The default, nothing, suits an analyzer whose memory no option scales."""
+        return {}
+
     def var(self, key: str) -> str:
         """The trace variable name for ``key``: prefixed with this analyzer's name."""
         return f"{self.name}_{key}"

@@ -6,7 +6,7 @@ built-in name and a plugin's name live in the same registries and collide the sa
 
 from __future__ import annotations
 
-from dlf.hooks.registries import DatasetEntry, ModelEntry, Registries
+from dlf.hooks.registries import DatasetEntry, DataSizes, ModelEntry, Registries
 from dlf.hooks.specs import hookimpl
 from dlf.numerics.data import (
     Cifar10Options,
@@ -24,7 +24,7 @@ from dlf.numerics.schedules import sine, triangle
 
 @hookimpl
 def dlf_register(registries: Registries) -> None:
-    registries.datasets.add("spiral", DatasetEntry(SpiralOptions, spiral))
+    registries.datasets.add("spiral", DatasetEntry(SpiralOptions, spiral, spiral_sizes))
     registries.datasets.add("digits", DatasetEntry(DigitsOptions, digits))
     registries.datasets.add("cifar10", DatasetEntry(Cifar10Options, cifar10))
     registries.models.add("mlp", ModelEntry(mlp))  # options: model.width, depth, activation
@@ -33,3 +33,11 @@ def dlf_register(registries: Registries) -> None:
         registries.losses.add(loss.name, loss)
     registries.schedules.add("triangle", triangle)
     registries.schedules.add("sine", sine)
+
+
+def spiral_sizes(options: SpiralOptions) -> DataSizes:
+    """The spiral's sizes from its options: C arms of N points, for training and validation;
+    the samples are blamed on the larger of the two."""
+    c, n = options.classes, options.points_per_class
+    samples = "data.classes" if c > n else "data.points_per_class"
+    return DataSizes(c * n, c * n, 2, c, samples, "data.classes")

@@ -19,6 +19,7 @@ import pluggy
 
 from dlf.errors import ConfigError, DlfWarning
 from dlf.hooks import specs
+from dlf.hooks.guard import plugin_failure
 from dlf.hooks.registries import Registries
 
 ENTRY_POINT_GROUP = "dlf"
@@ -71,7 +72,9 @@ def load_plugins(extra_modules: Sequence[str] = ()) -> Plugins:
         source = f"{_distribution(ep)} (entry point)"
         try:
             pm.register(ep.load(), name=ep.name)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt at import: still broken
+            if not plugin_failure(exc):
+                raise
             _mark_broken(plugins, ep.name, f"{source} failed to import: {_why(exc)}")
             continue
         plugins.sources[ep.name] = source
@@ -87,7 +90,9 @@ def _import_named(name: str, field_path: str) -> ModuleType:
     """A module named in a config's ``plugins:``; any failure is that field's error."""
     try:
         return importlib.import_module(name)
-    except Exception as exc:
+    except BaseException as exc:
+        if not plugin_failure(exc):
+            raise
         raise ConfigError(field_path, f"cannot import {name!r}: {_why(exc)}") from None
 
 
@@ -100,7 +105,9 @@ def _fill_registries(plugins: Plugins, extra_modules: Sequence[str]) -> None:
         registries.asked_by(name)
         try:
             impl.function(registries=registries)
-        except Exception as exc:
+        except BaseException as exc:
+            if not plugin_failure(exc):
+                raise
             registries.withdraw(name)
             if name in extra_modules:
                 where = f"plugins.{list(extra_modules).index(name)}"

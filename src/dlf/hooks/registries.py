@@ -65,10 +65,26 @@ class Registry(Generic[T]):
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """A registered data set: its options model and the factory that builds it."""
+    """A registered data set: its options model, the factory that builds it, and (optional)
+    ``sizes(options)``: what it would hold, known before it is built, so that the memory a
+    run needs is estimated before the data is allocated."""
 
     options: type[BaseModel]
     build: Any
+    sizes: Any = None
+
+
+@dataclass(frozen=True)
+class DataSizes:
+    """Samples, features and classes a data set would have, and the option fields that set
+    the samples and the classes (an error about their size names them)."""
+
+    n_train: int
+    n_val: int
+    n_features: int
+    n_classes: int
+    samples_field: str
+    classes_field: str
 
 
 @dataclass(frozen=True)

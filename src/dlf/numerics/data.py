@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dlf.config import Seed
 from dlf.errors import ConfigError
 
 
@@ -48,13 +49,20 @@ class SpiralOptions(BaseModel):
     points_per_class: int = Field(100, ge=2, description="points per arm N")
     noise: float = Field(0.2, ge=0, description="std of the Gaussian noise on the angle")
     turns: float = Field(2.0, gt=0, description="turns of each arm (the notebooks: 2, i.e. 4π)")
-    seed: int = Field(0, description="seed of the training set")
-    val_seed: int = Field(1, description="seed of the validation set (same generator)")
+    seed: Seed = Field(0, description="seed of the training set")
+    val_seed: Seed = Field(1, description="seed of the validation set (same generator)")
     draw: Literal["default_rng", "authors"] = Field(
         "default_rng",
         description="random stream of the noise: numpy's default_rng(seed), or the authors' "
         "legacy RandomState(seed).randn (the papers' point sets)",
     )
+
+    @model_validator(mode="after")
+    def _legacy_seeds(self) -> SpiralOptions:
+        """The authors' RandomState takes seeds below 2**32 only."""
+        if self.draw == "authors" and max(self.seed, self.val_seed) >= 2**32:
+            raise ValueError("draw 'authors' (numpy's RandomState) takes seeds < 2**32")
+        return self
 
 
 def spiral_points(
@@ -100,7 +108,9 @@ class DigitsOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     val_fraction: float = Field(0.3, gt=0, lt=1, description="share held out for validation")
-    split_seed: int = Field(0, description="seed of the stratified train/validation split")
+    split_seed: int = Field(
+        0, ge=0, lt=2**32, description="seed of the stratified train/validation split"
+    )
 
 
 def digits(options: DigitsOptions) -> Dataset:
@@ -141,7 +151,7 @@ class Cifar10Options(BaseModel):
     )
     train_size: int | None = Field(None, ge=1, description="random training subset (null: all)")
     val_size: int | None = Field(None, ge=1, description="random subset of test_batch (null: all)")
-    seed: int = Field(0, description="seed of both subsets")
+    seed: Seed = Field(0, description="seed of both subsets")
     normalize: bool = Field(True, description="per-channel mean/std of the training subset")
 
     @field_validator("classes", mode="before")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import matplotlib
 import xarray as xr
 from matplotlib.figure import Figure
 
+from dlf.config import MAX_NAME
 from dlf.engine.trace import TRACE_NAME, open_trace
 from dlf.errors import ConfigError, DlfError, InputError
 from dlf.plots.dynamics import Zoom, dynamics
@@ -23,6 +25,10 @@ from dlf.plots.threshold import threshold
 from dlf.plots.width import width
 
 FORMATS = ("png", "svg", "pdf")
+UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")  # characters a figure's file name may not take over
+#: What drawing raises on a file that lacks what its kind always holds (no steps, no
+#: members, a variable missing, an attribute that is not JSON): the file's fault, one line.
+MALFORMED = (KeyError, ValueError, IndexError, TypeError, AttributeError)
 DPI = 110  # PNG resolution: sharp on screen, a few hundred kB at most
 #: Result files that stand for their directory: a min-width study, a threshold study.
 RESULT_NAMES = ("study.nc", "threshold.nc")
@@ -86,9 +92,16 @@ def diverged_note(ds: xr.Dataset) -> str | None:
     return f"{run_name(ds)}: {gone} of {members} members diverged, left out of the figures' means"
 
 
+def _file_stem(name: str) -> str:
+    """A run name read from a file, made one safe file-name component: it is untrusted, and
+    a name like ``../../x`` must not write outside ``--out``."""
+    stem = UNSAFE.sub("_", name).lstrip(".-")[:MAX_NAME]
+    return stem or "trace"
+
+
 def _stems(datasets: Sequence[xr.Dataset]) -> list[str]:
     """A distinct file-name stem per trace: its run name, numbered where names repeat."""
-    names = [run_name(ds) for ds in datasets]
+    names = [_file_stem(run_name(ds)) for ds in datasets]
     return [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
 
 
@@ -103,18 +116,24 @@ def parse_zoom(text: str) -> Zoom:
         window = None
     if not sep or window is None or window[0] >= window[1]:
         raise ConfigError("--zoom", f"expected START:STOP with START < STOP or auto, got {text!r}")
+    if window[0] < 0:
+        raise ConfigError("--zoom", f"steps are >= 0, got {text!r}")
     return window
 
 
 def save(drawn: Figure | Movie, out: Path, stem: str, fmt: str) -> Path:
-    """Write a figure in ``fmt``, or a movie in its writer's format, into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    if isinstance(drawn, Movie):
-        path = out / f"{stem}.{drawn.suffix}"
-        drawn.save(path)
-    else:
-        path = out / f"{stem}.{fmt}"
-        drawn.savefig(path, dpi=DPI if fmt == "png" else None)
+    """Write a figure in ``fmt``, or a movie in its writer's format, into ``out`` (made as
+    needed); a folder that cannot be written is --out's one-line error."""
+    path = out / f"{stem}.{drawn.suffix if isinstance(drawn, Movie) else fmt}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if isinstance(drawn, Movie):
+            drawn.save(path)
+        else:
+            drawn.savefig(path, dpi=DPI if fmt == "png" else None)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise ConfigError("--out", f"cannot write figures in {out}: {why}") from None
     return path
 
 
@@ -139,11 +158,13 @@ def cli_plot(
     if figure is not None and figure not in FIGURES:
         raise ConfigError("--figure", f"unknown figure {figure!r}; allowed: {', '.join(FIGURES)}")
     window = None if zoom is None else parse_zoom(zoom)
-    datasets = load_traces(paths)
+    files = trace_files(paths)
+    datasets = [open_trace(file) for file in files]
     if out is None:
         first = paths[0]
         out = (first if first.is_dir() else first.parent) / "figures"
     traces = [ds for ds in datasets if "member" in ds.dims]  # not the studies' results
+    source = {id(ds): str(file) for ds, file in zip(datasets, files, strict=True)}
     stems = _stems(traces)
     written: list[Path] = []
     skipped: list[tuple[str, str]] = []
@@ -165,11 +186,18 @@ def cli_plot(
             except DlfError as exc:
                 skipped.append((stem, str(exc)))
                 continue
+            except MALFORMED as exc:
+                named = source.get(id(data), ", ".join(map(str, files)))
+                why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                skipped.append((stem, f"{named}: not a complete dlf-study file ({why})"))
+                continue
             written.append(save(fig, out, stem, fmt))
     if not written:
         if len(skipped) == 1:
             raise DlfError(skipped[0][1])
-        raise DlfError("no figure could be drawn: " + "; ".join(f"{s}: {m}" for s, m in skipped))
+        where = ", ".join(map(str, files))
+        why = "; ".join(f"{s}: {m}" for s, m in skipped)
+        raise InputError(where, f"no figure could be drawn: {why}")
     for stem, message in skipped:
         print(f"skipped {stem}: {message}", file=sys.stderr)
     for ds in traces:

@@ -31,7 +31,7 @@ from dlf.engine.trace import TRACE_NAME
 from dlf.errors import ConfigError
 
 SECTIONS = ("sweep", "variants")
-LABEL = re.compile(r"^[A-Za-z0-9_.-]+$")
+LABEL = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
@@ -75,12 +75,29 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
     return node
 
 
-def _text(value: Any) -> str:
+def _text(value: Any, exact: bool = False) -> str:
+    """A value as a label shows it: floats to 6 digits, or ``exact`` (``repr``, every digit)."""
     if isinstance(value, float):
-        return f"{value:g}"
+        return repr(value) if exact else f"{value:g}"
     if isinstance(value, list):
-        return ",".join(_text(v) for v in value)
+        return ",".join(_text(v, exact) for v in value)
     return str(value)
+
+
+def _labels(grid: dict[str, list[Any]]) -> dict[str, list[str]]:
+    """Each grid key's values as label text: 6 digits, or every digit where 6 would make two
+    points share a folder (``lr: [0.1000001, 0.1000002]``); a value given twice is refused."""
+    shown = {}
+    for key, values in grid.items():
+        for exact in (False, True):
+            texts = [_text(v, exact) for v in values]
+            if len(set(texts)) == len(texts):
+                break
+        else:
+            twice = next(t for t in texts if texts.count(t) > 1)
+            raise ConfigError(f"sweep.{key}", f"the value {twice} is given twice; give it once")
+        shown[key] = texts
+    return shown
 
 
 def _grid(raw: Any) -> dict[str, list[Any]]:
@@ -103,7 +120,7 @@ def _variants(raw: Any) -> dict[str, dict[str, Any]]:
     if not isinstance(raw, dict) or not raw:
         raise ConfigError("variants", "must map variant names to config overrides")
     for name, overrides in raw.items():
-        if not LABEL.match(str(name)):
+        if not LABEL.fullmatch(str(name)):
             raise ConfigError(f"variants.{name}", "name may use letters, digits, '_', '.', '-'")
         if not isinstance(overrides, dict):
             raise ConfigError(f"variants.{name}", "must be a mapping of config overrides")
@@ -117,14 +134,15 @@ def plan(raw: dict[str, Any]) -> list[SweepPoint]:
     base = {k: v for k, v in raw.items() if k not in SECTIONS}
     grid = _grid(raw.get("sweep"))
     variants = _variants(raw.get("variants"))
+    texts = _labels(grid)
     points = []
     for variant, overrides in variants.items():
-        for values in itertools.product(*grid.values()):
+        for indices in itertools.product(*(range(len(v)) for v in grid.values())):
             config = merged(base, overrides)
             parts = [variant] if variant else []
-            for key, value in zip(grid, values, strict=True):
-                config = merged(config, _nest(key, value))
-                parts.append(f"{key.rsplit('.', 1)[-1]}-{_text(value)}")
+            for key, i in zip(grid, indices, strict=True):
+                config = merged(config, _nest(key, grid[key][i]))
+                parts.append(f"{key.rsplit('.', 1)[-1]}-{texts[key][i]}")
             label = "_".join(parts)
             config["name"] = f"{base.get('name', 'sweep')}-{label}"
             where = f"variants.{variant}" if variant else "sweep"

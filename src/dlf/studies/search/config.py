@@ -18,7 +18,14 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from dlf.config import RunConfig, Section, apply_overrides, load_raw, validate
+from dlf.config import (
+    RunConfig,
+    Section,
+    Seed,
+    apply_overrides,
+    load_raw,
+    validate,
+)
 from dlf.errors import ConfigError
 from dlf.hooks.manager import load_plugins
 
@@ -84,7 +91,7 @@ class SamplerConfig(Section):
     """
 
     name: Literal["sobol", "tpe", "random"] = "sobol"
-    seed: int = Field(0, description="seed of the Sobol scrambling or of Optuna's sampler")
+    seed: Seed = Field(0, description="seed of the Sobol scrambling or of Optuna's sampler")
     startup_trials: int = Field(8, ge=0, description="TPE: random trials before modelling")
 
 
@@ -120,7 +127,10 @@ class SearchConfig(Section):
         description="seeds of every search trial (before seed_offset); an int n: 0..n-1",
     )
     seed_offset: int = Field(
-        0, ge=0, description="added to every seed, search and confirmation: another seed set"
+        0,
+        ge=0,
+        lt=2**62,
+        description="added to every seed, search and confirmation: another seed set",
     )
     confirm_seeds: int = Field(
         20, ge=2, description="fresh seeds of a rung's first confirmation round"

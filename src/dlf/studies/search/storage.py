@@ -19,12 +19,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 from optuna.storages.journal._file import get_lock_file
 
+from dlf.config import redact_url as redact
+from dlf.config import url_secrets, with_encoded_password
 from dlf.engine.trace import interrupts_deferred
 from dlf.errors import ConfigError, OutputError
 from dlf.studies.search.config import StudyConfig, setup_fingerprint
@@ -48,22 +51,6 @@ def storage_url(config: StudyConfig) -> str | None:
     return config.search.storage or os.environ.get(STORAGE_ENV) or None
 
 
-def redact(url: str) -> str:
-    """``url`` with its credentials (the password, and a ``password=`` query value) as ``***``,
-    for everything that is printed or stored; a path is returned as it is."""
-    if "://" not in url:
-        return url
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(url)
-        secret = {k: "***" for k in parsed.query if k.lower() in ("password", "passwd")}
-        shown = parsed.update_query_dict(secret).render_as_string(hide_password=True)
-        return shown.replace("%2A%2A%2A", "***")
-    except Exception:  # not a URL SQLAlchemy can parse: keep only its scheme
-        return url.split("://", 1)[0] + "://***"
-
-
 def storage_label(config: StudyConfig) -> str:
     """The storage as users may name it (credentials hidden), for messages and the report."""
     url = storage_url(config)
@@ -83,12 +70,11 @@ def open_storage(config: StudyConfig) -> BaseStorage:
         engine_kwargs: dict[str, Any] = {}
         if url.startswith("postgresql"):
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
-        return open_rdb(with_installed_driver(url), engine_kwargs)
+        return open_rdb(with_installed_driver(with_encoded_password(url)), engine_kwargs)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        password = _password(url)
-        if password:
-            reason = reason.replace(password, "***")
+        for secret in url_secrets(url or ""):  # a driver's message may quote any of them
+            reason = reason.replace(secret, "***").replace(quote(secret, safe=""), "***")
         raise ConfigError(
             "search.storage", f"cannot open {storage_label(config)}: {reason}"
         ) from None
@@ -139,20 +125,6 @@ def _schema_lock(url: str, engine_kwargs: dict[str, Any]) -> Iterator[None]:
                 connection.commit()
     finally:
         engine.dispose()
-
-
-def _password(url: str | None) -> str | None:
-    if url is None or "://" not in url:
-        return None
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(url)
-    except Exception:
-        return None
-    query = {k.lower(): v for k, v in parsed.query.items()}
-    found = parsed.password or query.get("password") or query.get("passwd")
-    return str(found) if isinstance(found, str) else None
 
 
 def repair_journal(path: Path) -> None:

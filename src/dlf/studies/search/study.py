@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from dlf.config import Member, RunConfig
 from dlf.engine.budget import check_budget
-from dlf.engine.run import build_context, terminate_as_interrupt
+from dlf.engine.run import build_analyzers, build_context, terminate_as_interrupt
 from dlf.engine.trace import interrupts_deferred
 from dlf.errors import ConfigError, DlfError, OutputError
 from dlf.hooks.manager import load_plugins
@@ -466,7 +466,8 @@ def check_study(config: StudyConfig, workers: int = 1) -> None:
         update={"model": config.run.model.model_copy(update={"width": config.search.width.low})}
     )
     lr = config.run.train.lr[0]
-    build_context(run, plugins, [Member(seed=0, amplitude=1.0, period=1.0, lr=lr)])
+    context = build_context(run, plugins, [Member(seed=0, amplitude=1.0, period=1.0, lr=lr)])
+    build_analyzers(run, plugins, context)  # their options too, before the storage is touched
     widest = config.run.model.model_copy(update={"width": config.search.width.ladder()[-1]})
     search = config.search
     members = max(search.batch * len(search.seeds), search.confirm_seeds, search.confirm_step)

@@ -10,12 +10,18 @@ import torch
 from dlf.config import RunConfig
 from dlf.engine.resume import checkpoint_path
 from dlf.engine.run import execute
-from dlf.engine.trace import open_trace
+from dlf.engine.trace import Recorder, open_trace
 from dlf.hooks.manager import load_plugins
 from dlf.hooks.specs import hookimpl
 from tests.conftest import tiny_config
 
-STEPS, STOP_AT = 600, 300  # checkpoints at the ends of the 256-step blocks: 256, 512
+STEPS, STOP_AT = 600, 300
+EVERY = 128  # a checkpoint after every 128 steps (patched in: deterministic, not timed)
+
+
+@pytest.fixture(autouse=True)
+def checkpoint_every_128_steps(monkeypatch):
+    monkeypatch.setattr(Recorder, "checkpoint_due", lambda self: self.steps_completed % EVERY == 0)
 
 
 class Interrupt:
@@ -34,7 +40,7 @@ def config(tmp_path, **train) -> RunConfig:
     raw = tiny_config(
         tmp_path,
         train={"steps": STEPS, "eval_every": 50, **train},
-        output={"root": str(tmp_path), "progress": "never", "checkpoint_seconds": 1e-9},
+        output={"root": str(tmp_path), "progress": "never"},
     )
     return RunConfig.model_validate(raw)
 
@@ -62,7 +68,7 @@ def test_a_continued_run_equals_an_uninterrupted_one(tmp_path, train):
     cfg = config(tmp_path, **train)
     whole = execute(cfg, trace_path=tmp_path / "whole.nc")
     resumed = interrupted_then_continued(cfg, tmp_path / "parts.nc")
-    assert resumed.resumed_from == 256  # the last checkpoint before step 300
+    assert resumed.resumed_from == 256  # the last checkpoint before the interrupt at 300
     torch.testing.assert_close(resumed.theta, whole.theta, rtol=0, atol=0)
     a, b = open_trace(tmp_path / "whole.nc"), open_trace(tmp_path / "parts.nc")
     assert b.attrs["status"] == "complete" and b.attrs["resumed_from_step"] == 256

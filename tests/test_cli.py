@@ -58,7 +58,7 @@ def test_run_then_show_end_to_end(tmp_path):
         ({}, ["schedule.amplitude=0.5"], "schedule.amplitude: every amplitude must be >= 1"),
         ({}, ["train.steps=-1"], "train.steps: Input should be greater than or equal to 1"),
         ({}, ["loss.name=hinge"], "loss.name: unknown loss 'hinge'; allowed: ce, dce, dmse1"),
-        ({}, ["data.noize=1"], "data.noize: unknown key; allowed: classes, noise"),
+        ({}, ["data.noize=1"], "data.noize: unknown key; allowed: classes, draw, noise"),
         ({}, ["analyzers.nope={}"], "analyzers.nope: unknown analyzer 'nope'; allowed:"),
         ({}, ["model.device=gpu"], "model.device: must be cpu, cuda or cuda:N"),
         ({}, ["train.optimizer=sgd"], "train: optimizer sgd needs batch_size"),

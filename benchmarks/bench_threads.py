@@ -4,11 +4,13 @@ and 4 competing CPU-bound processes, as wall time over the fair share.
 Run ``python benchmarks/bench_threads.py`` (about 10 minutes on a 2-core CPU at the defaults;
 ``--steps``, ``--seeds``, ``--width`` the run, ``--load 0,2,4`` the competitors, ``--repeats``).
 
-- **policy**: ``dlf-study run`` as a user runs it: OpenMP waits passively and the thread count
-  is the idle share of the usable CPUs, sampled when the command starts (``dlf.threads``).
-- **torch default**: the same command started so that torch loads before dlf (the OpenMP wait
-  policy unset: libgomp spins before it sleeps) and with ``--threads`` = the usable CPUs,
-  torch's own default: what every version before 0.3 did.
+- **policy**: ``dlf-study run`` as a user runs it: OpenMP spins at most ``GOMP_SPINCOUNT`` =
+  10 000 iterations before it sleeps, and the thread count is the idle share of the usable CPUs,
+  sampled when the command starts (``dlf.threads``).
+- **passive**: the same thread choice with ``OMP_WAIT_POLICY=PASSIVE`` (no spinning at all).
+- **torch default**: the same command started so that torch loads before dlf (libgomp's default:
+  spin 300 000 iterations, then sleep) and with ``--threads`` = the usable CPUs, torch's own
+  default: what every version before 0.3 did.
 
 Each competitor is a Python process spinning on one core (``while True: pass``), started a
 second before the run so that the policy's load sample sees it. The **fair share** of a
@@ -58,12 +60,19 @@ def write_config(root: Path, args: argparse.Namespace) -> Path:
     return path
 
 
+VARIANTS = ("policy", "passive", "torch default")
+
+
 def timed_run(config: Path, variant: str, cpus: int) -> tuple[float, dict]:
     """Wall seconds of one ``dlf-study run`` command (a fresh process, imports included) and
     its trace's attributes (``wall_seconds``: the run alone)."""
-    code, extra = (POLICY, []) if variant == "policy" else (TORCH_FIRST, ["--threads", str(cpus)])
-    env = {k: v for k, v in os.environ.items() if k not in {"OMP_WAIT_POLICY", "DLF_THREADS"}}
-    env.pop("OMP_NUM_THREADS", None)
+    code, extra = (
+        (POLICY, []) if variant != "torch default" else (TORCH_FIRST, ["--threads", str(cpus)])
+    )
+    unset = {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "DLF_THREADS", "OMP_NUM_THREADS"}
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    if variant == "passive":
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     start = time.perf_counter()
     subprocess.run(
         [sys.executable, "-c", code, "run", str(config), "--fresh", *extra],
@@ -113,7 +122,7 @@ def main() -> None:
         config = write_config(Path(tmp), args)
         for k in (int(x) for x in args.load.split(",")):
             out(f"load average before: {os.getloadavg()[0]:.2f}")
-            for variant in ("policy", "torch default"):
+            for variant in VARIANTS:
                 runs = [
                     with_competitors(k, lambda v=variant: timed_run(config, v, cpus))
                     for _ in range(args.repeats)

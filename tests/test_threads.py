@@ -1,6 +1,6 @@
-"""The thread policy: passive OpenMP waiting before torch loads, the thread count chosen from
-the usable CPUs and their load, --threads / DLF_THREADS overriding, all recorded in the trace.
-Checked by the recorded choice and by what a fresh process sees, never by timing."""
+"""The thread policy: OpenMP's spinning bounded before torch loads, the thread count chosen
+from the usable CPUs and their load, --threads / DLF_THREADS overriding, all recorded in the
+trace. Checked by the recorded choice and by what a fresh process sees, never by timing."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from dlf.engine.trace import open_trace
 from dlf.errors import ConfigError
 from tests.conftest import tiny_config
 
-PROBE = "import os, torch, dlf; print(os.environ.get('OMP_WAIT_POLICY'), torch.get_num_threads())"
+OMP = {"DLF_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT"}
 
 
 def fresh_python(code: str, **env: str) -> str:
-    """Run ``code`` in a new interpreter with ``env`` added (and DLF_THREADS/OMP unset)."""
-    base = {k: v for k, v in os.environ.items() if k not in {"DLF_THREADS", "OMP_WAIT_POLICY"}}
+    """Run ``code`` in a new interpreter with ``env`` added (and the thread variables unset)."""
+    base = {k: v for k, v in os.environ.items() if k not in OMP}
     done = subprocess.run(
         [sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True
     )
@@ -31,23 +31,34 @@ def fresh_python(code: str, **env: str) -> str:
     return done.stdout.strip()
 
 
-def test_importing_dlf_sets_passive_waiting_before_torch_loads():
-    code = "import dlf, os, sys; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
-    assert fresh_python(code) == "PASSIVE True"
-    # the order that matters: the policy is in the environment before torch's import
+def test_importing_dlf_bounds_spinning_before_torch_loads():
+    code = "import dlf, os, sys; print(os.environ['GOMP_SPINCOUNT'], 'torch' in sys.modules)"
+    assert fresh_python(code) == f"{threads.SPIN_COUNT} True"
+    # the order that matters: the bound is in the environment before torch's import
     code = (
         "import builtins, os; real = builtins.__import__\n"
         "def spy(name, *a, **k):\n"
         "    if name == 'torch' and not hasattr(spy, 'seen'):\n"
-        "        spy.seen = os.environ.get('OMP_WAIT_POLICY')\n"
+        "        spy.seen = os.environ.get('GOMP_SPINCOUNT')\n"
         "    return real(name, *a, **k)\n"
         "builtins.__import__ = spy\nimport dlf\nprint(spy.seen)"
     )
-    assert fresh_python(code) == "PASSIVE"
+    assert fresh_python(code) == threads.SPIN_COUNT
 
 
-def test_a_users_own_wait_policy_is_kept():
-    assert fresh_python(PROBE, OMP_WAIT_POLICY="ACTIVE").split()[0] == "ACTIVE"
+@pytest.mark.parametrize(
+    ("env", "seen"),
+    [
+        ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE None"),  # a user's policy is not overridden
+        ({"OMP_WAIT_POLICY": "PASSIVE"}, "PASSIVE None"),
+        ({"GOMP_SPINCOUNT": "5"}, "None 5"),  # nor a user's spin count
+    ],
+)
+def test_a_users_own_openmp_settings_are_kept(env, seen):
+    code = (
+        "import os, dlf; print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))"
+    )
+    assert fresh_python(code, **env) == seen
 
 
 def test_torch_loaded_first_is_said_in_the_recorded_policy():
@@ -106,7 +117,7 @@ def run_cli(tmp_path, *extra: str, **env: str) -> dict:
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(tiny_config(tmp_path / "out", train={"steps": 20})))
     code = "import sys; from dlf.cli import main; sys.exit(main(sys.argv[1:]))"
-    base = {k: v for k, v in os.environ.items() if k not in {"DLF_THREADS", "OMP_WAIT_POLICY"}}
+    base = {k: v for k, v in os.environ.items() if k not in OMP}
     done = subprocess.run(
         [sys.executable, "-c", code, "run", str(config), "--fresh", *extra],
         env={**base, **env},
@@ -120,7 +131,7 @@ def run_cli(tmp_path, *extra: str, **env: str) -> dict:
 def test_the_trace_records_the_choice_its_policy_and_its_cost(tmp_path):
     attrs = run_cli(tmp_path, "--threads", "1")
     assert (attrs["threads"], attrs["threads_reason"]) == (1, "--threads 1")
-    assert attrs["omp_wait_policy"] == "PASSIVE"
+    assert attrs["omp_wait_policy"] == f"spin GOMP_SPINCOUNT={threads.SPIN_COUNT}, then sleep"
     assert attrs["wall_seconds"] > 0 and attrs["cpu_seconds"] > 0
     attrs = run_cli(tmp_path, DLF_THREADS="2")
     assert (attrs["threads"], attrs["threads_reason"]) == (2, "DLF_THREADS=2")

@@ -3,9 +3,9 @@
 The public API that plugins and notebooks use is what this module exports.
 """
 
-from dlf.threads import wait_passively
+from dlf.threads import bound_spinning
 
-wait_passively()  # before anything loads torch's OpenMP runtime (dlf.threads says why)
+bound_spinning()  # before anything loads torch's OpenMP runtime (dlf.threads says why)
 
 from pathlib import Path
 

@@ -3,17 +3,19 @@
 A CPU-bound run collapses on a busy machine for two reasons: OpenMP threads that busy-wait
 (spin) between parallel regions burn the cores the other processes need, and a run with more
 threads than idle cores waits in every parallel region for its slowest, descheduled thread
-(docs/performance.md §8 measures both). So dlf-study
+(docs/performance.md §9 measures both). So dlf-study
 
-* asks OpenMP to wait passively (``OMP_WAIT_POLICY=PASSIVE``), set when ``dlf`` is imported and
-  before torch is, unless the user set it: torch's runtime and the C kernels' read it when they
-  load;
+* bounds OpenMP's spinning: an idle thread spins for ``GOMP_SPINCOUNT`` = 10 000 iterations
+  (microseconds) and then sleeps, set when ``dlf`` is imported and before torch is, unless the
+  user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``. libgomp's default spins 300 000 iterations,
+  which is what collapsed beside other work; fully passive waiting (no spin) was measured 1.7×
+  slower on an idle machine, where the short hand-offs between parallel regions need a spin;
 * uses as many threads as the CPUs this process may use have idle capacity now (sampled over
   0.1 s from ``/proc/stat``), at least one;
 * lets ``--threads N`` or ``DLF_THREADS=N`` override the choice.
 
 This module imports neither torch nor anything else of dlf, so that ``dlf/__init__`` can call
-:func:`wait_passively` first.
+:func:`bound_spinning` first.
 """
 
 from __future__ import annotations
@@ -36,18 +38,27 @@ class ThreadChoice:
     reason: str
 
 
-def wait_passively() -> None:
-    """Make idle OpenMP threads sleep instead of spinning, unless the user chose otherwise.
+SPIN_COUNT = "10000"  # libgomp's iterations of busy-waiting before a thread sleeps
 
-    Takes effect only for OpenMP runtimes loaded after it: call before ``import torch``."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+def bound_spinning() -> None:
+    """Let idle OpenMP threads spin only briefly before they sleep, unless the user chose a
+    wait policy or spin count. Takes effect only for OpenMP runtimes loaded after it: call
+    before ``import torch``."""
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
 
 
 def wait_policy() -> str:
     """The OpenMP wait policy in force, as recorded in traces."""
-    policy = os.environ.get("OMP_WAIT_POLICY", "unset (OpenMP's default: spin, then sleep)")
+    if "OMP_WAIT_POLICY" in os.environ:
+        policy = f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}"
+    elif "GOMP_SPINCOUNT" in os.environ:
+        policy = f"spin GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']}, then sleep"
+    else:
+        policy = "OpenMP's default (spin 300000, then sleep)"
     if _torch_loaded_first:
-        policy += " (set after torch was loaded: torch's own threads may still spin)"
+        policy += " (set after torch was loaded: torch's own threads may spin longer)"
     return policy
 
 
@@ -147,4 +158,7 @@ def current() -> ThreadChoice:
 
 
 _applied: ThreadChoice | None = None
-_torch_loaded_first = "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ
+_torch_loaded_first = "torch" in sys.modules and not {
+    "OMP_WAIT_POLICY",
+    "GOMP_SPINCOUNT",
+} & set(os.environ)

@@ -4,7 +4,6 @@ names or contents are untrusted. Everything goes through the ``dlf-study`` comma
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import stat
@@ -20,7 +19,7 @@ import xarray as xr
 import yaml
 
 from tests.conftest import study_raw, tiny_config
-from tests.test_faults import RUN_BASE, STUDY_BASE, cli, files_under, put
+from tests.test_faults import RUN_BASE, STUDY_BASE, Case, cli, config_file, files_under
 
 SECRET = "hunter2-s3cret"
 
@@ -127,16 +126,8 @@ BAD: dict[str, Bad] = {
 
 
 def bad_config(case: Bad, folder: Path) -> Path:
-    path = folder / "config.yaml"
-    if case.text is not None:
-        path.write_text(case.text)
-        return path
-    raw = copy.deepcopy(yaml.safe_load(case.base.read_text()))
-    raw["output"] = {"progress": "never"}
-    for dotted, value in (case.edits or {}).items():
-        put(raw, dotted, value)
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    """Write the case's config into ``folder``, as the first battery writes its cases."""
+    return config_file(Case(base=case.base, edits=case.edits, text=case.text), folder)
 
 
 @pytest.mark.parametrize("case", BAD.values(), ids=BAD.keys())
@@ -193,13 +184,18 @@ def assert_core_trace_whole(trace: Path, status: str = "failed", steps: int = 60
         assert not [name for name in ds.variables if str(name).startswith("bad_")]
 
 
+def run_failing_plugin(tmp_path: Path, source: str, monkeypatch, capsys) -> str:
+    """``dlf-study run`` with the plugin module ``bad`` holding ``source``: its one-line error."""
+    config = plugin_config(tmp_path, "bad", source)
+    here = {"monkeypatch": monkeypatch, "capsys": capsys, "pythonpath": tmp_path}
+    return one_line_error(dlf_study_here("run", str(config), cwd=tmp_path, **here), 1)
+
+
 @pytest.mark.parametrize("value", BAD_CONTRIBUTIONS.values(), ids=BAD_CONTRIBUTIONS.keys())
 def test_a_contribution_netcdf_cannot_store_is_refused_and_the_core_trace_kept(
     tmp_path, value, monkeypatch, capsys
 ):
-    config = plugin_config(tmp_path, "bad", CONTRIBUTION.format(value=value))
-    here = {"monkeypatch": monkeypatch, "capsys": capsys, "pythonpath": tmp_path}
-    line = one_line_error(dlf_study_here("run", str(config), cwd=tmp_path, **here), 1)
+    line = run_failing_plugin(tmp_path, CONTRIBUTION.format(value=value), monkeypatch, capsys)
     assert "plugin 'bad'" in line, line
     assert_core_trace_whole(tmp_path / "out" / "p" / "trace.nc")
 
@@ -221,9 +217,7 @@ def dlf_evaluate(state):
 def test_a_hook_that_exits_fails_its_plugin_and_keeps_the_steps_before(
     tmp_path, action, monkeypatch, capsys
 ):
-    config = plugin_config(tmp_path, "bad", EXITING_HOOK.format(action=action))
-    here = {"monkeypatch": monkeypatch, "capsys": capsys, "pythonpath": tmp_path}
-    line = one_line_error(dlf_study_here("run", str(config), cwd=tmp_path, **here), 1)
+    line = run_failing_plugin(tmp_path, EXITING_HOOK.format(action=action), monkeypatch, capsys)
     assert "plugin 'bad' failed at step 20" in line, line
     assert_core_trace_whole(tmp_path / "out" / "p" / "trace.nc", steps=20)
 

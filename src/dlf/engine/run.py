@@ -362,14 +362,8 @@ def resume_point(config: RunConfig, members: Sequence[Member], trace: Path) -> i
     would start afresh), for callers that replay what happened before (a study's monitor)."""
     if config.analyzers:
         return 0
-    checkpoint = resume.load(trace, run_fingerprint(config, members), torch.device("cpu"))
-    if checkpoint is None:
-        return 0
-    try:
-        finished = int(open_trace(trace).attrs.get("steps_completed", -1))
-    except InputError:
-        return 0
-    return checkpoint.step if finished >= checkpoint.step else 0
+    found = _continuable(trace, run_fingerprint(config, members), torch.device("cpu"))
+    return 0 if found is None else found[0].step
 
 
 def continued(recorder: Recorder, fingerprint: str, fresh: bool) -> resume.Checkpoint | None:
@@ -377,17 +371,34 @@ def continued(recorder: Recorder, fingerprint: str, fresh: bool) -> resume.Check
     None for a run that starts at step 0 (``fresh``, with analyzers, or nothing to continue
     from), and then any checkpoint left is removed."""
     path, run = recorder.path, recorder.run
-    usable = not (fresh or run.analyzers)
-    checkpoint = resume.load(path, fingerprint, run.device) if usable else None
-    if checkpoint is not None:
+    found = None if fresh or run.analyzers else _continuable(path, fingerprint, run.device)
+    if found is not None:
+        checkpoint, earlier = found
         try:
-            if recorder.restore(open_trace(path), checkpoint.step):
+            if recorder.restore(earlier, checkpoint.step):
                 recorder.resumed_from = checkpoint.step
                 return checkpoint
-        except (InputError, KeyError, ValueError):  # the trace is damaged or not of this run
+        except (KeyError, ValueError):  # the trace is not of this run after all
             pass
     resume.discard(path)
     return None
+
+
+def _continuable(
+    trace: Path, fingerprint: str, device: torch.device
+) -> tuple[resume.Checkpoint, xr.Dataset] | None:
+    """The run's checkpoint and the trace holding its records, where both are there and the
+    trace reaches the checkpoint's step; None otherwise."""
+    checkpoint = resume.load(trace, fingerprint, device)
+    if checkpoint is None:
+        return None
+    try:
+        earlier = open_trace(trace)
+    except InputError:  # damaged: nothing to take the records from
+        return None
+    if int(earlier.attrs.get("steps_completed", -1)) < checkpoint.step:
+        return None
+    return checkpoint, earlier
 
 
 class Contributions:

@@ -518,6 +518,37 @@ def test_width_from_a_study_marks_w_star_and_names_target_and_steps(tiny_study):
     assert "80 steps" in fig.get_suptitle() and "target 0.35" in fig.get_suptitle()
 
 
+def test_width_from_a_study_draws_confirmed_rungs_from_their_fresh_seeds(tiny_study):
+    """A rung's search pick is the best of several trials (biased upwards): where the rung was
+    confirmed, the figure draws the fresh seeds' values; elsewhere it labels the pick selected."""
+    from dlf.plots.width import SELECTED, study_table
+    from dlf.studies.search.results import open_study
+
+    study = open_study(tiny_study.directory)
+    table = study_table(study)
+    confirmed = study.isel(rung=np.flatnonzero(study["confirm_n"].values > 0))
+    assert confirmed.sizes["rung"] > 0
+    for i in range(confirmed.sizes["rung"]):
+        rung = confirmed.isel(rung=i)
+        kind, width = str(rung["rung_kind"].values), int(rung["rung_width"])
+        loss = str(study.attrs[f"{kind}_loss"]).upper()
+        first_word = table["series"].str.split(r"[ ,]", regex=True).str[0]
+        rows = table[(table["width"] == width) & (first_word == loss)]
+        assert set(rows["series"]) == {rows["series"].iloc[0]}
+        assert rows["series"].iloc[0].endswith("fresh seeds")
+        assert len(rows) == int(rung["confirm_n"])
+        assert rows["val_accuracy"].mean() == pytest.approx(float(rung["confirm_mean"]))
+    tried = {
+        (str(k), int(w)) for k, w in zip(study["kind"].values, study["width"].values, strict=True)
+    }
+    unconfirmed = tried - {
+        (str(k), int(w))
+        for k, w in zip(confirmed["rung_kind"].values, confirmed["rung_width"].values, strict=True)
+    }
+    selected = table[table["series"].str.endswith(SELECTED)]
+    assert len(selected.groupby(["series", "width"])) == len(unconfirmed)
+
+
 def test_report_draws_the_best_trial_at_w_star_against_the_static_loss(tiny_study):
     from dlf.engine.trace import open_trace
     from dlf.studies.search.results import open_study

@@ -2,7 +2,8 @@
 
 Works from a width sweep (one trace per width; members are seeds, and A = 1 members of a
 dynamical loss are its static counterpart, so one run gives both curves) or from a min-width
-study's ``study.nc`` (the best complete trial at each width, per track). One panel per static
+study's ``study.nc`` (per track and width: the values on fresh seeds where the rung was
+confirmed, otherwise the search's pick, drawn open and dashed as selected). One panel per static
 loss family and learning rate (CE/DCE at η = 1 and MSE/DMSE at η = 0.075 in the paper); error
 bars are errors of the mean over seeds. Each loss keeps its colour of :data:`LOSS_COLORS`; a
 study adds its target accuracy and marks each track's w* (the smallest width reaching it).
@@ -66,9 +67,18 @@ def sweep_table(traces: Sequence[xr.Dataset]) -> pd.DataFrame:
     return table[~duplicate]
 
 
+SELECTED = "search seeds, selected"  # marks a series whose values chose its own point
+
+
 def study_table(study: xr.Dataset) -> pd.DataFrame:
-    """Per-seed metric of the best complete trial at each width, per track of a min-width study."""
+    """Per-seed metric at each width tried, per track of a min-width study.
+
+    A rung confirmed on fresh seeds draws those seeds' values (unbiased); a rung never confirmed
+    draws its search pick on the search seeds, labelled as selected: the best of several trials
+    is biased upwards, so the two are kept apart in the legend.
+    """
     eta = float(np.atleast_1d(json.loads(study.attrs["config"])["train"]["lr"])[0])
+    confirmed = _confirmed_rungs(study)
     trials = pd.DataFrame(
         {k: study[k].values for k in ("kind", "state", "width", "value")}
     ).reset_index(names="position")
@@ -77,9 +87,15 @@ def study_table(study: xr.Dataset) -> pd.DataFrame:
         raise DlfError("figure 'width' needs complete trials; the study has none yet")
     frames = []
     for (kind, w), group in trials.groupby(["kind", "width"]):
-        best = study.isel(trial=int(group.loc[group["value"].idxmax(), "position"]))
         loss = str(study.attrs.get(f"{kind}_loss", kind))
-        series = f"{loss.upper()} (best A, T)" if kind == "dynamical" else loss.upper()
+        name = f"{loss.upper()} (best A, T)" if kind == "dynamical" else loss.upper()
+        if (kind, int(w)) in confirmed:
+            seeds, values = confirmed[kind, int(w)]
+            series = f"{name}, fresh seeds"
+        else:
+            best = study.isel(trial=int(group.loc[group["value"].idxmax(), "position"]))
+            seeds, values = best["seed"].values, best["seed_values"].values
+            series = f"{name}, {SELECTED}"
         frames.append(
             pd.DataFrame(
                 {
@@ -87,12 +103,28 @@ def study_table(study: xr.Dataset) -> pd.DataFrame:
                     "family": loss_kind(loss)[0],
                     "eta": eta,
                     "width": int(w),
-                    "seed": best["seed"].values,
-                    "val_accuracy": best["seed_values"].values,
+                    "seed": seeds,
+                    "val_accuracy": values,
                 }
             )
         )
     return pd.concat(frames, ignore_index=True)
+
+
+def _confirmed_rungs(study: xr.Dataset) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
+    """(track, width) -> (fresh seeds, their values) for every rung confirmed on fresh seeds;
+    empty for a study written before confirmation existed."""
+    if "confirm_values" not in study:
+        return {}
+    found = {}
+    for i in range(study.sizes["rung"]):
+        rung = study.isel(rung=i)
+        values = rung["confirm_values"].values
+        kept = np.isfinite(values)
+        if int(rung["confirm_n"]) > 0 and kept.any():
+            key = (str(rung["rung_kind"].values), int(rung["rung_width"]))
+            found[key] = (study["confirm_seed"].values[kept], values[kept])
+    return found
 
 
 @styled
@@ -123,7 +155,8 @@ def width(datasets: Sequence[xr.Dataset]) -> Figure:
                 list(per_width.groups),
                 stats[:, 0],
                 yerr=stats[:, 1],
-                fmt="o-",
+                fmt="o--" if SELECTED in str(series) else "o-",
+                mfc="none" if SELECTED in str(series) else None,
                 ms=4,
                 capsize=3,
                 color=loss_color(str(series)),

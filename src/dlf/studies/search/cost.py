@@ -36,16 +36,15 @@ def plan(config: StudyConfig, workers: int = 1) -> str:
     ladder = search.width.ladder()
     middle = ladder[len(ladder) // 2]
     members = search.batch * len(search.trial_seeds())
-    run = config.run.model_copy(
-        update={"model": config.run.model.model_copy(update={"width": middle})}
-    )
-    rate = step_rate(run, members)
+    rate = step_rate(config.at_width(config.run, middle), members)
+    knob = config.knob
+    rungs = "widths" if knob.is_mlp_width else f"{knob.label} rungs"
     least, most = member_steps(config)
     threads = current().threads
     return (
-        f"plan: about {rungs_per_track(len(ladder))} widths per track (bisection over "
+        f"plan: about {rungs_per_track(len(ladder))} {rungs} per track (bisection over "
         f"{len(ladder)}), {least / 1e6:,.1f}–{most / 1e6:,.1f} M member-steps; at "
-        f"{rate:,.0f} member-steps/s (measured now at width {middle}, {members} members, "
+        f"{rate:,.0f} member-steps/s (measured now at {knob.label} {middle}, {members} members, "
         f"{threads} thread{'s' if threads > 1 else ''}) that is "
         f"{_duration(least / rate / workers)}–{_duration(most / rate / workers)}"
         + (f" over {workers} workers" if workers > 1 else "")

@@ -174,3 +174,53 @@ def test_the_knob_value_reaches_the_module(tmp_path, images):
         _, _, run = prepare(config.at_width(config.run, channels))
         sizes[channels] = run.model.n_params
     assert sizes == {1: 3 * 1 + 1 * 3, 3: 3 * 3 + 3 * 3}
+
+
+# --- configs/min_width_cifar.yaml ----------------------------------------------------------------
+
+CIFAR_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "min_width_cifar.yaml"
+
+
+def test_the_cifar_config_is_the_supplementarys_set_up(images):
+    """3 classes, 3 000 images, Nesterov 0.9, batch 512, η 0 → 0.02 (epoch 300) → 0.002 (epoch
+    700), oscillations off from epoch 600: with 3000 // 512 = 5 steps per epoch."""
+    from dlf.studies.search import load_study_config
+    from dlf.studies.search.study import check_study
+
+    config = load_study_config(CIFAR_CONFIG, [f"data.path={images}", "data.train_size=60"])
+    run, epoch = config.run, 3000 // 512
+    assert (run.data.name, run.data.options["classes"], config.knob.option) == (
+        "cifar10",
+        3,
+        "channels",
+    )
+    train = run.train
+    assert (train.optimizer, train.batch_size, train.momentum, train.nesterov) == (
+        "sgd",
+        512,
+        0.9,
+        True,
+    )
+    assert train.lr == [0.02] and train.final_lr_factor * 0.02 == pytest.approx(0.002)
+    assert (train.warmup_steps, run.schedule.static_from, train.steps) == (
+        300 * epoch,
+        600 * epoch,
+        700 * epoch,
+    )
+    assert config.search.width.ladder()[-1] == 64 and config.search.metric == "val_accuracy"
+    check_study(config)  # everything a trial could reject, at the smallest and widest rung
+
+
+@pytest.mark.slow
+def test_the_cifar_configs_quick_scale_runs_through_the_cli(tmp_path, images, capsys):
+    """About 1.5 min on a loaded 2-core machine."""
+    from dlf.cli import main
+
+    args = ["run", str(CIFAR_CONFIG), "--set", "search.scale=quick", "--set"]
+    args += [f"data.path={images}", "--out", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("(myrtle5 channels) confirmed to reach") == 2
+    ds = xr.open_dataset(tmp_path / "min_width_cifar" / "study.nc", engine="netcdf4")
+    assert ds.attrs["width_option"] == "model.options.channels"
+    assert {"static", "dynamical"} == set(ds["kind"].values)

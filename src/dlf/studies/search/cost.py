@@ -43,13 +43,20 @@ def plan(config: StudyConfig, workers: int = 1) -> str:
     threads = current().threads
     return (
         f"plan: about {rungs_per_track(len(ladder))} {rungs} per track (bisection over "
-        f"{len(ladder)}), {least / 1e6:,.1f}–{most / 1e6:,.1f} M member-steps; at "
+        f"{len(ladder)}), {_count(least, most)} member-steps; at "
         f"{rate:,.0f} member-steps/s (measured now at {knob.label} {middle}, {members} members, "
         f"{threads} thread{'s' if threads > 1 else ''}) that is "
         f"{_duration(least / rate / workers)}–{_duration(most / rate / workers)}"
         + (f" over {workers} workers" if workers > 1 else "")
         + " (early stopping shortens it; a busier machine lengthens it)"
     )
+
+
+def _count(least: int, most: int) -> str:
+    """``5.4–15.0 M``, or below a million the exact counts (``4,800–9,600``)."""
+    if most < 1e6:
+        return f"{least:,}–{most:,}"
+    return f"{least / 1e6:,.1f}–{most / 1e6:,.1f} M"
 
 
 def _duration(seconds: float) -> str:

@@ -3,11 +3,13 @@
 Running the study (days on 2 cores) to time it is not an option, so this times its parts on
 CIFAR-shaped data (the synthetic python-batch folder the tests write: the same shapes, so the
 same arithmetic) and projects: CPU seconds (``time.process_time``, one thread) of one training
-step per member (Myrtle5, minibatch 512, float32, the config's optimiser) at several channel
-counts, each the median of ``--repeats`` timings of ``--steps`` steps; one evaluation of the
-3 000 validation images; and the study's member-steps at the least and the most
-(:func:`dlf.studies.search.cost.member_steps`). The projection brackets the rungs a bisection
-visits by the cheapest and the dearest path through the ladder, and says so.
+step per member (Myrtle5, minibatch 512, float32, the config's optimiser) at every rung of
+the channel ladder, each the median of ``--repeats`` timings of ``--steps`` steps, plus its evaluations
+(one forward pass over the 3 000 validation images every ``eval_every`` steps); then the
+study's CPU time for every answer a track can have, from the rungs its bisection visits for
+that answer (:class:`~dlf.studies.search.ladder.Bracket`'s probes), each rung decided at the
+least by its first batch and first confirmation round and at the most by all its trials and the
+most fresh seeds (:func:`dlf.studies.search.cost.member_steps` counts the same way).
 
     python benchmarks/bench_min_width_cifar.py > benchmarks/results/min_width_cifar.txt
 """
@@ -15,7 +17,6 @@ visits by the cheapest and the dearest path through the ladder, and says so.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import tempfile
 import time
@@ -27,7 +28,7 @@ from dlf.config import Member
 from dlf.engine.gradients import gradient_for
 from dlf.engine.run import prepare
 from dlf.studies.search import load_study_config
-from dlf.studies.search.cost import member_steps, rungs_per_track
+from dlf.studies.search.cost import member_steps
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "min_width_cifar.yaml"
 
@@ -75,9 +76,38 @@ def eval_seconds(config, channels: int, n_val: int) -> float:
     return (time.process_time() - start) * n_val / len(x)
 
 
+def probes(n: int, answer: int) -> list[int]:
+    """The rungs (indices) a bisection over ``n`` rungs visits when rung ``answer`` is the
+    narrowest that reaches (``n``: none does), as :class:`~dlf.studies.search.ladder.Bracket`
+    probes them."""
+    lo, hi, seen = -1, n, []
+    while hi - lo > 1:
+        probe = (lo + hi + 1) // 2
+        seen.append(probe)
+        lo, hi = (lo, probe) if probe >= answer else (probe, hi)
+    return seen
+
+
+def track_seconds(
+    config, kind: str, per_step: dict[int, float], answer: int
+) -> tuple[float, float]:
+    """(least, most) CPU seconds of one track whose answer is rung ``answer``: each visited
+    rung decided by its first batch and first confirmation round, or by all its trials and the
+    most fresh seeds (as :func:`dlf.studies.search.cost.member_steps` counts)."""
+    search, steps = config.search, config.run.train.steps
+    ladder, seeds = search.width.ladder(), len(search.trial_seeds())
+    per_width = search.trials_at_width(kind)
+    least_members = min(search.batch, per_width) * seeds + search.confirm_seeds
+    most_members = per_width * seeds + search.confirm_max
+    visited = [per_step[ladder[i]] for i in probes(len(ladder), answer)]
+    return (
+        sum(visited) * least_members * steps,
+        sum(visited) * most_members * steps,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--channels", type=int, nargs="+", default=[4, 16, 64])
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -85,39 +115,40 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = cifar_folder(Path(tmp))
         config = load_study_config(CONFIG, [f"data.path={folder}"])
-        ladder = config.search.width.ladder()
+        ladder, train = config.search.width.ladder(), config.run.train
         print(f"ladder {ladder}; one thread; CPU seconds (process_time)")
         per_step = {}
-        for c in args.channels:
+        for c in ladder:
             t = step_seconds(config, c, args.steps, args.repeats)
             ev = eval_seconds(config, c, 3000)
-            per_step[c] = statistics.median(t)
-            spread = (max(t) - min(t)) / 2
-            train = config.run.train
-            share = train.steps // train.eval_every * ev / (train.steps * per_step[c])
+            share = train.steps // train.eval_every * ev / (train.steps * statistics.median(t))
+            per_step[c] = statistics.median(t) * (1 + share)
             print(
-                f"channels {c:3d}: {per_step[c]:.3f} s ± {spread:.3f} per member-step "
-                f"(median of {len(t)} × {args.steps} steps; ± half the range), one evaluation "
-                f"of 3000 images {ev:.2f} s per member (+{share:.1%} over a run)"
+                f"channels {c:3d}: {statistics.median(t):.3f} s per member-step (median of "
+                f"{len(t)} × {args.steps} steps; range {min(t):.3f}–{max(t):.3f}), one "
+                f"evaluation of 3000 images {ev:.2f} s per member (+{share:.1%} over a run)"
             )
     least, most = member_steps(config)
-    # t(c) ~ c² for Myrtle5 at these widths: fit the exponent between the measured ends
-    lo, hi = min(per_step), max(per_step)
-    k = math.log(per_step[hi] / per_step[lo]) / math.log(hi / lo)
-
-    def t(c: int) -> float:
-        return per_step[lo] * (c / lo) ** k
-
-    rungs = rungs_per_track(len(ladder))
-    cheap = statistics.mean(t(c) for c in ladder[:rungs])
-    dear = statistics.mean(t(c) for c in ladder[-rungs:])
-    print(f"t(c) ≈ {per_step[lo]:.3f} s · (c/{lo})^{k:.2f}; {rungs} rungs per track")
-    print(f"member-steps: {least:,} (least) to {most:,} (most)")
-    for name, steps in (("least", least), ("most", most)):
-        print(
-            f"{name}: {steps * cheap / 86400:.1f}–{steps * dear / 86400:.1f} CPU-days on one "
-            f"core (cheapest–dearest {rungs} rungs), evaluations not included"
+    print(f"member-steps of the study: {least:,} (least) to {most:,} (most)")
+    n = len(ladder)
+    answers = {k: (ladder[k] if k < n else "none") for k in range(n + 1)}
+    both = {
+        kind: {k: track_seconds(config, kind, per_step, k) for k in answers}
+        for kind in ("dynamical", "static")
+    }
+    for kind, by_answer in both.items():
+        row = ", ".join(
+            f"w*={answers[k]}: {lo / 86400:.1f}–{hi / 86400:.1f}"
+            for k, (lo, hi) in by_answer.items()
         )
+        print(f"{kind} track, CPU-days on one core by its answer: {row}")
+    low = sum(min(v[0] for v in by.values()) for by in both.values())
+    high = sum(max(v[1] for v in by.values()) for by in both.values())
+    print(
+        f"whole study: {low / 86400:.1f}–{high / 86400:.1f} CPU-days on one core "
+        f"(evaluations included); on 2 cores (--workers 2, perfect split) "
+        f"{low / 2 / 86400:.1f}–{high / 2 / 86400:.1f} days of wall time"
+    )
 
 
 if __name__ == "__main__":

@@ -224,3 +224,5 @@ def test_the_cifar_configs_quick_scale_runs_through_the_cli(tmp_path, images, ca
     ds = xr.open_dataset(tmp_path / "min_width_cifar" / "study.nc", engine="netcdf4")
     assert ds.attrs["width_option"] == "model.options.channels"
     assert {"static", "dynamical"} == set(ds["kind"].values)
+    dynamical = ds["kind"] == "dynamical"
+    assert (ds["measured_step"].where(dynamical, 40) >= 40).all()  # decided once Γ is static

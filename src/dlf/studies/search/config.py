@@ -275,7 +275,7 @@ class StudyConfig:
 
 # Keys of the run config that the search sets for every trial (and the model's width option,
 # :func:`owned_keys`); a config must leave them out.
-TRIAL_OWNED = {
+TRIAL_OWNED: dict[tuple[str, ...], str] = {
     ("schedule", "amplitude"): "search.amplitude",
     ("schedule", "period"): "search.period",
     ("train", "seeds"): "search.seeds",

@@ -79,7 +79,7 @@ def width_knob(run: RunConfig, option: str | None) -> WidthKnob:
         raise ConfigError(
             FIELD,
             f"model {model.name} declares no width option: name the keyword the width ladder "
-            f"sets, one of: {', '.join(allowed) or '(none it takes)'}",
+            f"sets ({_choices(allowed)})",
         )
     if allowed is not None and chosen not in allowed:
         raise ConfigError(
@@ -87,6 +87,12 @@ def width_knob(run: RunConfig, option: str | None) -> WidthKnob:
             f"model {model.name} has no option {chosen!r}; allowed: {', '.join(allowed)}",
         )
     return WidthKnob(model.name, chosen)
+
+
+def _choices(allowed: list[str] | None) -> str:
+    if allowed is None:
+        return "it takes any keyword"
+    return f"one of: {', '.join(allowed)}" if allowed else "it takes none"
 
 
 def _keywords(build: Any, options: Any) -> list[str] | None:

@@ -235,3 +235,23 @@ def test_the_cifar_configs_quick_scale_runs_through_the_cli(tmp_path, images, ca
     assert {"static", "dynamical"} == set(ds["kind"].values)
     dynamical = ds["kind"] == "dynamical"
     assert (ds["measured_step"].where(dynamical, 40) >= 40).all()  # decided once Γ is static
+
+
+def test_a_channel_ladder_too_wide_for_memory_is_refused_before_anything_is_written(
+    tmp_path, images
+):
+    """The engine's memory estimate knows the MLP only; a module model's widest rung is sized
+    on the meta device (nothing allocated) and refused naming search.width.high."""
+    from dlf.studies.search.study import check_study
+
+    raw = planted_raw(tmp_path / "out", images)
+    raw["model"] = {"name": "myrtle5", "dtype": "float32"}
+    del raw["search"]["width"]["option"]
+    raw["search"]["width"].update(low=4, high=8192)
+    config = study_config_from_raw(raw)
+    with pytest.raises(ConfigError) as err:
+        check_study(config)
+    assert err.value.field == "search.width.high" and "myrtle5 channels 8192" in err.value.message
+    assert "\n" not in str(err.value) and not (tmp_path / "out").exists()
+    raw["search"]["width"].update(high=16)
+    check_study(study_config_from_raw(raw))  # a ladder that fits passes

@@ -33,6 +33,7 @@ from dlf.errors import ConfigError, OutputError
 from dlf.hooks.manager import load_plugins
 from dlf.studies.search.config import StudyConfig
 from dlf.studies.search.confirm import CONFIRM, CONFIRMS, SEEDS, SequentialRule
+from dlf.studies.search.cost import check_memory
 from dlf.studies.search.evaluate import Candidate, Outcome, run_batch, tell
 from dlf.studies.search.ladder import Job, rungs
 from dlf.studies.search.liveness import (
@@ -353,6 +354,7 @@ def check_study(config: StudyConfig, workers: int = 1) -> None:
     build_analyzers(run, plugins, context)  # their options too, before the storage is touched
     search = config.search
     members = max(search.batch * len(search.seeds), search.confirm_seeds, search.confirm_step)
+    check_memory(config, plugins, context.data, members)
     try:
         check_budget(config.at_width(config.run, ladder[-1]), members)
     except ConfigError as exc:  # the width is the ladder's: name the search's field

@@ -4,8 +4,8 @@ Running the study (days on 2 cores) to time it is not an option, so this times i
 CIFAR-shaped data (the synthetic python-batch folder the tests write: the same shapes, so the
 same arithmetic) and projects: CPU seconds (``time.process_time``, one thread) of one training
 step per member (Myrtle5, minibatch 512, float32, the config's optimiser) at every rung of
-the channel ladder, each the median of ``--repeats`` timings of ``--steps`` steps, plus its evaluations
-(one forward pass over the 3 000 validation images every ``eval_every`` steps); then the
+the channel ladder, each the median of ``--repeats`` timings of ``--steps`` steps, plus its
+evaluations (one forward pass over the 3 000 validation images every ``eval_every`` steps); the
 study's CPU time for every answer a track can have, from the rungs its bisection visits for
 that answer (:class:`~dlf.studies.search.ladder.Bracket`'s probes), each rung decided at the
 least by its first batch and first confirmation round and at the most by all its trials and the

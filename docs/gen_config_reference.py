@@ -239,7 +239,9 @@ def render() -> str:
         "## Study `search` section",
         "",
         "A config with a `search` section is a minimal-width study (`dlf-study run` runs the "
-        "search); the search then owns `model.width`, `schedule.amplitude`, `schedule.period` "
+        "search); the search then owns the model's width option (`model.width` for the MLP, "
+        "`model.options.channels` for myrtle5, the keyword `search.width.option` names for a "
+        "`module:factory` model; see models.md), `schedule.amplitude`, `schedule.period` "
         "and `train.seeds`.",
         "",
     ]

@@ -160,7 +160,7 @@ def test_a_real_full_tmpfs_as_out(tmp_path, capsys):
 def test_workers_stopped_by_a_full_disk_make_the_command_exit_2():
     from types import SimpleNamespace
 
-    from dlf.studies.search.study import WorkersFailed
+    from dlf.studies.search.processes import WorkersFailed
 
     def workers(*codes: int) -> list[SimpleNamespace]:
         return [SimpleNamespace(name=f"dlf-worker-{i}", exitcode=c) for i, c in enumerate(codes)]

@@ -35,6 +35,7 @@ from dlf.studies.search.evaluate import Candidate, run_batch, tell
 from dlf.studies.search.ladder import bracket, next_job, rungs
 from dlf.studies.search.liveness import HEARTBEAT_ATTR, HOST, WORKER_ATTR, is_stale
 from dlf.studies.search.lock import StudyLock
+from dlf.studies.search.processes import run_workers
 from dlf.studies.search.proposals import fixed_proposal
 from dlf.studies.search.pruning import FULL_LENGTH, TargetPruner, make_pruner
 from dlf.studies.search.storage import (
@@ -44,7 +45,6 @@ from dlf.studies.search.storage import (
     open_studies,
     study_dir,
 )
-from dlf.studies.search.study import run_workers
 from tests.conftest import study_raw
 
 REPO = Path(__file__).resolve().parents[1]

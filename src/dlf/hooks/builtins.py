@@ -27,8 +27,8 @@ def dlf_register(registries: Registries) -> None:
     registries.datasets.add("spiral", DatasetEntry(SpiralOptions, spiral, spiral_sizes))
     registries.datasets.add("digits", DatasetEntry(DigitsOptions, digits))
     registries.datasets.add("cifar10", DatasetEntry(Cifar10Options, cifar10))
-    registries.models.add("mlp", ModelEntry(mlp))  # options: model.width, depth, activation
-    registries.models.add("myrtle5", ModelEntry(myrtle5, Myrtle5Options))
+    registries.models.add("mlp", ModelEntry(mlp, width="width"))  # model.width, depth, activation
+    registries.models.add("myrtle5", ModelEntry(myrtle5, Myrtle5Options, width="channels"))
     for loss in BUILTIN_LOSSES:
         registries.losses.add(loss.name, loss)
     registries.schedules.add("triangle", triangle)

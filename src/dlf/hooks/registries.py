@@ -94,10 +94,13 @@ class ModelEntry:
 
     ``build`` returns a ``torch.nn.Module`` (one member, trained as an ensemble through
     ``torch.func``) or an ensemble model over the flat θ itself, as the built-in ``mlp``.
+    ``width`` names the option that sizes it (myrtle5: ``channels``), the one a min-width
+    study ladders over (None: the model declares none; a study must name one).
     """
 
     build: Any
     options: type[BaseModel] | None = None
+    width: str | None = None
 
 
 @dataclass

@@ -6,8 +6,8 @@ resumable storage, several workers, ``study.nc`` and ``report.md``. Read the mod
 ``config`` (the ``search`` section), ``storage``, ``liveness`` and ``lock`` (where trials live,
 retrying lost ones, taking jobs atomically), ``confirm`` (deciding a rung on fresh seeds),
 ``ladder`` (the width bisection), ``proposals`` (the (A, T) slots), ``pruning`` and ``evaluate``
-(one batch of trials as one run), ``study`` (the workers), ``results`` and ``report`` (what
-comes out).
+(one batch of trials as one run), ``tracks`` (the two Optuna studies), ``study`` (a worker's
+job loop), ``processes`` (workers as processes), ``results`` and ``report`` (what comes out).
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ from optuna.trial import FrozenTrial, TrialState
 from dlf.studies.search.config import SearchConfig, StudyConfig, load_study_config
 from dlf.studies.search.confirm import is_confirmation
 from dlf.studies.search.cost import plan
+from dlf.studies.search.findings import Finding, findings
 from dlf.studies.search.liveness import is_released
-from dlf.studies.search.results import Finding, findings, open_study, study_dataset, write_study
+from dlf.studies.search.processes import run_workers
+from dlf.studies.search.results import open_study, study_dataset, write_study
 from dlf.studies.search.storage import open_storage, open_studies, storage_label, study_dir
-from dlf.studies.search.study import check_study, run_workers
+from dlf.studies.search.study import check_study
 
 __all__ = [
     "SearchConfig",

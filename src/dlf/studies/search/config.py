@@ -1,7 +1,8 @@
 """The ``search`` section of a study config, and loading a study config from YAML.
 
-A study config is a run config (every section but ``model.width``, ``schedule.amplitude``,
-``schedule.period`` and ``train.seeds``, which the search owns) plus a ``search`` section. The
+A study config is a run config (every section but the model's width option, ``model.width`` for
+the MLP, and ``schedule.amplitude``, ``schedule.period`` and ``train.seeds``, which the search
+owns) plus a ``search`` section. The
 ``search`` section is popped before the rest is validated as a :class:`dlf.RunConfig`, so the core
 config needs no knowledge of studies.
 """
@@ -28,6 +29,7 @@ from dlf.config import (
 )
 from dlf.errors import ConfigError
 from dlf.hooks.manager import load_plugins
+from dlf.studies.search.knob import WidthKnob, width_knob
 
 # Confirmation seed k is seed_offset + CONFIRM_BASE + k; search seeds lie below CONFIRM_BASE.
 CONFIRM_BASE = 10_000
@@ -61,11 +63,17 @@ class PeriodRange(LogRange):
 
 
 class WidthLadder(Section):
-    """Widths tried: geometric from ``low`` to ``high``, ``per_octave`` rungs per doubling."""
+    """Widths tried: geometric from ``low`` to ``high``, ``per_octave`` rungs per doubling, set
+    as the model option ``option`` (see :mod:`~dlf.studies.search.knob`)."""
 
     low: int = Field(2, ge=1)
     high: int = Field(64, ge=1)
     per_octave: int = Field(2, ge=1, le=16)
+    option: str | None = Field(
+        None,
+        description="the model option the ladder sets; default: the model's own (mlp: "
+        "model.width, myrtle5: channels); a module:factory model names its keyword here",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> WidthLadder:
@@ -239,10 +247,12 @@ class SearchConfig(Section):
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """A validated study: the run every trial shares, and the search over it."""
+    """A validated study: the run every trial shares, the search over it, and the model
+    option its width ladder sets."""
 
     run: RunConfig
     search: SearchConfig
+    knob: WidthKnob
 
     @property
     def name(self) -> str:
@@ -256,16 +266,25 @@ class StudyConfig:
 
     def with_root(self, root: Path) -> StudyConfig:
         output = self.run.output.model_copy(update={"root": Path(root)})
-        return StudyConfig(self.run.model_copy(update={"output": output}), self.search)
+        return StudyConfig(self.run.model_copy(update={"output": output}), self.search, self.knob)
+
+    def at_width(self, run: RunConfig, width: int) -> RunConfig:
+        """``run`` (this study's, or one track's) with the width knob set to ``width``."""
+        return self.knob.apply(run, width)
 
 
-# Keys of the run config that the search sets for every trial; a config must leave them out.
-OWNED = {
-    ("model", "width"): "search.width",
+# Keys of the run config that the search sets for every trial (and the model's width option,
+# :func:`owned_keys`); a config must leave them out.
+TRIAL_OWNED: dict[tuple[str, ...], str] = {
     ("schedule", "amplitude"): "search.amplitude",
     ("schedule", "period"): "search.period",
     ("train", "seeds"): "search.seeds",
 }
+
+
+def owned_keys(knob: WidthKnob) -> dict[tuple[str, ...], str]:
+    """Every key the search sets (as a path into the config) and the search field to use."""
+    return {tuple(knob.field.split(".")): "search.width", **TRIAL_OWNED}
 
 
 def load_study_config(path: Path, overrides: Sequence[str] = ()) -> StudyConfig:
@@ -289,10 +308,11 @@ def study_config_from_raw(raw: dict[str, Any], overrides: Sequence[str] = ()) ->
         preset = [f"{key}={_yaml_scalar(value)}" for key, value in presets[scale].items()]
         raw = apply_overrides(raw, [*preset, *overrides])
     search = validate(SearchConfig, raw.pop("search"), prefix="search")
-    for (section_name, key), owner in OWNED.items():
-        if key in (raw.get(section_name) or {}):
-            raise ConfigError(f"{section_name}.{key}", f"set by the search; use {owner} instead")
     run = validate(RunConfig, raw)
+    knob = width_knob(run, search.width.option)
+    for path, owner in owned_keys(knob).items():
+        if _lookup(raw, path) is not None:
+            raise ConfigError(".".join(path), f"set by the search; use {owner} instead")
     if len(run.train.lr) != 1:
         raise ConfigError("train.lr", "a study uses one learning rate; give a single value")
     if search.period.high >= run.train.steps:
@@ -301,7 +321,16 @@ def study_config_from_raw(raw: dict[str, Any], overrides: Sequence[str] = ()) ->
             f"must be below train.steps ({run.train.steps}) so that Γ oscillates before the "
             "static last period",
         )
-    return StudyConfig(run, search)
+    return StudyConfig(run, search, knob)
+
+
+def _lookup(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """``tree[path[0]][path[1]]…``, or None where a level is missing."""
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
 
 
 def _yaml_scalar(value: Any) -> str:
@@ -313,10 +342,8 @@ def setup_fingerprint(config: StudyConfig) -> dict[str, Any]:
     """What a trial's measurement depends on, as flat dotted keys: two studies may share trials
     only if these agree. Budgets, sampler, pruner, storage and output settings may change."""
     run = config.run.model_dump(mode="json", exclude={"name", "output"})
-    run["model"].pop("width")
-    run["schedule"].pop("amplitude")
-    run["schedule"].pop("period")
-    run["train"].pop("seeds")
+    for *parents, key in (("model", "width"), *owned_keys(config.knob)):
+        _lookup(run, tuple(parents)).pop(key, None)
     search = config.search.model_dump(
         mode="json", include={"target", "metric", "amplitude", "period"}
     )
@@ -324,6 +351,8 @@ def setup_fingerprint(config: StudyConfig) -> dict[str, Any]:
     if config.search.seed_offset:
         search["seed_offset"] = config.search.seed_offset  # it shifts the confirmation seeds
     search["width"] = config.search.width.ladder()
+    if not config.knob.is_mlp_width:  # older (MLP) studies keep their keys
+        search["width_option"] = config.knob.field
     return _flatten({**run, "search": search})
 
 

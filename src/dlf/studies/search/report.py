@@ -1,12 +1,8 @@
-"""``report.md`` of a study: the answer, the figures (seaborn PNGs) and a table of the trials.
-
-Figures are drawn on bare :class:`matplotlib.figure.Figure` objects, so writing a report never
-touches the pyplot backend of a notebook that imports this module.
-"""
+"""``report.md`` of a study: the answer, how sure it is, the figures
+(:mod:`~dlf.studies.search.figures`) and a table of the trials."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -14,22 +10,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import xarray as xr
-from matplotlib.axes import Axes
-from matplotlib.ticker import NullLocator, ScalarFormatter
-from matplotlib.transforms import blended_transform_factory
 
 from dlf.config import validate
-from dlf.engine.trace import open_trace
 from dlf.hooks.manager import load_plugins
-from dlf.plots.curves import Trial, trial_curves
-from dlf.plots.style import legend_outside, loss_color, new_figure, styled
 from dlf.studies.search.config import StudyConfig
 from dlf.studies.search.confirm import SequentialRule
-from dlf.studies.search.results import Finding
+from dlf.studies.search.figures import WIDTH_FIGURE, schedule_figure, width_figure
+from dlf.studies.search.findings import Finding
 
 REPORT_NAME = "report.md"
-WIDTH_FIGURE = "accuracy_vs_width.png"
-SCHEDULE_FIGURE = "curves_at_w_star.png"
 
 
 def _trials_frame(ds: xr.Dataset) -> pd.DataFrame:
@@ -54,144 +43,17 @@ def _trials_frame(ds: xr.Dataset) -> pd.DataFrame:
     return frame
 
 
-def _log_width_axis(ax: Axes, widths: list[float]) -> None:
-    ax.set_xscale("log")
-    ax.set_xticks(sorted(set(widths)))
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_locator(NullLocator())
-
-
-VERDICT_MARKS = {"reaches": "✓", "does not reach": "✗", "within noise": "≈"}
-
-
 def _rungs_frame(ds: xr.Dataset) -> pd.DataFrame:
     return ds[[name for name in ds.data_vars if ds[name].dims == ("rung",)]].to_dataframe()
-
-
-def _verdict_rows(ax: Axes, rungs: pd.DataFrame, found: dict[str, Finding]) -> None:
-    """Each rung's verdict as a mark in one row per track above the data (room made on top)."""
-    low, high = ax.get_ylim()
-    ax.set_ylim(low, high + 0.18 * (high - low))
-    place = blended_transform_factory(ax.transData, ax.transAxes)
-    for row, kind in enumerate(found):
-        at = rungs[rungs["rung_kind"] == kind]
-        for r in at.itertuples():
-            mark = VERDICT_MARKS.get(r.rung_verdict, "?")
-            ax.text(
-                r.rung_width * 1.04,
-                0.96 - 0.06 * row,
-                mark,
-                transform=place,
-                ha="center",
-                va="top",
-                color=loss_color(found[kind].loss),
-                fontsize=11,
-            )
-
-
-@styled
-def width_figure(
-    frame: pd.DataFrame,
-    rungs: pd.DataFrame,
-    found: dict[str, Finding],
-    config: StudyConfig,
-    path: Path,
-) -> None:
-    """Per track and rung tried: the search's pick (best trial on the search seeds, hollow)
-    and its confirmation on fresh seeds (filled), each mean ± standard error, the verdict
-    above the confirmed point, every trial faint behind, and the target line; in the shared
-    style of ``dlf-study plot`` (one colour per loss, legend outside the data)."""
-    search, run = config.search, config.run
-    target, metric = search.target, search.metric
-    fig, axes = new_figure(size=(9.0, 4.6))
-    ax = axes[0, 0]
-    done = frame[frame["state"].isin(["COMPLETE", "PRUNED"])]
-    widths = list(done["width"]) + list(rungs["rung_width"])
-    for kind, f in found.items():
-        colour = loss_color(f.loss)
-        trials = done[done["kind"] == kind]
-        ax.scatter(trials["width"], trials["shown"], s=10, color=colour, alpha=0.2, linewidths=0)
-        at = rungs[rungs["rung_kind"] == kind].sort_values("rung_width")
-        w = at["rung_width"].to_numpy(dtype=float)
-        ax.errorbar(
-            w / 1.04,
-            at["search_value"],
-            yerr=at["search_sem"],
-            fmt="o",
-            mfc="white",
-            color=colour,
-            capsize=2,
-            label=f"{f.loss}: search pick (search seeds)",
-        )
-        ax.errorbar(
-            w * 1.04,
-            at["confirm_mean"],
-            yerr=at["confirm_sem"],
-            fmt="s-",
-            color=colour,
-            capsize=2,
-            label=f"{f.loss}: confirmed (fresh seeds)",
-        )
-    if widths:
-        _log_width_axis(ax, widths)
-    _verdict_rows(ax, rungs, found)
-    ax.axhline(target, color="black", linestyle="--", linewidth=1, label=f"target {target:g}")
-    ax.set_xlabel("hidden width (units)")
-    ax.set_ylabel(f"{metric} (mean ± s.e. over seeds)")
-    lr = run.train.lr[0]
-    fig.suptitle(
-        f"Minimal width for {metric} ≥ {target:g}: {run.data.name}, {run.train.steps} steps, "
-        f"η = {lr:g}\nverdict on fresh seeds above each rung: ✓ reaches, ✗ does not reach, "
-        "≈ within noise"
-    )
-    legend_outside(ax)
-    fig.savefig(path, dpi=120)
-
-
-def schedule_figure(ds: xr.Dataset, w_star: int, target: float, directory: Path) -> str:
-    """Draw the best dynamical trial at w* against the static loss at the same width (train and
-    validation accuracy, Γ; seed mean ± sem) from the trials' traces; returns the report's
-    line: the figure, or why it could not be drawn."""
-    trials = []
-    for kind in ("dynamical", "static"):
-        done = (ds["kind"] == kind) & (ds["width"] == w_star) & (ds["state"] == "COMPLETE")
-        if not done.any():
-            continue
-        best = ds.isel(trial=int(np.nanargmax(ds["value"].where(done).values)))
-        path = directory / str(best["trace"].values)
-        if not path.is_file():
-            return f"(No training curves at w*: {path.name}, the trace of a trial there, is gone.)"
-        trace = open_trace(path)
-        same = (trace["amplitude"] == best["amplitude"]) & (trace["period"] == best["period"])
-        if kind == "static":  # its period is not a parameter (NaN in study.nc)
-            same = trace["amplitude"] == 1
-        loss = str(ds.attrs.get(f"{kind}_loss", kind)).upper()
-        label = f"{loss} A = {float(best['amplitude']):.3g}, T = {float(best['period']):.3g}"
-        trials.append(
-            Trial(
-                label if kind == "dynamical" else loss,
-                loss,
-                trace.isel(member=np.flatnonzero(same.values)),
-            )
-        )
-    missing = "" if len(trials) == 2 else " (the static search completed no trial at w*)"
-    config = json.loads(ds.attrs["config"])
-    title = (
-        f"At w* = {w_star}: the best dynamical trial (selected, so optimistic) against the "
-        f"static loss{missing}\n{config['data']['name']}, {config['train']['steps']} steps, "
-        f"η = {np.atleast_1d(config['train']['lr'])[0]:g}, mean ± sem over seeds"
-    )
-    trial_curves(trials, title, target).savefig(directory / SCHEDULE_FIGURE, dpi=110)
-    return f"![training curves at w*]({SCHEDULE_FIGURE})"
 
 
 def _num(x: float, fmt: str) -> str:
     return "" if not np.isfinite(x) else format(x, fmt)
 
 
-def _table(frame: pd.DataFrame) -> list[str]:
+def _table(frame: pd.DataFrame, knob: str = "width") -> list[str]:
     lines = [
-        "| study | # | state | width | A | T | value | ± sem | measured at step | verdict |",
+        f"| study | # | state | {knob} | A | T | value | ± sem | measured at step | verdict |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     ordered = frame.sort_values("number")
@@ -222,11 +84,11 @@ def _verdict(row: Any, retried: dict[int, int]) -> str:
     )
 
 
-def _rung_table(rungs: pd.DataFrame, level: float) -> list[str]:
+def _rung_table(rungs: pd.DataFrame, level: float, knob: str = "width") -> list[str]:
     """Per rung tried: the search's pick, its confirmation and the verdict."""
     lines = [
-        "| study | width | search pick: A, T | search mean ± sem (best of) | confirmed mean ± sem "
-        f"| fresh seeds | P(reach) | seeds reaching ({level:.0%} interval) | verdict |",
+        f"| study | {knob} | search pick: A, T | search mean ± sem (best of) | confirmed mean "
+        f"± sem | fresh seeds | P(reach) | seeds reaching ({level:.0%} interval) | verdict |",
         "|---|---:|---|---|---|---:|---:|---|---|",
     ]
     for r in rungs.sort_values(["rung_kind", "rung_width"]).itertuples():
@@ -323,40 +185,61 @@ def write_report(
     config: StudyConfig, ds: xr.Dataset, found: dict[str, Finding], storage: str, directory: Path
 ) -> Path:
     """Write report.md and its figures into ``directory``; returns the report's path."""
-    search, run = config.search, config.run
+    search = config.search
     frame = _trials_frame(ds)
     rungs = _rungs_frame(ds)
     width_figure(frame, rungs, found, config, directory / WIDTH_FIGURE)
     dyn = found.get("dynamical")
     lines = [
-        f"# Minimal width study `{config.name}`",
-        "",
-        f"Question: the smallest hidden width at which `{run.loss.name}` reaches a seed-mean "
-        f"{search.metric} of at least **{search.target:g}** ({run.train.steps} steps, "
-        f"η = {run.train.lr[0]:g}, Γ static for the last period), for some amplitude A in "
-        f"[{search.amplitude.low:g}, {search.amplitude.high:g}] and period T in "
-        f"[{search.period.low:g}, {search.period.high:g}]; widths {search.width.ladder()}.",
-        "",
+        *_question(config),
         "## Answer",
         "",
         *[f"- {f.sentence(search.target, search.metric)}." for f in found.values()],
         *_comparison(found),
         "",
         *_how_sure(config),
-        *_rung_table(rungs, 2 * SequentialRule.of(search).per_look - 1),
+        *_rung_table(rungs, 2 * SequentialRule.of(search).per_look - 1, config.knob.option),
         "",
         "## Figures",
         "",
-        f"![{search.metric} versus width]({WIDTH_FIGURE})",
+        f"![{search.metric} versus {config.knob.option}]({WIDTH_FIGURE})",
         "",
     ]
     if dyn is not None and dyn.w_star is not None:
         lines += [schedule_figure(ds, dyn.w_star, search.target, directory), ""]
+    lines += [*_trials_section(config, found, frame), *_looking_further(storage)]
+    path = directory / REPORT_NAME
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _question(config: StudyConfig) -> list[str]:
+    """The report's title and the question it answers, with the searched box and ladder."""
+    search, run, knob = config.search, config.run, config.knob
+    size = "hidden width" if knob.is_mlp_width else f"`{knob.field}` of `{run.model.name}`"
+    return [
+        f"# Minimal width study `{config.name}`",
+        "",
+        f"Question: the smallest {size} at which `{run.loss.name}` reaches a seed-mean "
+        f"{search.metric} of at least **{search.target:g}** ({run.train.steps} steps, "
+        f"η = {run.train.lr[0]:g}, Γ static for the last period), for some amplitude A in "
+        f"[{search.amplitude.low:g}, {search.amplitude.high:g}] and period T in "
+        f"[{search.period.low:g}, {search.period.high:g}]; "
+        f"{'widths' if knob.is_mlp_width else knob.option} {search.width.ladder()}.",
+        "",
+    ]
+
+
+def _trials_section(
+    config: StudyConfig, found: dict[str, Finding], frame: pd.DataFrame
+) -> list[str]:
+    """The cost per track, how to read the trial table, and the table."""
+    search, run = config.search, config.run
     cost = ", ".join(
         f"{f.kind}: {f.trials} search trials, {f.member_steps:,} member-steps with confirmation"
         for f in found.values()
     )
-    lines += [
+    return [
         "## Trials",
         "",
         f"Cost: {cost}. The table lists the search trials (seeds {search.trial_seeds()}); the "
@@ -368,14 +251,16 @@ def write_report(
         "Traces: `runs/` (each trial's user attribute `trace`). Data: "
         '`dlf.open_study("study.nc")`.',
         "",
-        *_table(frame),
+        *_table(frame, config.knob.option),
         "",
+    ]
+
+
+def _looking_further(storage: str) -> list[str]:
+    return [
         "## Looking further",
         "",
         f"Optuna storage: `{storage}`. Browse it with `optuna-dashboard {storage}`"
         " (`pip install dlf-study[dashboard]`).",
         "",
     ]
-    path = directory / REPORT_NAME
-    path.write_text("\n".join(lines))
-    return path

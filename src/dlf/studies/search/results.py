@@ -1,4 +1,5 @@
-"""What a study found: the answer (w*, best A and T) and ``study.nc`` with one entry per trial.
+"""``study.nc``: one entry per search trial and one per rung tried, with the answer (w*, best A
+and T, from :mod:`~dlf.studies.search.findings`) in its attributes.
 
 ``study.nc`` has a ``trial`` dimension over the trials of both Optuna studies (``kind`` says
 which) and a ``seed`` dimension for per-seed metrics. It is plain NetCDF: ``xarray.open_dataset``
@@ -8,194 +9,23 @@ reads it; :func:`open_study` is the same, loaded into memory.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 import xarray as xr
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from dlf.engine.trace import open_netcdf, write_netcdf
 from dlf.studies.search.config import StudyConfig
-from dlf.studies.search.confirm import (
-    NOT_REACHED,
-    REACHES,
-    WITHIN_NOISE,
-    Estimate,
-    SequentialRule,
-    is_confirmation,
-)
-from dlf.studies.search.ladder import FINISHED, Bracket, bracket, rungs, trial_width
+from dlf.studies.search.confirm import SequentialRule, is_confirmation
+from dlf.studies.search.findings import Finding, RungResult, sem
+from dlf.studies.search.ladder import trial_width
 from dlf.studies.search.liveness import FAILED_ATTR, RETRY_OF
 from dlf.studies.search.storage import redact
 
 STUDY_FILE = "study.nc"
-
-
-@dataclass(frozen=True)
-class Best:
-    """The best trial at a width: its schedule, seed-mean metric with its standard error, and
-    how many trials that width had (the best of many is an optimistic pick)."""
-
-    width: int
-    number: int
-    amplitude: float
-    period: float
-    value: float
-    sem: float
-    trials: int
-
-    def describe(self, dynamical: bool) -> str:
-        text = f"{self.value:.3f} ± {self.sem:.3f}"
-        if dynamical:
-            text += f" at A = {self.amplitude:.3g}, T = {self.period:.3g}"
-        trials = "1 trial" if self.trials == 1 else f"best of {self.trials} trials"
-        return f"{text}, {trials}"
-
-
-@dataclass(frozen=True)
-class RungResult:
-    """One rung tried: the (A, T) the search selected there, its confirmation on fresh seeds
-    and the verdict (None: still searching or confirming)."""
-
-    width: int
-    search: Best | None
-    confirmed: Estimate | None
-    verdict: str | None
-    by_search: bool  # decided on the search seeds alone (clearly below the target there)
-    member_steps: int  # of its confirmation rounds
-    confirm_seeds: tuple[int, ...] = ()
-    confirm_values: tuple[float, ...] = ()
-
-    def describe(self, dynamical: bool) -> str:
-        """E.g. ``0.910 ± 0.010, 40 fresh seeds, 39/40 seeds reach, P(reach) 0.99``."""
-        c = self.confirmed
-        if c is None or c.n == 0:
-            found = "" if self.search is None else self.search.describe(dynamical)
-            return f"search {found}; not confirmed" if found else "nothing completed"
-        at = ""
-        if dynamical and self.search is not None:
-            at = f" at A = {self.search.amplitude:.3g}, T = {self.search.period:.3g}"
-        return (
-            f"{c.mean:.3f} ± {c.sem:.3f}, {c.n} fresh seeds{at}, "
-            f"{c.reached}/{c.n} seeds reach, P(reach) {c.p_reach:.2f}"
-        )
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One track's answer: the bracket on w*, every rung tried, the best trial at w* and at
-    the rung below it (on the search seeds)."""
-
-    kind: str
-    loss: str
-    bracket: Bracket
-    best: Best | None  # at w*
-    below: Best | None  # at the rung just below w* (or the widest rung, if none reaches)
-    trials: int
-    member_steps: int
-    rungs: dict[int, RungResult] = field(default_factory=dict)
-
-    @property
-    def w_star(self) -> int | None:
-        return self.bracket.w_star
-
-    def sentence(self, target: float, metric: str) -> str:
-        """The answer with its evidence, e.g. ``w* = 64 confirmed (…); within noise: 45 (…)``;
-        never a bare number."""
-        dynamical = self.kind == "dynamical"
-        if not self.bracket.converged:
-            return f"{self.loss}: not converged yet, {self.bracket.describe()}{self._tried()}"
-        if self.w_star is None:
-            widest = self.bracket.ladder[-1]
-            return (
-                f"{self.loss} is not confirmed to reach {metric} ≥ {target:g} up to width "
-                f"{widest}{self._tried()}"
-            )
-        text = (
-            f"{self.loss}: w* = {self.w_star} confirmed to reach {metric} ≥ {target:g} "
-            f"({self.rungs[self.w_star].describe(dynamical)})"
-        )
-        return text + self._tried(below=self.w_star)
-
-    def _tried(self, below: int | None = None) -> str:
-        """The decided rungs (below ``below``), grouped by verdict, widest first."""
-        dynamical = self.kind == "dynamical"
-        parts = []
-        for verdict in (WITHIN_NOISE, NOT_REACHED, REACHES):
-            widths = [
-                w
-                for w in sorted(self.rungs, reverse=True)
-                if self.rungs[w].verdict == verdict and (below is None or w < below)
-            ]
-            if widths:
-                listed = ", ".join(f"{w} ({self.rungs[w].describe(dynamical)})" for w in widths)
-                parts.append(f"{verdict}: {listed}")
-        return "; " + "; ".join(parts) if parts else ""
-
-
-def sem(values: list[float]) -> float:
-    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
-
-
-def best_at(trials: list[FrozenTrial], width: int) -> Best | None:
-    """The completed trial with the highest value at ``width`` (None: none completed there)."""
-    at = [
-        t
-        for t in trials
-        if t.state == TrialState.COMPLETE and trial_width(t) == width and t.value is not None
-    ]
-    if not at:
-        return None
-    top = max(at, key=lambda t: float(t.value))  # type: ignore[arg-type]
-    finished = sum(t.state in FINISHED and trial_width(t) == width for t in trials)
-    return Best(
-        width,
-        top.number,
-        float(top.params.get("amplitude", 1.0)),
-        float(top.params.get("period", np.nan)),
-        float(top.value),  # type: ignore[arg-type]
-        sem(top.user_attrs.get("seed_values", [])),
-        finished,
-    )
-
-
-def find(config: StudyConfig, kind: str, loss: str, trials: list[FrozenTrial]) -> Finding:
-    search = config.search
-    per_width = search.trials_at_width(kind)
-    ladder = search.width.ladder()
-    rule = SequentialRule.of(search)
-    table = rungs(trials)
-    b = bracket(ladder, table, rule, per_width)
-    searched = [t for t in trials if not is_confirmation(t)]
-    best = None if b.w_star is None else best_at(searched, b.w_star)
-    below_index = b.hi - 1 if b.converged else b.lo
-    below = best_at(searched, ladder[below_index]) if below_index >= 0 else None
-    steps = sum(int(t.user_attrs.get("member_steps", 0)) for t in trials)
-    results = {}
-    for width, rung in sorted(table.items()):
-        verdict = rung.verdict(rule, per_width)
-        results[width] = RungResult(
-            width,
-            best_at(searched, width),
-            rule.confirmed(rung.confirm_values) if rung.confirm_values else None,
-            verdict,
-            verdict is not None and rung.rejected_by_search(rule),
-            rung.confirm_member_steps,
-            rung.confirm_seeds,
-            rung.confirm_values,
-        )
-    return Finding(kind, loss, b, best, below, len(searched), steps, results)
-
-
-def findings(config: StudyConfig, studies: dict[str, optuna.Study]) -> dict[str, Finding]:
-    names = config.loss_names()
-    return {
-        kind: find(config, kind, names[kind], study.get_trials(deepcopy=False))
-        for kind, study in studies.items()
-    }
 
 
 # study.nc's per-trial columns and their types; strings are variable-length NetCDF strings.
@@ -256,6 +86,20 @@ def study_dataset(
         for t in study.get_trials(deepcopy=False)
         if not is_confirmation(t)
     ]
+    ds = trials_dataset(config, trials).merge(rung_dataset(config, found))
+    knob = config.knob
+    ds["width"].attrs.update({"long_name": knob.label, "option": knob.field})
+    ds["value"].attrs["long_name"] = f"seed-mean {config.search.metric} at measured_step"
+    ds["sem"].attrs["long_name"] = "standard error of the seed mean"
+    ds["seed_values"].attrs["long_name"] = f"{config.search.metric} per seed (diverged: 0)"
+    ds.attrs.update(_setup_attrs(config))
+    ds.attrs.update(_answer_attrs(config, found))
+    return ds
+
+
+def trials_dataset(config: StudyConfig, trials: list[tuple[str, FrozenTrial]]) -> xr.Dataset:
+    """The ``trial`` entries: :data:`COLUMNS`, the :data:`PER_SEED` metrics and which seeds
+    diverged (``(trial, seed)``), and each trial's standard error over its finite seeds."""
     seeds = config.search.trial_seeds()
     rows = [_row(kind, t) for kind, t in trials]
     data: dict[str, Any] = {
@@ -272,58 +116,63 @@ def study_dataset(
     for i, (_, t) in enumerate(trials):
         diverged[i, t.user_attrs.get("diverged_seeds", [])] = True
     data["diverged"] = (("trial", "seed"), diverged)
-    finite = np.isfinite(data["seed_values"][1])
-    data["sem"] = (
-        "trial",
-        np.array(
-            [
-                sem(list(row[ok])) if ok.any() else np.nan
-                for row, ok in zip(data["seed_values"][1], finite, strict=True)
-            ]
+    per_seed = data["seed_values"][1]
+    data["sem"] = ("trial", np.array([_finite_sem(row) for row in per_seed]))
+    return xr.Dataset(data, coords={"trial": np.arange(len(trials)), "seed": np.array(seeds)})
+
+
+def _finite_sem(row: np.ndarray) -> float:
+    finite = row[np.isfinite(row)]
+    return sem(list(finite)) if finite.size else np.nan
+
+
+def _setup_attrs(config: StudyConfig) -> dict[str, Any]:
+    """What the study asked and how it decides: target, ladder (and the option it sets),
+    seeds, confirmation rule and the whole config (storage password hidden)."""
+    search = config.search
+    return {
+        "title": f"dlf-study minimal-width study {config.name!r}",
+        "target": search.target,
+        "metric": search.metric,
+        "ladder": np.array(search.width.ladder(), dtype=np.int64),
+        "width_option": config.knob.field,
+        "model": config.run.model.name,
+        "seed_offset": search.seed_offset,
+        "confirm_level": search.confirm_level,
+        "confirm_per_look_level": SequentialRule.of(search).per_look,
+        "confirm_rounds": np.array(_round_sizes(config), dtype=np.int64),
+        "config": json.dumps(
+            {
+                **config.run.model_dump(mode="json"),
+                "search": {
+                    **search.model_dump(mode="json"),
+                    "storage": search.storage and redact(search.storage),
+                },
+            }
         ),
-    )
-    ds = xr.Dataset(data, coords={"trial": np.arange(len(trials)), "seed": np.array(seeds)})
-    ds = ds.merge(rung_dataset(config, found))
-    ds["value"].attrs["long_name"] = f"seed-mean {config.search.metric} at measured_step"
-    ds["sem"].attrs["long_name"] = "standard error of the seed mean"
-    ds["seed_values"].attrs["long_name"] = f"{config.search.metric} per seed (diverged: 0)"
-    ds.attrs.update(
-        {
-            "title": f"dlf-study minimal-width study {config.name!r}",
-            "target": config.search.target,
-            "metric": config.search.metric,
-            "ladder": np.array(config.search.width.ladder(), dtype=np.int64),
-            "seed_offset": config.search.seed_offset,
-            "confirm_level": config.search.confirm_level,
-            "confirm_per_look_level": SequentialRule.of(config.search).per_look,
-            "confirm_rounds": np.array(_round_sizes(config), dtype=np.int64),
-            "config": json.dumps(
-                {
-                    **config.run.model_dump(mode="json"),
-                    "search": {
-                        **config.search.model_dump(mode="json"),
-                        "storage": config.search.storage and redact(config.search.storage),
-                    },
-                }
-            ),
-        }
-    )
+    }
+
+
+def _answer_attrs(config: StudyConfig, found: dict[str, Finding]) -> dict[str, Any]:
+    """Per track: its loss, whether it converged, w*, its cost, the answer in words, and the
+    best trials at w* and the rung below (``<kind>_best_…``, ``<kind>_below_…``)."""
+    attrs: dict[str, Any] = {}
     for kind, f in found.items():
-        ds.attrs[f"{kind}_loss"] = f.loss
-        ds.attrs[f"{kind}_converged"] = int(f.bracket.converged)
-        ds.attrs[f"{kind}_w_star"] = -1 if f.w_star is None else f.w_star
-        ds.attrs[f"{kind}_member_steps"] = f.member_steps
-        ds.attrs[f"{kind}_answer"] = f.sentence(config.search.target, config.search.metric)
+        attrs[f"{kind}_loss"] = f.loss
+        attrs[f"{kind}_converged"] = int(f.bracket.converged)
+        attrs[f"{kind}_w_star"] = -1 if f.w_star is None else f.w_star
+        attrs[f"{kind}_member_steps"] = f.member_steps
+        attrs[f"{kind}_answer"] = f.sentence(config.search.target, config.search.metric)
         for name, best in (("best", f.best), ("below", f.below)):
             if best is not None:
                 for key in ("width", "number", "amplitude", "period", "value", "sem", "trials"):
-                    ds.attrs[f"{kind}_{name}_{key}"] = getattr(best, key)
-    return ds
+                    attrs[f"{kind}_{name}_{key}"] = getattr(best, key)
+    return attrs
 
 
 def _round_sizes(config: StudyConfig) -> list[int]:
     """Seeds after each possible confirmation round: e.g. [20, 40, 60, 80]."""
-    rule, sizes = SequentialRule.of(config.search), []
+    rule, sizes = SequentialRule.of(config.search), list[int]()
     while not sizes or sizes[-1] < rule.cap:
         sizes.append(rule.next_round(sizes[-1] if sizes else 0).stop)
     return sizes

@@ -18,13 +18,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
-from optuna.storages.journal._file import get_lock_file
+from optuna.storages.journal import (
+    JournalFileBackend,
+    JournalFileSymlinkLock,
+    JournalStorage,
+)
 
 from dlf.config import redact_url as redact
 from dlf.config import url_secrets, with_encoded_password
@@ -127,6 +130,25 @@ def _schema_lock(url: str, engine_kwargs: dict[str, Any]) -> Iterator[None]:
         engine.dispose()
 
 
+class FileLock(Protocol):
+    """Optuna's journal file locks (``JournalFileSymlinkLock``, ``JournalFileOpenLock``)."""
+
+    def acquire(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+@contextmanager
+def held(lock: FileLock) -> Iterator[None]:
+    """Hold one of Optuna's journal file locks for a block, through their public
+    ``acquire``/``release`` (what Optuna's private ``get_lock_file`` does)."""
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def repair_journal(path: Path) -> None:
     """Cut a torn last record (a full disk or a kill mid-append) off the journal, saving its
     bytes to ``<journal>.torn`` and saying so on stderr; Optuna would otherwise append after
@@ -134,7 +156,7 @@ def repair_journal(path: Path) -> None:
     :meth:`JournalFile.append_logs` for why interrupts wait)."""
     if not path.exists() or path.stat().st_size == 0:
         return
-    with interrupts_deferred(), get_lock_file(JournalFileSymlinkLock(str(path))):
+    with interrupts_deferred(), held(JournalFileSymlinkLock(str(path))):
         data = path.read_bytes()
         keep = data.rfind(b"\n", 0, len(data) - 1) + 1 if data.endswith(b"\n") else None
         if keep is None:
@@ -170,7 +192,7 @@ class JournalFile(JournalFileBackend):
         path = Path(self._file_path)
         data = b"".join(json.dumps(log, separators=(",", ":")).encode() + b"\n" for log in logs)
         try:
-            with interrupts_deferred(), get_lock_file(self._lock):
+            with interrupts_deferred(), held(self._lock):
                 size = path.stat().st_size
                 try:
                     self._append(data)

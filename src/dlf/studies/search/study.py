@@ -5,51 +5,37 @@ configured dynamical loss, ``<name>.static`` the width alone for its static coun
 baseline). A worker repeatedly retries stale trials, picks the next job from the width bisection
 (:mod:`~dlf.studies.search.ladder`), asks that many trials with the width fixed (the
 proposals give A and T), evaluates them as one ensemble run and tells the outcomes.
-``--workers N`` starts N such processes against the same storage; several machines can do the
-same against PostgreSQL.
+``--workers N`` starts N such processes against the same storage
+(:mod:`~dlf.studies.search.processes`); several machines can do the same against PostgreSQL.
 """
 
 from __future__ import annotations
 
-import ctypes
 import math
-import multiprocessing
-import os
-import signal
 import sys
-import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from itertools import groupby
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
-from dlf.config import Member, RunConfig
+from dlf.config import Member
 from dlf.engine.budget import check_budget
-from dlf.engine.run import build_analyzers, build_context, terminate_as_interrupt
+from dlf.engine.run import build_analyzers, build_context
 from dlf.engine.trace import interrupts_deferred
-from dlf.errors import ConfigError, DlfError, OutputError
+from dlf.errors import ConfigError, OutputError
 from dlf.hooks.manager import load_plugins
 from dlf.studies.search.config import StudyConfig
-from dlf.studies.search.confirm import CONFIRM, CONFIRMS, SEEDS, SequentialRule, is_confirmation
-from dlf.studies.search.evaluate import Candidate, run_batch, tell
-from dlf.studies.search.ladder import (
-    FINISHED,
-    PENDING,
-    Bracket,
-    Job,
-    bracket,
-    next_job,
-    rungs,
-    trial_width,
-)
+from dlf.studies.search.confirm import CONFIRM, CONFIRMS, SEEDS, SequentialRule
+from dlf.studies.search.cost import check_memory
+from dlf.studies.search.evaluate import Candidate, Outcome, run_batch, tell
+from dlf.studies.search.ladder import Job, rungs
 from dlf.studies.search.liveness import (
     FAILED_ATTR,
     RETRY_OF,
@@ -66,78 +52,10 @@ from dlf.studies.search.liveness import (
 )
 from dlf.studies.search.lock import StudyLock
 from dlf.studies.search.proposals import fixed_proposal, make_sampler
-from dlf.studies.search.pruning import make_pruner
 from dlf.studies.search.storage import open_storage, open_studies, storage_url, study_dir
-from dlf.threads import ThreadChoice
-from dlf.threads import apply as apply_threads
-from dlf.threads import current as current_threads
+from dlf.studies.search.tracks import Track, make_tracks
 
 POLL_SECONDS = 2.0  # how often an idle worker looks whether others finished
-
-
-@dataclass
-class Track:
-    """One Optuna study (static baseline or dynamical loss) and how its trials are run."""
-
-    kind: str
-    study: optuna.Study
-    run: RunConfig  # the run every trial of this track shares, but for the width
-    dynamical: bool
-    trials_per_width: int
-    budget: int | None  # most trials this track may take (None: the ladder bounds it)
-
-    def trials(self) -> list[FrozenTrial]:
-        return self.study.get_trials(deepcopy=False)
-
-    def bracket(self, config: StudyConfig) -> Bracket:
-        search = config.search
-        table = rungs(self.trials())
-        rule = SequentialRule.of(search)
-        return bracket(search.width.ladder(), table, rule, self.trials_per_width)
-
-    def next_job(self, config: StudyConfig) -> tuple[Job, bool] | None:
-        """(job, retries?) to start now, or None: retries first, then the bisection (search
-        trials or a confirmation round). Only meaningful under the study lock, where nobody
-        else asks meanwhile."""
-        trials = self.trials()
-        waiting = [t for t in trials if t.state == TrialState.WAITING]
-        if waiting:  # retries of lost search trials carry their width
-            width = trial_width(waiting[0])
-            same = [t for t in waiting if trial_width(t) == width]
-            if width is not None:
-                return Job(width, room=min(len(same), config.search.batch)), True
-        ladder = config.search.width.ladder()
-        rule = SequentialRule.of(config.search)
-        job = next_job(ladder, rungs(trials), rule, self.trials_per_width)
-        if job is None or job.confirm is not None:
-            return None if job is None else (job, False)
-        room = min(job.room, config.search.batch)
-        if self.budget is not None:
-            searched = [t for t in trials if not is_confirmation(t)]
-            used = sum(t.state in (*FINISHED, *PENDING) for t in searched)
-            room = min(room, self.budget - used)
-        return (replace(job, room=room), False) if room > 0 else None
-
-    def busy(self) -> bool:
-        return any(t.state in PENDING for t in self.trials())
-
-
-def make_tracks(config: StudyConfig, studies: dict[str, optuna.Study]) -> list[Track]:
-    """The static track (if any) first: it is cheap and gives the baseline early."""
-    names = config.loss_names()
-    search = config.search
-    tracks = []
-    for kind, study in studies.items():
-        dynamical = kind == "dynamical"
-        run = config.run.model_copy(
-            update={"loss": config.run.loss.model_copy(update={"name": names[kind]})}
-        )
-        study.pruner = make_pruner(search.pruner, search.target, run)
-        per_width = search.trials_at_width(kind)
-        tracks.append(
-            Track(kind, study, run, dynamical, per_width, search.trials if dynamical else None)
-        )
-    return tracks
 
 
 class Worker:
@@ -278,11 +196,12 @@ class Worker:
             self.evaluate_width(track, int(width), list(group))
 
     def evaluate_width(self, track: Track, width: int, candidates: Sequence[Candidate]) -> None:
-        search = self.config.search
+        """Train one width's candidates as one run, record their outcomes, say what came out."""
+        search, knob = self.config.search, self.config.knob
         numbers = [c.trial.number for c in candidates]
         confirming = candidates[0].seeds is not None
         seeds = candidates[0].seeds or search.trial_seeds()
-        trace = Path("runs") / batch_trace_name(track.kind, width, candidates)
+        trace = Path("runs") / batch_trace_name(track.kind, width, candidates, knob.tag)
         where = track.bracket(self.config).describe()
         what = (
             f"confirming trial {candidates[0].trial.user_attrs[CONFIRMS]} as trial {numbers[0]}"
@@ -290,17 +209,14 @@ class Worker:
             if confirming
             else f"trials {numbers} × {len(seeds)} seeds"
         )
-        self.say(f"{track.kind}: width {width}, {what} ({where})")
-        run = track.run.model_copy(
-            update={"model": track.run.model.model_copy(update={"width": width})}
-        )
+        self.say(f"{track.kind}: {knob.label} {width}, {what} ({where})")
         ids = [trial_id(self.storage, track.study, n) for n in numbers]
         start = time.monotonic()
         try:
             with Heartbeat(self.storage, ids, search.heartbeat_seconds):
                 outcomes = run_batch(
                     track.study,
-                    run,
+                    self.config.at_width(track.run, width),
                     candidates,
                     seeds,
                     search.metric,
@@ -314,8 +230,29 @@ class Worker:
             self.fail(ids, exc)
             raise
         self.batch_seconds.append(time.monotonic() - start)
-        n_seeds = len(seeds)
-        with interrupts_deferred():  # a finished batch is recorded whole before an interrupt
+        self.record(track, candidates, outcomes, len(seeds), trace)
+        if confirming:
+            outcome = self.confirmation(track, width)
+        else:
+            best = max(o.mean for o in outcomes)
+            pruned = sum(o.state == TrialState.PRUNED for o in outcomes)
+            stopped = outcomes[0].measured_step
+            early = "" if outcomes[0].full_length else f", run stopped at step {stopped}"
+            outcome = f"best {search.metric} {best:.3f} ({pruned} of {len(outcomes)} pruned{early})"
+        self.say(f"{track.kind}: {knob.label} {width} → {outcome}")
+        self.say(self.overview())
+
+    def record(
+        self,
+        track: Track,
+        candidates: Sequence[Candidate],
+        outcomes: Sequence[Outcome],
+        n_seeds: int,
+        trace: Path,
+    ) -> None:
+        """Tell every trial of a finished batch its outcome, as one step an interrupt waits
+        for; a trial retried elsewhere meanwhile keeps that result."""
+        with interrupts_deferred():
             for i, (candidate, outcome) in enumerate(zip(candidates, outcomes, strict=True)):
                 members = list(range(i * n_seeds, (i + 1) * n_seeds))
                 try:
@@ -323,25 +260,13 @@ class Worker:
                         track.study,
                         candidate,
                         outcome,
-                        search.target,
+                        self.config.search.target,
                         trace=str(trace),
                         members=members,
                     )
                 except UpdateFinishedTrialError:
                     number = candidate.trial.number
                     self.say(f"trial {number} was retried elsewhere; result dropped")
-        if confirming:
-            self.say(f"{track.kind}: width {width} → {self.confirmation(track, width)}")
-        else:
-            best = max(o.mean for o in outcomes)
-            pruned = sum(o.state == TrialState.PRUNED for o in outcomes)
-            stopped = outcomes[0].measured_step
-            early = "" if outcomes[0].full_length else f", run stopped at step {stopped}"
-            self.say(
-                f"{track.kind}: width {width} → best {search.metric} {best:.3f}"
-                f" ({pruned} of {len(outcomes)} pruned{early})"
-            )
-        self.say(self.overview())
 
     def confirmation(self, track: Track, width: int) -> str:
         """The rung's confirmed estimate so far and its verdict (or that more seeds are due)."""
@@ -389,62 +314,22 @@ class Worker:
                         retry(study, storage, trial, reason)
 
 
-def batch_trace_name(kind: str, width: int, candidates: Sequence[Candidate]) -> str:
-    """The trace file of a batch, named after its first trial as first asked (a retry keeps
-    its original's number, a confirmation round the trial it confirms and its first seed), so
-    that a batch released by an interrupt and asked again finds its run's checkpoint."""
+def batch_trace_name(kind: str, width: int, candidates: Sequence[Candidate], tag: str = "w") -> str:
+    """The trace file of a batch, named after the width knob's ``tag`` and value and its first
+    trial as first asked (a retry keeps its original's number, a confirmation round the trial
+    it confirms and its first seed), so that a batch released by an interrupt and asked again
+    finds its run's checkpoint: e.g. ``dynamical-w0016-t0003.nc``,
+    ``static-channels0008-confirm0001-s10000.nc``."""
     first = candidates[0]
     if first.seeds is not None:
         confirms = first.trial.user_attrs[CONFIRMS]
-        return f"{kind}-w{width:04d}-confirm{confirms:04d}-s{first.seeds[0]}.nc"
+        return f"{kind}-{tag}{width:04d}-confirm{confirms:04d}-s{first.seeds[0]}.nc"
     number = first.trial.user_attrs.get(RETRY_OF, first.trial.number)
-    return f"{kind}-w{width:04d}-t{number:04d}.nc"
+    return f"{kind}-{tag}{width:04d}-t{number:04d}.nc"
 
 
 def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
-
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-PARENT_POLL_SECONDS = 1.0
-
-
-def _die_with_parent(parent: int) -> None:
-    """Make this worker get SIGTERM (handled as Ctrl-C: release the trials, exit) as soon as
-    its parent is gone, even killed with SIGKILL: through the kernel on Linux
-    (``prctl(PR_SET_PDEATHSIG)``), and on every system from a thread that polls the parent."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            armed = libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
-        except (OSError, AttributeError):  # no libc prctl: a thread watches instead
-            armed = False
-        if armed:
-            if os.getppid() != parent:  # it died before the kernel was told
-                os.kill(os.getpid(), signal.SIGTERM)
-            return
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_SECONDS)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="dlf-parent-watch", daemon=True).start()
-
-
-def _work(config: StudyConfig, index: int, threads: ThreadChoice, parent: int) -> None:
-    """Entry point of a worker process. Interrupted, or once its parent is gone, it releases
-    its trials for a retry and exits."""
-    apply_threads(threads)
-    with terminate_as_interrupt():
-        try:
-            _die_with_parent(parent)
-            Worker(config, index, keep_going=lambda: os.getppid() == parent).run()
-        except KeyboardInterrupt:
-            sys.exit(130)
-        except DlfError as exc:  # one line, as the command line prints it (e.g. disk full)
-            print(f"dlf-study: error: [worker {index}] {exc}", file=sys.stderr, flush=True)
-            sys.exit(exc.exit_code)
 
 
 def check_study(config: StudyConfig, workers: int = 1) -> None:
@@ -462,69 +347,16 @@ def check_study(config: StudyConfig, workers: int = 1) -> None:
             f"a study searches A and T of a dynamical loss, {loss.name!r} is static; "
             f"allowed: {', '.join(dynamical)}",
         )
-    run = config.run.model_copy(
-        update={"model": config.run.model.model_copy(update={"width": config.search.width.low})}
-    )
+    ladder = config.search.width.ladder()
+    run = config.at_width(config.run, ladder[0])
     lr = config.run.train.lr[0]
     context = build_context(run, plugins, [Member(seed=0, amplitude=1.0, period=1.0, lr=lr)])
     build_analyzers(run, plugins, context)  # their options too, before the storage is touched
-    widest = config.run.model.model_copy(update={"width": config.search.width.ladder()[-1]})
     search = config.search
     members = max(search.batch * len(search.seeds), search.confirm_seeds, search.confirm_step)
+    check_memory(config, plugins, context.data, members)
     try:
-        check_budget(config.run.model_copy(update={"model": widest}), members)
+        check_budget(config.at_width(config.run, ladder[-1]), members)
     except ConfigError as exc:  # the width is the ladder's: name the search's field
-        field = "search.width.high" if exc.field == "model.width" else exc.field
+        field = "search.width.high" if exc.field == config.knob.field else exc.field
         raise ConfigError(field, exc.message) from None
-
-
-def run_workers(config: StudyConfig, workers: int) -> None:
-    """Run the job loop here (one worker) or in ``workers`` processes sharing the storage.
-
-    Interrupting the parent (Ctrl-C, SIGTERM) interrupts its workers, which release their
-    trials for a retry, and the study's results are written; a parent killed outright (kill -9)
-    takes its workers with it: they release their trials and exit."""
-    if workers < 1:
-        raise ConfigError("--workers", f"must be >= 1 (got {workers})")
-    with terminate_as_interrupt():
-        if workers == 1:
-            Worker(config, 0, config.run.output.wants_progress()).run()
-            return
-        command = current_threads()  # the command's choice, shared among its workers
-        threads = ThreadChoice(
-            max(1, command.threads // workers), f"1/{workers} of the command's ({command.reason})"
-        )
-        context = multiprocessing.get_context("spawn")
-        processes = [
-            context.Process(
-                target=_work, args=(config, i + 1, threads, os.getpid()), name=f"dlf-worker-{i + 1}"
-            )
-            for i in range(workers)
-        ]
-        try:
-            for process in processes:
-                process.start()
-            for process in processes:
-                process.join()
-        except KeyboardInterrupt:
-            for process in processes:
-                if process.is_alive():
-                    process.terminate()  # SIGTERM: the worker releases its trials
-            for process in processes:
-                process.join()
-            raise
-    failed = [p for p in processes if p.exitcode != 0]
-    if failed:
-        raise WorkersFailed(failed)
-
-
-class WorkersFailed(DlfError):
-    """Worker processes ended with errors, each having printed its own line. The command
-    exits with their code where they agree (2 for a full disk), else (or killed) 1."""
-
-    def __init__(self, failed: Sequence[BaseProcess]) -> None:
-        codes = {p.exitcode for p in failed}
-        agreed = codes.pop() if len(codes) == 1 else None
-        self.exit_code = agreed if agreed is not None and agreed > 0 else 1
-        names = ", ".join(p.name for p in failed)
-        super().__init__(f"worker processes failed: {names} (see their messages above)")

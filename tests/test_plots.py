@@ -516,6 +516,7 @@ def test_width_from_a_study_marks_w_star_and_names_target_and_steps(tiny_study):
         assert f"w* {loss} = {finding.w_star}" in labels
     assert "target 0.35" in labels
     assert "80 steps" in fig.get_suptitle() and "target 0.35" in fig.get_suptitle()
+    assert fig.axes[0].get_xlabel() == "hidden width (units per layer)"
 
 
 def test_width_from_a_study_draws_confirmed_rungs_from_their_fresh_seeds(tiny_study):

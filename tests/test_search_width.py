@@ -113,6 +113,10 @@ def test_a_search_over_a_cnns_channels_finds_the_planted_threshold(tmp_path, ima
     assert '"channels":' in trace.attrs["config"]  # each batch's run sets the knob itself
     report = result.report.read_text()
     assert "`model.options.channels`" in report and "w* = 2 (" in report
+    from dlf import open_study, plots
+
+    axis = plots.width([open_study(result.directory)]).axes[0].get_xlabel()
+    assert axis == f"{__name__}:mean_colour_cnn channels"
 
 
 def test_the_ladder_sets_the_named_keyword_and_the_config_may_not(tmp_path, images):

@@ -168,7 +168,7 @@ def width(datasets: Sequence[xr.Dataset]) -> Figure:
         widths = sorted(group["width"].unique())
         ax.set_xticks(widths, labels=[str(w) for w in widths])
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlabel("hidden width (units per layer)")
+        ax.set_xlabel(_width_label(studies))
         ax.set_ylabel("final validation accuracy")
         ax.set_title(f"{family.upper()} family, η = {eta:g}")
     handles: dict[str, Any] = {}
@@ -190,6 +190,12 @@ def _study_marks(ax, study: xr.Dataset) -> None:
             ax.axvline(
                 w_star, color=loss_color(loss), ls=":", lw=1.5, label=f"w* {loss} = {w_star}"
             )
+
+
+def _width_label(studies: Sequence[xr.Dataset]) -> str:
+    """The x axis: the studies' size option (e.g. myrtle5's channels), else the MLP's width."""
+    labels = {str(s["width"].attrs.get("long_name", "width")) for s in studies} - {"width"}
+    return labels.pop() if len(labels) == 1 else "hidden width (units per layer)"
 
 
 def _title(traces: Sequence[xr.Dataset], studies: Sequence[xr.Dataset], table: pd.DataFrame) -> str:

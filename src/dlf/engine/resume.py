@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from dlf.engine.trace import interrupts_deferred, remove_stale_temp_files, temp_path
+from dlf.engine.interrupts import interrupts_deferred
+from dlf.engine.trace import remove_stale_temp_files, temp_path
 
 
 @dataclass

@@ -6,10 +6,7 @@ import functools
 import importlib
 import inspect
 import json
-import signal
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,18 +17,14 @@ import xarray as xr
 from dlf.config import Member, ModelConfig, RunConfig, members_of, validate
 from dlf.engine import resume
 from dlf.engine.budget import check_analyzers, check_budget, n_members, planned_data_sizes
-from dlf.engine.trace import (
-    TRACE_NAME,
-    ContributionError,
-    Recorder,
-    TraceLock,
-    interrupts_deferred,
-    open_trace,
-)
+from dlf.engine.interrupts import interrupts_deferred, terminate_as_interrupt
+from dlf.engine.lock import TraceLock
+from dlf.engine.recorder import ContributionError, Recorder
+from dlf.engine.trace import TRACE_NAME, open_trace
 from dlf.engine.trainer import Trainer
 from dlf.errors import ConfigError, InputError, PluginError
 from dlf.hooks.analyzer import Analyzer
-from dlf.hooks.guard import UserInterrupt, plugin_failure
+from dlf.hooks.guard import plugin_failure
 from dlf.hooks.manager import Plugins, load_plugins
 from dlf.hooks.registries import ModelEntry, Registry
 from dlf.hooks.state import RunContext
@@ -266,25 +259,6 @@ def first_difference(old: Any, new: Any, skip: set[str], prefix: str = "") -> st
                 return found
         return None
     return None if old == new else f"{prefix.rstrip('.')}: {old!r} there, {new!r} now"
-
-
-@contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a batch system's stop, ``kill``) is handled like Ctrl-C: a run writes its
-    trace of the finished steps, a study releases its trials for a retry and writes its results.
-    Only the main thread can handle signals; elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise UserInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def execute(

@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from dlf.curvature.helper import Curvature
 from dlf.engine.gradients import gradient_for, why_chosen
+from dlf.engine.recorder import ContributionError, Recorder
 from dlf.engine.resume import Checkpoint
-from dlf.engine.trace import ContributionError, Recorder
 from dlf.errors import PluginError
 from dlf.hooks.analyzer import Analyzer
 from dlf.hooks.guard import plugin_failure

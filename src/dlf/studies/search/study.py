@@ -33,8 +33,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from dlf.config import Member, RunConfig
 from dlf.engine.budget import check_budget
-from dlf.engine.run import build_analyzers, build_context, terminate_as_interrupt
-from dlf.engine.trace import interrupts_deferred
+from dlf.engine.interrupts import interrupts_deferred, terminate_as_interrupt
+from dlf.engine.run import build_analyzers, build_context
 from dlf.errors import ConfigError, DlfError, OutputError
 from dlf.hooks.manager import load_plugins
 from dlf.studies.search.config import StudyConfig

@@ -41,7 +41,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if is_sweep(raw):
         args.kept = "finished points are kept; the same command resumes the sweep"
         return cli_sweep(raw, args.out, fresh=args.fresh)
-    from dlf.engine.run import FINISHED, default_trace_path, earlier_status, execute
+    from dlf.engine.resume import FINISHED, earlier_status
+    from dlf.engine.run import default_trace_path, execute
 
     if args.out is not None:
         raw.setdefault("output", {})["root"] = str(args.out)

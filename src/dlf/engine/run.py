@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from dlf.engine.lock import TraceLock
 from dlf.engine.recorder import ContributionError, Recorder
 from dlf.engine.trace import TRACE_NAME, open_trace
 from dlf.engine.trainer import Trainer
-from dlf.errors import ConfigError, InputError, PluginError
+from dlf.errors import ConfigError, PluginError
 from dlf.hooks.analyzer import Analyzer
 from dlf.hooks.guard import plugin_failure
 from dlf.hooks.manager import Plugins, load_plugins
@@ -222,45 +221,6 @@ def default_trace_path(config: RunConfig) -> Path:
     return config.output.root / config.name / TRACE_NAME
 
 
-FINISHED = ("complete", "diverged", "stopped")  # statuses of a run that need not run again
-
-
-def earlier_status(path: Path, config: RunConfig) -> str | None:
-    """The status of an earlier run of ``config``'s settings whose trace is at ``path``; None
-    where there is none (or only a damaged file). A trace of other settings is an InputError
-    naming the first that differs: runs never overwrite each other silently (``--fresh`` does,
-    on purpose). ``output`` (where and how often to write) is not a setting of the run."""
-    if not path.exists():
-        return None
-    try:
-        attrs = open_trace(path).attrs
-    except InputError:  # damaged (killed mid-write by an older version): run it again
-        return None
-    try:
-        earlier = json.loads(attrs["config"])
-    except (KeyError, TypeError, ValueError):
-        raise InputError(path, "is not a dlf-study trace; pass --fresh to replace it") from None
-    differs = first_difference(earlier, config.model_dump(mode="json"), skip={"output"})
-    if differs is not None:
-        raise InputError(
-            path,
-            f"holds a run with other settings ({differs}); pass --fresh to replace it, "
-            "or give this run another name or --out",
-        )
-    return str(attrs.get("status"))
-
-
-def first_difference(old: Any, new: Any, skip: set[str], prefix: str = "") -> str | None:
-    """The first dotted key where two config trees differ, as ``key: old → new``."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted((set(old) | set(new)) - skip):
-            found = first_difference(old.get(key), new.get(key), set(), f"{prefix}{key}.")
-            if found is not None:
-                return found
-        return None
-    return None if old == new else f"{prefix.rstrip('.')}: {old!r} there, {new!r} now"
-
-
 def execute(
     config: RunConfig,
     *,
@@ -285,10 +245,10 @@ def execute(
         progress = config.output.wants_progress()
     schedule = plugins.registries.schedules.get(config.schedule.name, "schedule.name")
     pm = plugins.manager
-    fingerprint = run_fingerprint(config, members)
+    fingerprint = resume.fingerprint(config, members)
     with TraceLock(path), terminate_as_interrupt():
         recorder = Recorder(run, path, config.output.checkpoint_seconds)
-        checkpoint = continued(recorder, fingerprint, fresh)
+        checkpoint = resume.continued(recorder, fingerprint, fresh)
         contributions = Contributions(pm, run, recorder)
         for name, analyzer in run.analyzers.items():
             pm.register(analyzer, name=f"analyzer:{name}")
@@ -319,60 +279,13 @@ def execute(
     return RunResult(path, recorder.status, theta, 0 if checkpoint is None else checkpoint.step)
 
 
-def run_fingerprint(config: RunConfig, members: Sequence[Member]) -> str:
-    """What a checkpoint must match to be continued: the settings (not ``output``) and the
-    members, in order."""
-    return json.dumps(
-        {
-            "config": config.model_dump(mode="json", exclude={"output"}),
-            "members": [m.model_dump() for m in members],
-        },
-        sort_keys=True,
-    )
-
-
 def resume_point(config: RunConfig, members: Sequence[Member], trace: Path) -> int:
     """The step a run of ``config`` with ``members`` would continue from at ``trace`` (0: it
     would start afresh), for callers that replay what happened before (a study's monitor)."""
     if config.analyzers:
         return 0
-    found = _continuable(trace, run_fingerprint(config, members), torch.device("cpu"))
+    found = resume.continuable(trace, resume.fingerprint(config, members), torch.device("cpu"))
     return 0 if found is None else found[0].step
-
-
-def continued(recorder: Recorder, fingerprint: str, fresh: bool) -> resume.Checkpoint | None:
-    """The checkpoint this run continues from, its records taken over from the earlier trace;
-    None for a run that starts at step 0 (``fresh``, with analyzers, or nothing to continue
-    from), and then any checkpoint left is removed."""
-    path, run = recorder.path, recorder.run
-    found = None if fresh or run.analyzers else _continuable(path, fingerprint, run.device)
-    if found is not None:
-        checkpoint, earlier = found
-        try:
-            if recorder.restore(earlier, checkpoint.step):
-                recorder.resumed_from = checkpoint.step
-                return checkpoint
-        except (KeyError, ValueError):  # the trace is not of this run after all
-            pass
-    resume.discard(path)
-    return None
-
-
-def _continuable(
-    trace: Path, fingerprint: str, device: torch.device
-) -> tuple[resume.Checkpoint, xr.Dataset] | None:
-    """The run's checkpoint and the trace holding its records, where both are there and the
-    trace reaches the checkpoint's step; None otherwise."""
-    checkpoint = resume.load(trace, fingerprint, device)
-    if checkpoint is None:
-        return None
-    try:
-        earlier = open_trace(trace)
-    except InputError:  # damaged: nothing to take the records from
-        return None
-    if int(earlier.attrs.get("steps_completed", -1)) < checkpoint.step:
-        return None
-    return checkpoint, earlier
 
 
 class Contributions:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from dlf.errors import ConfigError, DlfError, DlfWarning, InputError
+from dlf.errors import ConfigError, DlfError, DlfWarning, InputError, first_line
 from dlf.hooks.guard import user_interrupts
 
 
@@ -109,7 +109,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     try:
         print(study_summary(ds, path) if is_study(ds) else summarise(ds, path))
     except MALFORMED as exc:  # a variable or attribute missing or spoiled: the file's fault
-        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        why = first_line(exc)
         raise InputError(path, f"not a complete dlf-study file ({why})") from None
     return 0
 

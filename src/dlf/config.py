@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from dlf.errors import ConfigError
+from dlf.errors import ConfigError, first_line
 
 
 class Section(BaseModel):
@@ -490,8 +490,7 @@ def parse_yaml(text: str, where: str) -> Any:
             raise ConfigError(duplicate[0], f"given twice (line {duplicate[1]}); keep one")
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(where, f"not valid YAML: {first}") from None
+        raise ConfigError(where, f"not valid YAML: {first_line(exc, typed=False)}") from None
     except RecursionError:
         raise ConfigError(where, "nested too deeply") from None
 

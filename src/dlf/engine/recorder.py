@@ -23,6 +23,7 @@ import xarray as xr
 
 from dlf import threads
 from dlf.engine.trace import remove_stale_temp_files, write_netcdf
+from dlf.errors import first_line
 from dlf.hooks.state import RunContext
 
 CHUNK = 512  # records buffered on the device before one copy to the host
@@ -98,7 +99,7 @@ def add_contribution(ds: xr.Dataset, name: str, value: Any) -> None:
     try:
         ds[name] = value
     except Exception as exc:  # xarray refuses it in many ways; any is the plugin's
-        raise ContributionError(name, str(exc).splitlines()[0]) from None
+        raise ContributionError(name, first_line(exc, typed=False)) from None
     for added in set(ds.variables) - core:  # the variable and any coordinate with it
         check_storable(name, str(added), ds.variables[added])
 

@@ -21,7 +21,7 @@ from dlf.engine.lock import TraceLock
 from dlf.engine.recorder import ContributionError, Recorder
 from dlf.engine.trace import TRACE_NAME, open_trace
 from dlf.engine.trainer import Trainer
-from dlf.errors import ConfigError, PluginError
+from dlf.errors import ConfigError, PluginError, first_line
 from dlf.hooks.analyzer import Analyzer
 from dlf.hooks.guard import plugin_failure
 from dlf.hooks.manager import Plugins, load_plugins
@@ -61,7 +61,7 @@ def import_factory(name: str) -> ModelEntry:
     except BaseException as exc:  # any import failure of the user's module is a config problem
         if not plugin_failure(exc):
             raise
-        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        why = first_line(exc)
         raise ConfigError("model.name", f"cannot import {module_name!r} ({why})") from None
     factory = getattr(module, attribute, None)
     if not callable(factory):
@@ -95,8 +95,8 @@ def build_model(config: ModelConfig, models: Registry[ModelEntry], data: Dataset
     except BaseException as exc:  # the factory is the config's code: its failure is the config's
         if not plugin_failure(exc):
             raise
-        why = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-        raise ConfigError("model.name", f"{name}: {why.splitlines()[0] if why else ''}") from None
+        why = first_line(exc, typed=not isinstance(exc, ValueError))
+        raise ConfigError("model.name", f"{name}: {why}") from None
     if not isinstance(built, torch.nn.Module):
         if ":" in name or not hasattr(built, "init"):
             raise ConfigError(

@@ -23,7 +23,7 @@ from typing import Any
 import xarray as xr
 
 from dlf.engine.interrupts import interrupts_deferred
-from dlf.errors import InputError, OutputError, is_disk_full
+from dlf.errors import InputError, OutputError, first_line, is_disk_full
 
 ENGINE = "netcdf4"
 TRACE_NAME = "trace.nc"  # a run's trace in its folder: <output.root>/<name>/trace.nc
@@ -133,7 +133,7 @@ def open_netcdf(path: str | Path) -> xr.Dataset:
     except FileNotFoundError:
         raise InputError(path, "no such file") from None
     except Exception as exc:  # a damaged file fails anywhere in netCDF4/HDF5/xarray, any type
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc, typed=False)
         raise InputError(path, f"not a readable NetCDF file (damaged?): {reason}") from None
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dlf.config import Seed
-from dlf.errors import ConfigError
+from dlf.errors import ConfigError, first_line
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             f"({', '.join(CIFAR_TRAIN)}, {CIFAR_TEST})",
         ) from None
     except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
-        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        why = first_line(exc)
         raise ConfigError("data.path", f"{path} is not a CIFAR-10 python batch ({why})") from None
     if len(labels) != len(data):
         raise ConfigError("data.path", f"{path}: {len(data)} images but {len(labels)} labels")

@@ -24,7 +24,11 @@ from dlf.numerics.losses import (
 )
 from dlf.numerics.objective import Objective
 
-KIND_CODES = {weighted_cross_entropy: 0, weighted_squared_error: 1, scaled_target_squared_error: 2}
+KIND_CODES: dict[Callable[..., torch.Tensor], int] = {
+    weighted_cross_entropy: 0,
+    weighted_squared_error: 1,
+    scaled_target_squared_error: 2,
+}
 
 
 @functools.cache
@@ -55,7 +59,9 @@ class KernelHVP:
     ) -> None:
         loss = objective.static if static else objective.loss
         self.kind = KIND_CODES[loss.fn]
-        self.function = kernel_function(theta.dtype)
+        function = kernel_function(theta.dtype)
+        assert function is not None, "KernelHVP where supports() is False"
+        self.function = function
         x = objective.x.to(theta.dtype)
         self.inputs = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1).contiguous()
         self.labels = objective.y.contiguous()

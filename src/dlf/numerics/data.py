@@ -7,6 +7,7 @@ the trainer moves them to the run's device and dtype. Plugins add more through `
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -79,6 +80,7 @@ def spiral_points(
     ``draw`` picks the random stream: ``"authors"`` is the notebooks' legacy
     ``RandomState(seed)`` with ``randn`` drawn arm after arm, so seeds give the papers' point
     sets; ``"default_rng"`` numpy's ``default_rng(seed)`` (other point sets, same law)."""
+    normal: Callable[[int], np.ndarray]
     if draw == "authors":
         normal = np.random.RandomState(seed).randn
     elif draw == "default_rng":

@@ -323,7 +323,7 @@ def study_dataset(
 
 def _round_sizes(config: StudyConfig) -> list[int]:
     """Seeds after each possible confirmation round: e.g. [20, 40, 60, 80]."""
-    rule, sizes = SequentialRule.of(config.search), []
+    rule, sizes = SequentialRule.of(config.search), list[int]()
     while not sizes or sizes[-1] < rule.cap:
         sizes.append(rule.next_round(sizes[-1] if sizes else 0).stop)
     return sizes

@@ -171,7 +171,7 @@ class Trainer:
             theta=theta,
             val_loss=values["val_loss"],
             val_accuracy=values["val_accuracy"],
-            train_accuracy=values["eval_train_accuracy"],
+            eval_train_accuracy=values["eval_train_accuracy"],
             run=run,
             active=active,
         )

@@ -37,6 +37,7 @@ SERIES = {
 
 
 def package_versions() -> dict[str, str]:
+    """The versions of dlf-study and the libraries a trace's numbers depend on."""
     names = ("dlf-study", "torch", "numpy", "xarray", "netCDF4", "optuna", "pluggy", "pydantic")
     versions = {}
     for name in names:

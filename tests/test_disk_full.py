@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from dlf.cli import main
-from dlf.engine import trace
+from dlf.engine import lock, trace
 from dlf.studies.search import storage
 from dlf.studies.search.liveness import RETRY_OF
 from tests.conftest import study_raw, tiny_config
@@ -55,7 +55,7 @@ def test_a_run_on_a_full_disk_says_so_and_keeps_the_previous_trace(tmp_path, mon
 
 def test_a_full_disk_when_taking_the_trace_lock_is_one_line(tmp_path, monkeypatch, capsys):
     config = write_config(tmp_path, tiny_config(tmp_path / "out"))
-    monkeypatch.setattr(trace.os, "pwrite", no_space)  # the lock file's PID finds no room
+    monkeypatch.setattr(lock.os, "pwrite", no_space)  # the lock file's PID finds no room
     assert main(["run", str(config)]) == 2
     assert "disk full" in one_error_line(capsys.readouterr().err)
 

@@ -60,10 +60,11 @@ def test_losses_match_the_papers_formulas_written_out():
         assert members.shape == (2,) and float(members[0]) == pytest.approx(float(expected))
 
 
-def test_gamma_is_what_the_trainer_uses(tmp_path):
-    raw = tiny_config(tmp_path, schedule={"amplitude": 7, "period": 12}, train={"steps": 60})
+@pytest.mark.parametrize("period", [12, 12.5])  # 12.5: static from step 47.5, so 47 is not
+def test_gamma_is_what_the_trainer_uses(tmp_path, period):
+    raw = tiny_config(tmp_path, schedule={"amplitude": 7, "period": period}, train={"steps": 60})
     trace = dlf.execute(RunConfig.model_validate(raw)).open()
-    loss = dlf.DynamicalLoss("dce", n_classes=3, amplitude=7, period=12, total_steps=60)
+    loss = dlf.DynamicalLoss("dce", n_classes=3, amplitude=7, period=period, total_steps=60)
     for step in range(60):
         recorded = trace["gamma"].sel(step=step).isel(member=0).values
         np.testing.assert_allclose(recorded, loss.gamma(step).numpy(), rtol=1e-6)

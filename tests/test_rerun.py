@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from dlf.cli import main
-from dlf.engine.trace import TraceLock, open_trace
+from dlf.engine.lock import TraceLock
+from dlf.engine.trace import open_trace
 from dlf.errors import ConfigError
 from tests.conftest import tiny_config
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from dlf.config import RunConfig
+from dlf.engine.recorder import Recorder
 from dlf.engine.resume import checkpoint_path
 from dlf.engine.run import execute
-from dlf.engine.trace import Recorder, open_trace
+from dlf.engine.trace import open_trace
 from dlf.hooks.manager import load_plugins
 from dlf.hooks.specs import hookimpl
 from tests.conftest import tiny_config

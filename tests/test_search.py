@@ -25,7 +25,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from dlf.config import Member
-from dlf.engine.run import execute, terminate_as_interrupt
+from dlf.engine.interrupts import terminate_as_interrupt
+from dlf.engine.run import execute
 from dlf.engine.trace import open_trace
 from dlf.errors import ConfigError
 from dlf.studies.search import cli_run, load_study_config, open_study, run_study

@@ -7,6 +7,8 @@ import torch
 from dlf.config import Member, members_of
 from dlf.engine.run import execute
 from dlf.engine.trace import open_trace
+from dlf.hooks.manager import load_plugins
+from dlf.hooks.specs import hookimpl
 
 
 def test_member_equals_same_seed_trained_alone(make_config, tmp_path):
@@ -136,3 +138,26 @@ def test_member_metadata_in_trace(make_config, tmp_path):
         )
     ] == expected
     assert int(ds.width) == 8
+
+
+def test_evaluate_hook_sees_the_traces_metrics_under_their_trace_names(make_config, tmp_path):
+    """``dlf_evaluate`` gets what the trace records at each evaluation; the old attribute name
+    ``train_accuracy`` still reads it, with a DeprecationWarning."""
+    seen: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    class Watch:
+        @hookimpl
+        def dlf_evaluate(self, state) -> None:
+            with pytest.warns(DeprecationWarning, match="eval_train_accuracy"):
+                old = state.train_accuracy
+            assert old is state.eval_train_accuracy
+            seen[state.step] = (state.val_accuracy.numpy(), state.eval_train_accuracy.numpy())
+
+    config = make_config(train={"steps": 60, "eval_every": 20, "seeds": 2})
+    plugins = load_plugins(config.plugins)
+    plugins.manager.register(Watch())
+    trace = open_trace(execute(config, trace_path=tmp_path / "t.nc", plugins=plugins).path)
+    assert sorted(seen) == [0, 20, 40, 60]
+    for step, (val, train) in seen.items():
+        np.testing.assert_array_equal(trace.val_accuracy.sel(eval_step=step).values, val)
+        np.testing.assert_array_equal(trace.eval_train_accuracy.sel(eval_step=step).values, train)

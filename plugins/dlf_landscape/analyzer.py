@@ -40,7 +40,9 @@ BIFURCATION = "bifurcation"  # the analyzer whose announced onsets trigger slice
 class LandscapeOptions(plugin.AnalyzerOptions):
     """When to slice, which members, along which directions, and how fine."""
 
-    every: int | None = Field(None, ge=0, description="also slice every n steps; 0 or null: off")
+    every: int | None = Field(  # type: ignore[assignment]  # optional here (null: off)
+        None, ge=0, description="also slice every n steps; 0 or null: off"
+    )
     every_start: int = Field(0, ge=0, description="every: first step of the cadence")
     every_stop: int | None = Field(
         None, ge=1, description="every: the cadence stops before this step; null: at the end"

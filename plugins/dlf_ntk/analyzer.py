@@ -61,7 +61,7 @@ class NTKAnalyzer(plugin.Analyzer):
 
     @plugin.hookimpl
     def dlf_step_end(self, state: plugin.StepState) -> None:
-        result = state.curvature.ntk(self.k, self.x, self.method)  # type: ignore[arg-type]
+        result = state.curvature.ntk(self.k, self.x, self.method)
         self.steps.append(state.step)
         self.values.append(result.values.masked_fill(~state.active[:, None], float("nan")))
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from dlf.errors import ConfigError, DlfError, DlfWarning, InputError
+from dlf.errors import ConfigError, DlfError, DlfWarning, InputError, first_line
 from dlf.hooks.guard import user_interrupts
 
 
@@ -41,7 +41,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if is_sweep(raw):
         args.kept = "finished points are kept; the same command resumes the sweep"
         return cli_sweep(raw, args.out, fresh=args.fresh)
-    from dlf.engine.run import FINISHED, default_trace_path, earlier_status, execute
+    from dlf.engine.resume import FINISHED, earlier_status
+    from dlf.engine.run import default_trace_path, execute
 
     if args.out is not None:
         raw.setdefault("output", {})["root"] = str(args.out)
@@ -108,7 +109,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     try:
         print(study_summary(ds, path) if is_study(ds) else summarise(ds, path))
     except MALFORMED as exc:  # a variable or attribute missing or spoiled: the file's fault
-        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        why = first_line(exc)
         raise InputError(path, f"not a complete dlf-study file ({why})") from None
     return 0
 
@@ -137,12 +138,28 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
+    """The ``dlf-study`` command line: run, plugins, plot, show."""
     top = OneLineParser(
         prog="dlf-study", description="Train and analyse ensembles on dynamical loss functions."
     )
     top.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = top.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the training or study a YAML config describes")
+    _run_arguments(run)
+    run.set_defaults(func=_cmd_run)
+    plugins = sub.add_parser("plugins", help="list installed plugins and what they register")
+    plugins.set_defaults(func=_cmd_plugins)
+    plot = sub.add_parser("plot", help="draw the papers' figures from traces or a study")
+    _plot_arguments(plot)
+    plot.set_defaults(func=_cmd_plot)
+    show = sub.add_parser("show", help="print a readable summary of a trace or a study")
+    show.add_argument("trace", type=Path, help="a trace, a study's study.nc or its folder")
+    show.set_defaults(func=_cmd_show)
+    return top
+
+
+def _run_arguments(run: argparse.ArgumentParser) -> None:
+    """``run``'s options: the config, overrides, where to write, workers, fresh, threads."""
     run.add_argument("config", type=Path, help="YAML config file")
     run.add_argument(
         "--set",
@@ -167,10 +184,10 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="compute threads (default: $DLF_THREADS, else the idle share of the usable CPUs)",
     )
-    run.set_defaults(func=_cmd_run)
-    plugins = sub.add_parser("plugins", help="list installed plugins and what they register")
-    plugins.set_defaults(func=_cmd_plugins)
-    plot = sub.add_parser("plot", help="draw the papers' figures from traces or a study")
+
+
+def _plot_arguments(plot: argparse.ArgumentParser) -> None:
+    """``plot``'s options: the traces or folders, which figure, where, format, member, zoom."""
     plot.add_argument(
         "paths",
         nargs="+",
@@ -194,11 +211,6 @@ def parser() -> argparse.ArgumentParser:
         metavar="START:STOP|auto",
         help="dynamics: add a column zoomed on these steps, or on the first instability",
     )
-    plot.set_defaults(func=_cmd_plot)
-    show = sub.add_parser("show", help="print a readable summary of a trace or a study")
-    show.add_argument("trace", type=Path, help="a trace, a study's study.nc or its folder")
-    show.set_defaults(func=_cmd_show)
-    return top
 
 
 _format_warning = warnings.formatwarning

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from dlf.config import ScheduleConfig
 from dlf.errors import ConfigError
 from dlf.hooks.manager import load_plugins
 from dlf.numerics.losses import (
@@ -45,7 +46,7 @@ class DynamicalLoss(torch.nn.Module):
         amplitude: float = 10.0,
         period: float = 100.0,
         schedule: str = "triangle",
-        static_from: int | None = None,
+        static_from: float | None = None,
         total_steps: int | None = None,
     ) -> None:
         super().__init__()
@@ -61,8 +62,8 @@ class DynamicalLoss(torch.nn.Module):
         self.schedule = load_plugins().registries.schedules.get(schedule, "schedule")
         self.n_classes = n_classes
         self.amplitude, self.period = float(amplitude), float(period)
-        if static_from is None and total_steps is not None:
-            static_from = max(int(total_steps - period), 0)
+        if static_from is None and total_steps is not None:  # the trainer's rule, to the step
+            static_from = ScheduleConfig().first_static_step(self.period, total_steps)
         self.static_from = static_from
 
     def gamma(self, step: int) -> torch.Tensor:

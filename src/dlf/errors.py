@@ -32,6 +32,16 @@ class PluginError(DlfError):
         super().__init__(f"plugin {plugin!r} failed{where}: {type(cause).__name__}: {cause}")
 
 
+def first_line(exc: BaseException, *, typed: bool = True) -> str:
+    """``exc`` on one line, for a message that quotes it: ``Type: first line of its text``, or
+    (``typed=False``) the first line of its text alone; the type's name where it has no text."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else ""
+    if not line:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {line}" if typed else line
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` says the disk (or the user's quota) is full."""
     return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)

@@ -33,6 +33,9 @@ loss of every ensemble member:
 Every quantity at step t depends only on the losses of steps t − :func:`history_length` … t, so
 :class:`BifurcationDetector`, fed block by block during training with bounded memory, and
 :func:`find_bifurcations`, run on a finished trace, find exactly the same events.
+
+Over 400 lines on purpose: the definition above, the online detector and the offline one are
+kept in one module so that one reading checks they agree.
 """
 
 from __future__ import annotations
@@ -395,29 +398,63 @@ def events_dataset(
     """
     n_members = len(period)
     member = np.array([ev.member for ev in events], dtype=np.int64)
-    start = np.array([ev.start for ev in events], dtype=np.int64)
     lambdas = np.array([ev.lambdas for ev in events]).reshape(len(events), 3)
     eta = np.array([ev.eta for ev in events], dtype=np.float64)
     t = np.asarray(period, dtype=np.float64)[member]
-    ratio = lambdas[:, 0] * eta / factor
-    dim = f"{prefix}_event"
+    data = _event_variables(events, lambdas, eta, t, n_classes, settings, f"{prefix}_event")
+    summaries = {
+        "mean_lambda_onset": (
+            _member_nanmean(member, lambdas[:, 0], n_members),
+            "mean λmax at the onsets",
+        ),
+        "ratio": (
+            _member_nanmean(member, lambdas[:, 0] * eta / factor, n_members),
+            f"mean λ_onset·η/{factor:g} (1: the {threshold_label(factor)} threshold)",
+        ),
+        "count": (np.bincount(member, minlength=n_members), "number of events"),
+    }
+    for key, (values, long_name) in summaries.items():
+        data[key] = xr.DataArray(
+            values, dims=("member",), attrs={"long_name": long_name, "units": "1"}
+        )
+    used = settings.model_dump_json(include=set(BifurcationSettings.model_fields))
+    for value in data.values():
+        value.attrs["detector_settings"] = used
+    return xr.Dataset({f"{prefix}_{key}": value for key, value in data.items()})
+
+
+def _event_variables(
+    events: list[Event],
+    lambdas: np.ndarray,
+    eta: np.ndarray,
+    period: np.ndarray,
+    n_classes: int,
+    settings: BifurcationSettings,
+    dim: str,
+) -> dict[str, xr.DataArray]:
+    """One value per event along ``dim``: member, onset and end, Γ cycle and class at the
+    onset, highest period, λ1..3 and η at the onset, the 2021 criterion's jump step."""
 
     def per_event(values: np.ndarray, long_name: str, units: str = "1") -> xr.DataArray:
         return xr.DataArray(values, dims=(dim,), attrs={"long_name": long_name, "units": units})
 
-    def per_member(values: np.ndarray, long_name: str) -> xr.DataArray:
-        return xr.DataArray(values, dims=("member",), attrs={"long_name": long_name, "units": "1"})
+    def steps(attribute: str) -> np.ndarray:
+        return np.array([getattr(ev, attribute) for ev in events], dtype=np.int64)
 
-    data = {
-        "member": per_event(member, "ensemble member"),
+    start = steps("start")
+    jump = f"first sample where λmax moved by > {settings.lambda_jump} (2021 criterion; -1: none)"
+    return {
+        "member": per_event(steps("member"), "ensemble member"),
         "start": per_event(start, "first bouncing step (onset)", "step"),
-        "end": per_event(
-            np.array([ev.end for ev in events], dtype=np.int64), "last bouncing step", "step"
+        "end": per_event(steps("end"), "last bouncing step", "step"),
+        "cycle": per_event(
+            (start // (n_classes * period)).astype(np.int64), "Γ cycle of the onset"
         ),
-        "cycle": per_event((start // (n_classes * t)).astype(np.int64), "Γ cycle of the onset"),
-        "class": per_event((start // t).astype(np.int64) % n_classes, "class emphasised at onset"),
+        "class": per_event(
+            (start // period).astype(np.int64) % n_classes, "class emphasised at onset"
+        ),
         "max_period": per_event(
-            np.array([ev.max_period for ev in events], dtype=np.int64),
+            steps("max_period"),
             f"highest period held ({settings.max_period}: that or more, or chaos)",
             "step",
         ),
@@ -425,24 +462,8 @@ def events_dataset(
         "lambda2": per_event(lambdas[:, 1], "second Hessian eigenvalue at the onset"),
         "lambda3": per_event(lambdas[:, 2], "third Hessian eigenvalue at the onset"),
         "eta": per_event(eta, "learning rate η_t at the onset"),
-        "jump_step": per_event(
-            np.array([ev.jump_step for ev in events], dtype=np.int64),
-            f"first sample where λmax moved by > {settings.lambda_jump} (2021 criterion; -1: none)",
-            "step",
-        ),
-        "mean_lambda_onset": per_member(
-            _member_nanmean(member, lambdas[:, 0], n_members), "mean λmax at the onsets"
-        ),
-        "ratio": per_member(
-            _member_nanmean(member, ratio, n_members),
-            f"mean λ_onset·η/{factor:g} (1: the {threshold_label(factor)} threshold)",
-        ),
-        "count": per_member(np.bincount(member, minlength=n_members), "number of events"),
+        "jump_step": per_event(steps("jump_step"), jump, "step"),
     }
-    used = settings.model_dump_json(include=set(BifurcationSettings.model_fields))
-    for value in data.values():
-        value.attrs["detector_settings"] = used
-    return xr.Dataset({f"{prefix}_{key}": value for key, value in data.items()})
 
 
 def _member_nanmean(member: np.ndarray, values: np.ndarray, n_members: int) -> np.ndarray:

@@ -112,8 +112,9 @@ class FusedHVP:
         for i, (w, _) in enumerate(self.layers):
             dw, db = tangents[i]
             rz = torch.matmul(self.inputs[i], dw) + db.unsqueeze(-2)
-            if r_inputs[i] is not None:
-                rz = rz + torch.matmul(r_inputs[i], w)
+            r_input = r_inputs[i]
+            if r_input is not None:
+                rz = rz + torch.matmul(r_input, w)
             r_pre.append(rz)
             if i < last:
                 r_inputs.append(self.slopes[i] * rz)

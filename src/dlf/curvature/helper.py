@@ -280,7 +280,7 @@ class Curvature:
                 self._previous_ntk_vectors[key] = solved.vectors
                 cached = NTKResult(solved.values, chosen)
             else:
-                cached = ntk.ntk_eigenvalues(model, self.theta, inputs, k, chosen)  # type: ignore[arg-type]
+                cached = ntk.ntk_eigenvalues(model, self.theta, inputs, k, chosen)
             self.cache[key] = cached
         return NTKResult(cached.values[:, :k], cached.method)
 

@@ -10,7 +10,6 @@ for plugin models and losses.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 from collections.abc import Callable
 
@@ -25,20 +24,17 @@ from dlf.numerics.losses import (
 )
 from dlf.numerics.objective import Objective
 
-KIND_CODES = {weighted_cross_entropy: 0, weighted_squared_error: 1, scaled_target_squared_error: 2}
-# The backward pass updates (inputs + 1) accumulators per sample and block of hidden units: as for
-# the training kernel, beyond a few inputs batched matrix products (the fused pass) are faster.
-MAX_INPUTS = 8
+KIND_CODES: dict[Callable[..., torch.Tensor], int] = {
+    weighted_cross_entropy: 0,
+    weighted_squared_error: 1,
+    scaled_target_squared_error: 2,
+}
 
 
 @functools.cache
 def kernel_function(dtype: torch.dtype) -> Callable[..., int] | None:
     """The kernel's entry point for ``dtype`` with its ctypes signature (None if not built)."""
-    function = kernels.load("mlp_hvp", dtype)
-    if function is not None:
-        function.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p] * 6 + [ctypes.c_int]
-        function.restype = ctypes.c_int
-    return function
+    return kernels.entry("mlp_hvp", dtype, ints=6, pointers=6)
 
 
 def supports(objective: Objective, dtype: torch.dtype) -> bool:
@@ -48,7 +44,7 @@ def supports(objective: Objective, dtype: torch.dtype) -> bool:
         fused_hvp.supports(objective)
         and len(model.hidden) == 1
         and model.activation == "relu"
-        and model.n_in <= MAX_INPUTS
+        and model.n_in <= kernels.MAX_INPUTS
         and objective.x.device.type == "cpu"
         and dtype in kernels.TYPES
         and kernel_function(dtype) is not None
@@ -63,7 +59,9 @@ class KernelHVP:
     ) -> None:
         loss = objective.static if static else objective.loss
         self.kind = KIND_CODES[loss.fn]
-        self.function = kernel_function(theta.dtype)
+        function = kernel_function(theta.dtype)
+        assert function is not None, "KernelHVP where supports() is False"
+        self.function = function
         x = objective.x.to(theta.dtype)
         self.inputs = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1).contiguous()
         self.labels = objective.y.contiguous()

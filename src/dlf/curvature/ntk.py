@@ -51,7 +51,7 @@ def jacobian(model: MLP, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.func.vmap(per_sample, in_dims=(0, None))(theta, x)
 
 
-def choose_method(n_samples: int, n_classes: int, n_params: int, method: Method = "auto") -> str:
+def choose_method(n_samples: int, n_classes: int, n_params: int, method: Method = "auto") -> Method:
     """``sample`` (P × P Gram), ``parameter`` (C·n × C·n Gram) or ``lanczos`` (no Gram):
     ``auto`` takes the smaller Gram for small models and Lanczos beyond."""
     if method != "auto":
@@ -61,7 +61,7 @@ def choose_method(n_samples: int, n_classes: int, n_params: int, method: Method 
     return smaller_gram(n_samples, n_classes, n_params)
 
 
-def smaller_gram(n_samples: int, n_classes: int, n_params: int) -> str:
+def smaller_gram(n_samples: int, n_classes: int, n_params: int) -> Literal["sample", "parameter"]:
     """``sample`` where P ≤ C·n, else ``parameter``."""
     return "sample" if n_samples <= n_classes * n_params else "parameter"
 
@@ -108,7 +108,7 @@ def kernel_matvec(model: MLP, theta: torch.Tensor, x: torch.Tensor) -> Matvec:
     def logits(rows: torch.Tensor) -> torch.Tensor:
         return model.forward(rows, x)
 
-    _, pullback = torch.func.vjp(logits, theta)
+    pullback = torch.func.vjp(logits, theta)[1]
     eye = torch.eye(model.n_out, dtype=theta.dtype, device=theta.device)
 
     def forward(tangent: torch.Tensor) -> torch.Tensor:

@@ -54,9 +54,8 @@ class LambdaMaxTracker:
 
     def _track(self, curvature: Curvature, rows: torch.Tensor | None) -> LanczosResult:
         assert self.start is not None
-        every = rows is None
-        v = self.start if every else self.start[rows]
-        w = curvature.hvp(v, self.loss) if every else curvature.matvec(rows, self.loss)(v)
+        v = self.start if rows is None else self.start[rows]
+        w = curvature.hvp(v, self.loss) if rows is None else curvature.matvec(rows, self.loss)(v)
         theta = (v * w).sum(dim=-1)
         residual = (w - theta[:, None] * v).norm(dim=-1)
         matvecs = torch.ones(v.shape[0], dtype=torch.long, device=v.device)
@@ -64,7 +63,7 @@ class LambdaMaxTracker:
         start = w / w.norm(dim=-1, keepdim=True)
         rest = (~(residual <= self.tol * theta.abs())).nonzero()[:, 0]  # NaN: not converged
         if len(rest):
-            members = rest if every else rows[rest]
+            members = rest if rows is None else rows[rest]
             more = lanczos.top_eigenpairs(
                 curvature.matvec(members, self.loss),
                 v[rest],
@@ -78,7 +77,7 @@ class LambdaMaxTracker:
             values[rest], vectors[rest], residuals[rest] = more.values, more.vectors, more.residuals
             matvecs[rest] = more.matvecs
             start[rest] = more.vectors[:, 0]
-        if every:
+        if rows is None:
             self.start = start
             return LanczosResult(values, vectors, residuals, matvecs)
         self.start = self.start.clone()  # it may be a view of a shared full solve's vectors

@@ -5,11 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import json
-import signal
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,18 +16,14 @@ import xarray as xr
 from dlf.config import Member, ModelConfig, RunConfig, members_of, validate
 from dlf.engine import resume
 from dlf.engine.budget import check_analyzers, check_budget, n_members, planned_data_sizes
-from dlf.engine.trace import (
-    TRACE_NAME,
-    ContributionError,
-    Recorder,
-    TraceLock,
-    interrupts_deferred,
-    open_trace,
-)
+from dlf.engine.interrupts import interrupts_deferred, terminate_as_interrupt
+from dlf.engine.lock import TraceLock
+from dlf.engine.recorder import ContributionError, Recorder
+from dlf.engine.trace import TRACE_NAME, open_trace
 from dlf.engine.trainer import Trainer
-from dlf.errors import ConfigError, InputError, PluginError
+from dlf.errors import ConfigError, PluginError, first_line
 from dlf.hooks.analyzer import Analyzer
-from dlf.hooks.guard import UserInterrupt, plugin_failure
+from dlf.hooks.guard import plugin_failure
 from dlf.hooks.manager import Plugins, load_plugins
 from dlf.hooks.registries import ModelEntry, Registry
 from dlf.hooks.state import RunContext
@@ -69,7 +61,7 @@ def import_factory(name: str) -> ModelEntry:
     except BaseException as exc:  # any import failure of the user's module is a config problem
         if not plugin_failure(exc):
             raise
-        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        why = first_line(exc)
         raise ConfigError("model.name", f"cannot import {module_name!r} ({why})") from None
     factory = getattr(module, attribute, None)
     if not callable(factory):
@@ -103,8 +95,8 @@ def build_model(config: ModelConfig, models: Registry[ModelEntry], data: Dataset
     except BaseException as exc:  # the factory is the config's code: its failure is the config's
         if not plugin_failure(exc):
             raise
-        why = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-        raise ConfigError("model.name", f"{name}: {why.splitlines()[0] if why else ''}") from None
+        why = first_line(exc, typed=not isinstance(exc, ValueError))
+        raise ConfigError("model.name", f"{name}: {why}") from None
     if not isinstance(built, torch.nn.Module):
         if ":" in name or not hasattr(built, "init"):
             raise ConfigError(
@@ -229,64 +221,6 @@ def default_trace_path(config: RunConfig) -> Path:
     return config.output.root / config.name / TRACE_NAME
 
 
-FINISHED = ("complete", "diverged", "stopped")  # statuses of a run that need not run again
-
-
-def earlier_status(path: Path, config: RunConfig) -> str | None:
-    """The status of an earlier run of ``config``'s settings whose trace is at ``path``; None
-    where there is none (or only a damaged file). A trace of other settings is an InputError
-    naming the first that differs: runs never overwrite each other silently (``--fresh`` does,
-    on purpose). ``output`` (where and how often to write) is not a setting of the run."""
-    if not path.exists():
-        return None
-    try:
-        attrs = open_trace(path).attrs
-    except InputError:  # damaged (killed mid-write by an older version): run it again
-        return None
-    try:
-        earlier = json.loads(attrs["config"])
-    except (KeyError, TypeError, ValueError):
-        raise InputError(path, "is not a dlf-study trace; pass --fresh to replace it") from None
-    differs = first_difference(earlier, config.model_dump(mode="json"), skip={"output"})
-    if differs is not None:
-        raise InputError(
-            path,
-            f"holds a run with other settings ({differs}); pass --fresh to replace it, "
-            "or give this run another name or --out",
-        )
-    return str(attrs.get("status"))
-
-
-def first_difference(old: Any, new: Any, skip: set[str], prefix: str = "") -> str | None:
-    """The first dotted key where two config trees differ, as ``key: old → new``."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted((set(old) | set(new)) - skip):
-            found = first_difference(old.get(key), new.get(key), set(), f"{prefix}{key}.")
-            if found is not None:
-                return found
-        return None
-    return None if old == new else f"{prefix.rstrip('.')}: {old!r} there, {new!r} now"
-
-
-@contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a batch system's stop, ``kill``) is handled like Ctrl-C: a run writes its
-    trace of the finished steps, a study releases its trials for a retry and writes its results.
-    Only the main thread can handle signals; elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise UserInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def execute(
     config: RunConfig,
     *,
@@ -311,10 +245,10 @@ def execute(
         progress = config.output.wants_progress()
     schedule = plugins.registries.schedules.get(config.schedule.name, "schedule.name")
     pm = plugins.manager
-    fingerprint = run_fingerprint(config, members)
+    fingerprint = resume.fingerprint(config, members)
     with TraceLock(path), terminate_as_interrupt():
         recorder = Recorder(run, path, config.output.checkpoint_seconds)
-        checkpoint = continued(recorder, fingerprint, fresh)
+        checkpoint = resume.continued(recorder, fingerprint, fresh)
         contributions = Contributions(pm, run, recorder)
         for name, analyzer in run.analyzers.items():
             pm.register(analyzer, name=f"analyzer:{name}")
@@ -345,60 +279,13 @@ def execute(
     return RunResult(path, recorder.status, theta, 0 if checkpoint is None else checkpoint.step)
 
 
-def run_fingerprint(config: RunConfig, members: Sequence[Member]) -> str:
-    """What a checkpoint must match to be continued: the settings (not ``output``) and the
-    members, in order."""
-    return json.dumps(
-        {
-            "config": config.model_dump(mode="json", exclude={"output"}),
-            "members": [m.model_dump() for m in members],
-        },
-        sort_keys=True,
-    )
-
-
 def resume_point(config: RunConfig, members: Sequence[Member], trace: Path) -> int:
     """The step a run of ``config`` with ``members`` would continue from at ``trace`` (0: it
     would start afresh), for callers that replay what happened before (a study's monitor)."""
     if config.analyzers:
         return 0
-    found = _continuable(trace, run_fingerprint(config, members), torch.device("cpu"))
+    found = resume.continuable(trace, resume.fingerprint(config, members), torch.device("cpu"))
     return 0 if found is None else found[0].step
-
-
-def continued(recorder: Recorder, fingerprint: str, fresh: bool) -> resume.Checkpoint | None:
-    """The checkpoint this run continues from, its records taken over from the earlier trace;
-    None for a run that starts at step 0 (``fresh``, with analyzers, or nothing to continue
-    from), and then any checkpoint left is removed."""
-    path, run = recorder.path, recorder.run
-    found = None if fresh or run.analyzers else _continuable(path, fingerprint, run.device)
-    if found is not None:
-        checkpoint, earlier = found
-        try:
-            if recorder.restore(earlier, checkpoint.step):
-                recorder.resumed_from = checkpoint.step
-                return checkpoint
-        except (KeyError, ValueError):  # the trace is not of this run after all
-            pass
-    resume.discard(path)
-    return None
-
-
-def _continuable(
-    trace: Path, fingerprint: str, device: torch.device
-) -> tuple[resume.Checkpoint, xr.Dataset] | None:
-    """The run's checkpoint and the trace holding its records, where both are there and the
-    trace reaches the checkpoint's step; None otherwise."""
-    checkpoint = resume.load(trace, fingerprint, device)
-    if checkpoint is None:
-        return None
-    try:
-        earlier = open_trace(trace)
-    except InputError:  # damaged: nothing to take the records from
-        return None
-    if int(earlier.attrs.get("steps_completed", -1)) < checkpoint.step:
-        return None
-    return checkpoint, earlier
 
 
 class Contributions:

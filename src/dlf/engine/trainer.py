@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from dlf.curvature.helper import Curvature
 from dlf.engine.gradients import gradient_for, why_chosen
+from dlf.engine.recorder import ContributionError, Recorder
 from dlf.engine.resume import Checkpoint
-from dlf.engine.trace import ContributionError, Recorder
 from dlf.errors import PluginError
 from dlf.hooks.analyzer import Analyzer
 from dlf.hooks.guard import plugin_failure
@@ -171,7 +171,7 @@ class Trainer:
             theta=theta,
             val_loss=values["val_loss"],
             val_accuracy=values["val_accuracy"],
-            train_accuracy=values["eval_train_accuracy"],
+            eval_train_accuracy=values["eval_train_accuracy"],
             run=run,
             active=active,
         )
@@ -215,16 +215,7 @@ class Trainer:
         run, rec, obj = self.run, self.recorder, self.run.objective
         cfg = run.config.train
         analyzers = list(run.analyzers.values())
-        opt = Optimizer(cfg.momentum, cfg.nesterov)
-        batches = (
-            Minibatches([m.seed for m in run.members], len(obj.y), cfg.batch_size, run.device)
-            if cfg.optimizer == "sgd" and cfg.batch_size
-            else None
-        )
-        if resume is not None:
-            opt.velocity = resume.velocity
-            if batches is not None and resume.batches is not None:
-                batches.restore(resume.batches)
+        opt, batches = self._optimizer(resume)
         gradient = self.gradient
         limit = cfg.diverge_above  # NaN compares False, so `loss <= limit` also catches NaN
         active = self.active
@@ -247,26 +238,8 @@ class Trainer:
                 diverged_at.masked_fill_(active > finite, t)  # active now, not finite
                 active = self.active = active & finite
                 due = [a for a in analyzers if a.due(t)]
-                recorded = rec.wants(t)
-                if due or recorded:
-                    static, acc = gradient.metrics()
-                    if recorded:
-                        rec.record(loss, static, acc, lr, gamma)
-                    if due:
-                        state = StepState(
-                            step=t,
-                            theta=theta,
-                            grad=grad,
-                            gamma=gamma,
-                            loss=loss,
-                            static_loss=static,
-                            train_accuracy=acc,
-                            lr=lr,
-                            active=active,
-                            run=run,
-                            _curvature=self.curvature,
-                        )
-                        self._call("dlf_step_end", t, only=due, state=state)
+                if due or rec.wants(t):
+                    self._report(t, due, theta, grad, gamma, loss, lr, active)
                 step = lr[:, None] * opt.direction(grad)
                 theta = torch.where(active[:, None], theta - step, theta)
                 rec.steps_completed = t + 1
@@ -280,6 +253,52 @@ class Trainer:
             if not bool(active.any()):
                 break
         return theta
+
+    def _optimizer(self, resume: Checkpoint | None) -> tuple[Optimizer, Minibatches | None]:
+        """The optimiser and, for SGD, the minibatch streams, as ``resume`` left them."""
+        run, cfg = self.run, self.run.config.train
+        opt = Optimizer(cfg.momentum, cfg.nesterov)
+        batches = None
+        if cfg.optimizer == "sgd" and cfg.batch_size:
+            seeds = [m.seed for m in run.members]
+            batches = Minibatches(seeds, len(run.objective.y), cfg.batch_size, run.device)
+        if resume is not None:
+            opt.velocity = resume.velocity
+            if batches is not None and resume.batches is not None:
+                batches.restore(resume.batches)
+        return opt, batches
+
+    def _report(
+        self,
+        t: int,
+        due: list[Analyzer],
+        theta: torch.Tensor,
+        grad: torch.Tensor,
+        gamma: torch.Tensor,
+        loss: torch.Tensor,
+        lr: torch.Tensor,
+        active: torch.Tensor,
+    ) -> None:
+        """Step ``t`` to the recorder (if it records this step) and to the ``due`` analyzers'
+        ``dlf_step_end``; the static loss and accuracy are read once for both."""
+        static, acc = self.gradient.metrics()
+        if self.recorder.wants(t):
+            self.recorder.record(loss, static, acc, lr, gamma)
+        if due:
+            state = StepState(
+                step=t,
+                theta=theta,
+                grad=grad,
+                gamma=gamma,
+                loss=loss,
+                static_loss=static,
+                train_accuracy=acc,
+                lr=lr,
+                active=active,
+                run=self.run,
+                _curvature=self.curvature,
+            )
+            self._call("dlf_step_end", t, only=due, state=state)
 
     def checkpoint(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +100,17 @@ class EvalState:
     theta: torch.Tensor
     val_loss: torch.Tensor  # (member,) static loss on the validation set
     val_accuracy: torch.Tensor  # (member,)
-    train_accuracy: torch.Tensor  # (member,)
+    eval_train_accuracy: torch.Tensor  # (member,) on the training set, as the trace names it
     run: RunContext
     active: torch.Tensor  # (member,) bool: not diverged before this step
+
+    @property
+    def train_accuracy(self) -> torch.Tensor:
+        """The old name of :attr:`eval_train_accuracy` (deprecated: it is not the step's
+        ``train_accuracy`` of :class:`StepState` and the trace)."""
+        warnings.warn(
+            "EvalState.train_accuracy is now EvalState.eval_train_accuracy, the trace's name",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.eval_train_accuracy

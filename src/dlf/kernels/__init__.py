@@ -21,6 +21,7 @@ import tempfile
 import warnings
 from importlib import resources
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
@@ -36,6 +37,19 @@ TYPES = {
     torch.float64: ("double", "int64_t", "f64"),
 }
 PROBLEMS: dict[tuple[str, torch.dtype], str] = {}  # why a kernel is unavailable
+#: Inputs up to which the one-hidden-layer kernels (mlp_step, mlp_hvp) are used: each sample
+#: updates (inputs + 1) accumulators per block of hidden units, so beyond a few inputs batched
+#: matrix products (the fused torch passes) are faster (digits, 64 inputs: 0.8× of the fused pass).
+MAX_INPUTS = 8
+
+
+class Entry(Protocol):
+    """A kernel's C entry point as ctypes loads it: callable, its C signature settable."""
+
+    argtypes: list[Any]
+    restype: Any
+
+    def __call__(self, *args: Any) -> Any: ...
 
 
 class FastPathWarning(DlfWarning):
@@ -97,7 +111,7 @@ def build(name: str, dtype: torch.dtype, output: Path, extra: tuple[str, ...] = 
 
 
 @functools.cache
-def load(name: str, dtype: torch.dtype) -> ctypes._CFuncPtr | None:
+def load(name: str, dtype: torch.dtype) -> Entry | None:
     """The entry point ``NAME_SUFFIX`` of kernel ``name`` for ``dtype``, built on first use;
     None where it cannot be built (no C compiler, no glibc libmvec, a dtype other than f32/f64),
     with the reason in ``PROBLEMS[(name, dtype)]``."""
@@ -129,3 +143,14 @@ def load(name: str, dtype: torch.dtype) -> ctypes._CFuncPtr | None:
         PROBLEMS[name, dtype] = (detail[0] if detail else "the build failed")[:200]
         log.info("C kernel %s not built (%s): torch is used instead", name, detail)
         return None
+
+
+def entry(name: str, dtype: torch.dtype, ints: int, pointers: int) -> Entry | None:
+    """Kernel ``name``'s entry point for ``dtype`` (:func:`load`) with its C signature: ``ints``
+    ints (sizes, codes), ``pointers`` tensors' data pointers, then the thread count; returns an
+    int status (0: done). None where the kernel cannot be built."""
+    function = load(name, dtype)
+    if function is not None:
+        function.argtypes = [ctypes.c_int] * ints + [ctypes.c_void_p] * pointers + [ctypes.c_int]
+        function.restype = ctypes.c_int
+    return function

@@ -7,6 +7,7 @@ the trainer moves them to the run's device and dtype. Plugins add more through `
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -15,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dlf.config import Seed
-from dlf.errors import ConfigError
+from dlf.errors import ConfigError, first_line
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ def spiral_points(
     ``draw`` picks the random stream: ``"authors"`` is the notebooks' legacy
     ``RandomState(seed)`` with ``randn`` drawn arm after arm, so seeds give the papers' point
     sets; ``"default_rng"`` numpy's ``default_rng(seed)`` (other point sets, same law)."""
+    normal: Callable[[int], np.ndarray]
     if draw == "authors":
         normal = np.random.RandomState(seed).randn
     elif draw == "default_rng":
@@ -204,7 +206,7 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             f"({', '.join(CIFAR_TRAIN)}, {CIFAR_TEST})",
         ) from None
     except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
-        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        why = first_line(exc)
         raise ConfigError("data.path", f"{path} is not a CIFAR-10 python batch ({why})") from None
     if len(labels) != len(data):
         raise ConfigError("data.path", f"{path}: {len(data)} images but {len(labels)} labels")

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from dlf.config import MAX_NAME
 from dlf.engine.trace import TRACE_NAME, open_trace
-from dlf.errors import ConfigError, DlfError, InputError
+from dlf.errors import ConfigError, DlfError, InputError, first_line
 from dlf.plots.dynamics import Zoom, dynamics
 from dlf.plots.landscape import landscape
 from dlf.plots.movie import Movie, landscape_movie
@@ -172,14 +172,7 @@ def cli_plot(
         kind = FIGURES[name]
         options = {"member": member, "zoom": window} if name == "dynamics" else {}
         options |= {"member": member} if name == "landscape-movie" else {}
-        jobs = (
-            [
-                (ds, f"{name}-{stem}" if len(traces) > 1 else name)
-                for ds, stem in zip(traces, stems, strict=True)
-            ]
-            if kind.per_trace
-            else [(datasets, name)]
-        )
+        jobs = _jobs(name, datasets, traces, stems)
         for data, stem in jobs:
             try:
                 fig = kind.draw(data, **options)
@@ -188,10 +181,32 @@ def cli_plot(
                 continue
             except MALFORMED as exc:
                 named = source.get(id(data), ", ".join(map(str, files)))
-                why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                why = first_line(exc)
                 skipped.append((stem, f"{named}: not a complete dlf-study file ({why})"))
                 continue
             written.append(save(fig, out, stem, fmt))
+    _report(written, skipped, files, traces)
+    return 0
+
+
+def _jobs(
+    name: str, datasets: list[xr.Dataset], traces: list[xr.Dataset], stems: list[str]
+) -> list[tuple[xr.Dataset | list[xr.Dataset], str]]:
+    """What figure ``name`` is drawn from, and the file stem of each drawing: every trace on
+    its own (named after it where there are several), or all files together."""
+    if not FIGURES[name].per_trace:
+        return [(datasets, name)]
+    return [
+        (ds, f"{name}-{stem}" if len(traces) > 1 else name)
+        for ds, stem in zip(traces, stems, strict=True)
+    ]
+
+
+def _report(
+    written: list[Path], skipped: list[tuple[str, str]], files: list[Path], traces: list[xr.Dataset]
+) -> None:
+    """Say what was written and skipped, and which traces have diverged members; with nothing
+    written, the skips are the error (one line)."""
     if not written:
         if len(skipped) == 1:
             raise DlfError(skipped[0][1])
@@ -206,4 +221,3 @@ def cli_plot(
             print(note, file=sys.stderr)
     for path in written:
         print(f"wrote {path}")
-    return 0

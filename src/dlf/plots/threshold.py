@@ -115,7 +115,9 @@ def threshold(datasets: Sequence[xr.Dataset]) -> Figure:
     return fig
 
 
-def distribution_bars(ax: Axes, group: pd.DataFrame, color: str, name: str) -> None:
+def distribution_bars(
+    ax: Axes, group: pd.DataFrame, color: str | tuple[float, float, float], name: str
+) -> None:
     """Per η: median λ at the visible onset, its interquartile range (thick) and the bootstrap
     interval of the median (capped); the median λ at the crossing with its range (open)."""
     etas = np.array(sorted(group["eta"].unique()))

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from dlf.config import RunConfig, validate
-from dlf.engine.run import FINISHED, earlier_status, execute, prepare
+from dlf.engine.resume import FINISHED, earlier_status
+from dlf.engine.run import execute, prepare
 from dlf.engine.trace import TRACE_NAME
 from dlf.errors import ConfigError
 

@@ -27,7 +27,7 @@ from dlf import kernels
 from dlf.engine.gradients.autograd import AutogradGradient
 from dlf.engine.gradients.base import KINDS, Gradient, accuracy
 from dlf.engine.gradients.fused import FusedGradient
-from dlf.engine.gradients.kernel import KERNEL_MAX_INPUTS, KernelGradient, kernel_function
+from dlf.engine.gradients.kernel import KernelGradient, kernel_function
 from dlf.kernels import FastPathWarning
 from dlf.numerics.objective import Objective
 
@@ -65,7 +65,7 @@ def why_chosen(objective: Objective) -> str:
         return f"the C kernel could not be built ({problem})"
     if FusedGradient.supports(objective):
         return (
-            f"the C kernel covers one hidden ReLU layer, <= {KERNEL_MAX_INPUTS} inputs, float32 or "
-            "float64, on a CPU; this run is outside that"
+            f"the C kernel covers one hidden ReLU layer, <= {kernels.MAX_INPUTS} inputs, float32 "
+            "or float64, on a CPU; this run is outside that"
         )
     return "the model or a loss is not one the hand-fused passes cover"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable
 
 import torch
@@ -13,18 +12,11 @@ from dlf.engine.gradients.fused import FusedGradient
 from dlf.numerics.objective import Objective
 
 KIND_CODES = {"ce": 0, "se": 1, "st": 2}  # the kernel's enum
-# Each sample updates (inputs + 1) gradient accumulators per block of hidden units: beyond a few
-# inputs the fused pass's matrix products are faster (digits, 64 inputs: 0.8× of the fused pass).
-KERNEL_MAX_INPUTS = 8
 
 
 def kernel_function(dtype: torch.dtype) -> Callable[..., int] | None:
     """The kernel's entry point for ``dtype``, compiled on first use (None where it cannot be)."""
-    function = kernels.load("mlp_step", dtype)
-    if function is not None:
-        function.argtypes = [ctypes.c_int] * 7 + [ctypes.c_void_p] * 7 + [ctypes.c_int]
-        function.restype = ctypes.c_int
-    return function
+    return kernels.entry("mlp_step", dtype, ints=7, pointers=7)
 
 
 class KernelGradient:
@@ -49,7 +41,7 @@ class KernelGradient:
             FusedGradient.supports(objective)
             and len(objective.model.hidden) == 1
             and objective.model.activation == "relu"
-            and objective.model.n_in <= KERNEL_MAX_INPUTS
+            and objective.model.n_in <= kernels.MAX_INPUTS
             and objective.x.device.type == "cpu"
             and objective.x.dtype in kernels.TYPES
         )

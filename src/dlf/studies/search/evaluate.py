@@ -65,7 +65,7 @@ class BatchMonitor:
 
     @hookimpl
     def dlf_evaluate(self, state: EvalState) -> None:
-        values = state.val_accuracy if self.metric == "val_accuracy" else state.train_accuracy
+        values = state.val_accuracy if self.metric == "val_accuracy" else state.eval_train_accuracy
         if self.observe(state.step, values):
             state.run.request_stop(f"dlf.studies.search: every trial decided at step {state.step}")
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
 
-from dlf.engine.run import terminate_as_interrupt
+from dlf.engine.interrupts import terminate_as_interrupt
 from dlf.errors import DlfError
 from dlf.studies.search.config import StudyConfig
 from dlf.studies.search.study import Worker

@@ -31,7 +31,7 @@ from optuna.storages.journal import (
 
 from dlf.config import redact_url as redact
 from dlf.config import url_secrets, with_encoded_password
-from dlf.engine.trace import interrupts_deferred
+from dlf.engine.interrupts import interrupts_deferred
 from dlf.errors import ConfigError, OutputError
 from dlf.studies.search.config import StudyConfig, setup_fingerprint
 

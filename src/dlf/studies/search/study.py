@@ -27,8 +27,8 @@ from optuna.trial import TrialState
 
 from dlf.config import Member
 from dlf.engine.budget import check_budget
+from dlf.engine.interrupts import interrupts_deferred
 from dlf.engine.run import build_analyzers, build_context
-from dlf.engine.trace import interrupts_deferred
 from dlf.errors import ConfigError, OutputError
 from dlf.hooks.manager import load_plugins
 from dlf.studies.search.config import StudyConfig

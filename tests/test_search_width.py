@@ -140,6 +140,18 @@ def test_myrtle5_declares_channels_as_its_width(tmp_path, images):
     assert config.at_width(config.run, 8).model.options == {"channels": 8}
 
 
+def test_a_myrtle5_trace_records_its_channels_as_its_width(tmp_path, images):
+    """The trace's scalar ``width`` is the declared size option's value, named in long_name."""
+    from dlf.engine.run import prepare
+
+    raw = planted_raw(tmp_path, images)
+    raw["model"] = {"name": "myrtle5", "dtype": "float32"}
+    del raw["search"]["width"]["option"]
+    config = study_config_from_raw(raw)
+    _, _, run = prepare(config.at_width(config.run, 6))
+    assert (run.model.width, run.model.width_label) == (6, "myrtle5 channels")
+
+
 @pytest.mark.parametrize(
     ("model", "option", "says"),
     [

@@ -296,7 +296,7 @@ class Recorder:
             "amplitude": ("member", per_member("amplitude"), {"long_name": "A"}),
             "period": ("member", per_member("period"), {"units": "step"}),
             "eta": ("member", per_member("lr"), {"long_name": "base learning rate"}),
-            "width": ((), run.model.width, {"long_name": "hidden width"}),
+            "width": ((), run.model.width, {"long_name": _width_label(run.model)}),
         }
 
     def _attributes(self) -> dict[str, Any]:
@@ -342,3 +342,9 @@ class Recorder:
         write_netcdf(self.to_dataset(contributions), self.path)
         self._last_write = time.monotonic()
         return self.path
+
+
+def _width_label(model: object) -> str:
+    """What the trace's ``width`` counts: the MLP's hidden units, or a module model's declared
+    size option (0 where the model declares none)."""
+    return str(getattr(model, "width_label", "hidden width"))

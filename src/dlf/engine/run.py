@@ -106,7 +106,16 @@ def build_model(config: ModelConfig, models: Registry[ModelEntry], data: Dataset
         return built  # a registered ensemble model over the flat θ itself, as the MLP
     try:
         way = ensemble_way(config, built)
-        return ModuleModel(name, factory, data.input_shape, data.n_classes, ensemble=way)
+        size = entry.width if entry.width in options else None
+        return ModuleModel(
+            name,
+            factory,
+            data.input_shape,
+            data.n_classes,
+            width=int(options[size]) if size else 0,
+            width_label=f"{name} {size}" if size else "hidden width",
+            ensemble=way,
+        )
     except ValueError as exc:  # ModuleModel refusing this module (buffers, shapes)
         raise ConfigError("model.name", f"{name}: {exc}") from None
 

@@ -139,7 +139,8 @@ class ModuleModel:
     factory: Callable[[], nn.Module]
     input_shape: tuple[int, ...]
     n_out: int
-    width: int = 0  # only the MLP has a "network width"; the trace records 0 for other models
+    width: int = 0  # the value of the model's declared size option (ModelEntry.width), else 0
+    width_label: str = "hidden width"  # what ``width`` counts, e.g. "myrtle5 channels"
     ensemble: EnsembleWay = "vmap"  # how the members' forward passes are batched
     _template: nn.Module = field(init=False, repr=False)
     _shapes: dict[str, torch.Size] = field(init=False, repr=False)

@@ -13,6 +13,17 @@ matplotlib.use("Agg")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+@pytest.fixture(autouse=True)
+def _plugins_discovered_afresh():
+    """Plugins are loaded once per process; tests install and remove plugins, so each test
+    starts from a fresh discovery."""
+    from dlf.hooks.manager import refresh_plugins
+
+    refresh_plugins()
+    yield
+    refresh_plugins()
+
+
 def tiny_config(tmp_path, **sections: Any) -> dict[str, Any]:
     """A raw config for a seconds-long run writing under ``tmp_path``."""
     raw: dict[str, Any] = {

@@ -31,6 +31,7 @@ from dlf.engine.trace import (
 from dlf.engine.trainer import Trainer
 from dlf.errors import ConfigError, InputError, PluginError
 from dlf.hooks.analyzer import Analyzer
+from dlf.hooks.calls import HookCalls
 from dlf.hooks.guard import UserInterrupt, plugin_failure
 from dlf.hooks.manager import Plugins, load_plugins
 from dlf.hooks.registries import ModelEntry, Registry
@@ -316,8 +317,6 @@ def execute(
         recorder = Recorder(run, path, config.output.checkpoint_seconds)
         checkpoint = continued(recorder, fingerprint, fresh)
         contributions = Contributions(pm, run, recorder)
-        for name, analyzer in run.analyzers.items():
-            pm.register(analyzer, name=f"analyzer:{name}")
         theta0 = (
             run.model.init([m.seed for m in members], config.model.init, run.dtype, run.device)
             if checkpoint is None
@@ -328,6 +327,8 @@ def execute(
         )
         trainer = Trainer(run, plugins, schedule, recorder, contributions, progress, save)
         try:
+            for name, analyzer in run.analyzers.items():  # the manager is shared: lent per run
+                pm.register(analyzer, name=f"analyzer:{name}")
             try:
                 recorder.write()  # the first checkpoint: a run killed now still leaves a trace
                 theta, ending = trainer.train(theta0, checkpoint)
@@ -341,7 +342,8 @@ def execute(
             resume.discard(path)
         finally:
             for name in run.analyzers:
-                pm.unregister(name=f"analyzer:{name}")
+                if pm.has_plugin(f"analyzer:{name}"):
+                    pm.unregister(name=f"analyzer:{name}")
     return RunResult(path, recorder.status, theta, 0 if checkpoint is None else checkpoint.step)
 
 
@@ -413,16 +415,10 @@ class Contributions:
         merged: dict[str, object] = {}
         self.owner = {}
         step = self.recorder.steps_completed
-        for impl in self.pm.hook.dlf_trace_contribute.get_hookimpls():
-            plugin = impl.plugin_name
-            try:
-                result = impl.function(run=self.run)
-            except BaseException as exc:
-                if not plugin_failure(exc):
-                    raise
-                raise PluginError(plugin, step, exc) from exc
-            if result is None:
+        for plugin, results in HookCalls(self.pm).each("dlf_trace_contribute", step, run=self.run):
+            if not results:  # it returned None
                 continue
+            result = results[0]
             if not isinstance(result, Mapping):
                 why = f"must return a dict of trace variables, not {type(result).__name__}"
                 raise PluginError(plugin, step, TypeError(why))

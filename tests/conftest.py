@@ -9,6 +9,8 @@ from typing import Any
 import matplotlib
 import pytest
 
+pytest_plugins = ["dlf.testing"]  # the plugin authors' fixtures (dlf_tester), tested here
+
 matplotlib.use("Agg")
 os.environ.setdefault("MPLBACKEND", "Agg")
 

@@ -117,8 +117,19 @@ def refresh_plugins() -> None:
     _load.cache_clear()
 
 
+def plugins_with(objects: Sequence[object], extra_modules: Sequence[str] = ()) -> Plugins:
+    """A plugin manager of its own, not shared: the installed plugins, ``extra_modules`` and
+    the plugin ``objects`` (modules, or objects with hook implementations) registered through
+    pluggy as given, without installing them (:mod:`dlf.testing` runs plugins under test so)."""
+    return _build(tuple(extra_modules), tuple(objects))
+
+
 @functools.cache
 def _load(extra_modules: tuple[str, ...]) -> Plugins:
+    return _build(extra_modules, ())
+
+
+def _build(extra_modules: tuple[str, ...], objects: tuple[object, ...]) -> Plugins:
     pm = pluggy.PluginManager("dlf")
     pm.add_hookspecs(specs)
     pm.hook.dlf_addhooks.call_historic(kwargs={"pluginmanager": pm})
@@ -136,6 +147,11 @@ def _load(extra_modules: tuple[str, ...]) -> Plugins:
         module = _import_named(name, f"plugins.{i}")
         if not pm.is_registered(module):  # already there through its entry point
             pm.register(module, name=name)
+    for obj in objects:
+        if pm.is_registered(obj):  # installed as well: the entry point's registration stands
+            continue
+        name = pm.register(obj, name=getattr(obj, "__name__", None))
+        plugins.sources[str(name)] = "registered by the caller"
     _fill_registries(plugins, extra_modules)
     return plugins
 

@@ -117,7 +117,7 @@ def config(args: argparse.Namespace, setup: Setup, root: str, way: str = "vmap")
 def with_images() -> Plugins:
     """The installed plugins, with the benchmark's synthetic images registered as a data set."""
     plugins = load_plugins()
-    plugins.registries.datasets.add(DATASET, DatasetEntry(ImagesOptions, images))
+    plugins.registries.datasets.add(DATASET, DatasetEntry(images, ImagesOptions))
     return plugins
 
 

@@ -358,3 +358,13 @@ def test_consecutive_hessian_slices_keep_the_eigenvectors_sign():
     assert torch.equal(kept, torch.tensor([[0.99, -0.1, 0.0], [0.1, 0.99, 0.0]]))
     other = LandscapeAnalyzer._keep_sign(analyzer, 1, -first)  # members are tracked apart
     assert torch.equal(other, -first)
+
+
+def test_the_cadences_former_names_configure_the_same_slicer():
+    """``every`` is every analyzer's run cadence; the slicer's own is ``slice_every`` (with
+    ``slice_start``, ``slice_stop``), and configs written with the former names still work."""
+    former = validate(LandscapeOptions, {"every": 10, "every_start": 20, "every_stop": 50})
+    current = validate(LandscapeOptions, {"slice_every": 10, "slice_start": 20, "slice_stop": 50})
+    assert former == current and current.every == 1
+    with pytest.raises(dlf.ConfigError, match="not both"):
+        validate(LandscapeOptions, {"every": 10, "slice_every": 10})

@@ -282,3 +282,14 @@ def test_one_command_loads_each_entry_point_once(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert set(loads) >= {"lanczos", "ntk", "landscape", "bifurcation"}
     assert set(loads.values()) == {1}, loads
+
+
+def test_a_dataset_entry_in_the_former_order_still_registers():
+    """DatasetEntry(build, options) is ModelEntry's order; (options, build) warns and works."""
+    from dlf.numerics.data import SpiralOptions, spiral
+    from dlf.plugin import DatasetEntry
+
+    with pytest.warns(DeprecationWarning, match="former order"):
+        former = DatasetEntry(SpiralOptions, spiral)
+    assert former == DatasetEntry(spiral, SpiralOptions)
+    assert former.build is spiral and former.options is SpiralOptions

@@ -8,11 +8,11 @@ import inspect
 import json
 import signal
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import xarray as xr
@@ -115,7 +115,8 @@ def build_model(config: ModelConfig, models: Registry[ModelEntry], data: Dataset
         return built  # a registered ensemble model over the flat θ itself, as the MLP
     try:
         way = ensemble_way(config, built)
-        return ModuleModel(name, factory, data.input_shape, data.n_classes, ensemble=way)
+        module_factory = cast(Callable[[], torch.nn.Module], factory)  # built a Module
+        return ModuleModel(name, module_factory, data.input_shape, data.n_classes, ensemble=way)
     except ValueError as exc:  # ModuleModel refusing this module (buffers, shapes)
         raise ConfigError("model.name", f"{name}: {exc}") from None
 

@@ -150,8 +150,8 @@ def _build(extra_modules: tuple[str, ...], objects: tuple[object, ...]) -> Plugi
     for obj in objects:
         if pm.is_registered(obj):  # installed as well: the entry point's registration stands
             continue
-        name = pm.register(obj, name=getattr(obj, "__name__", None))
-        plugins.sources[str(name)] = "registered by the caller"
+        registered = pm.register(obj, name=getattr(obj, "__name__", None))
+        plugins.sources[str(registered)] = "registered by the caller"
     _fill_registries(plugins, extra_modules)
     return plugins
 

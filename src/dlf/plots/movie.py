@@ -98,7 +98,7 @@ def movie_frames(ds: xr.Dataset, member: int) -> list[int]:
     if mine.size < 2:
         raise DlfError(
             f"figure 'landscape-movie' needs two or more slices of member {member} on a cadence; "
-            "run with analyzers: {lanczos: {}, landscape: {every: 20, members: "
+            "run with analyzers: {lanczos: {}, landscape: {slice_every: 20, members: "
             f"[{member}]}}"
         )
     mine = mine[np.argsort(ds["landscape_step"].values[mine], kind="stable")]

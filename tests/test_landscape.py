@@ -219,7 +219,7 @@ def test_slices_at_each_reported_bifurcation_onset(make_config, tmp_path):
         analyzers=analyzers,
     )
     trace = dlf.execute(config, trace_path=tmp_path / "o.nc").open()
-    assert trace.sizes["bifurcation_event"] == 1 and trace.sizes["slice"] == 1
+    assert trace.sizes["bifurcation_event"] == 1 and trace.sizes["landscape_slice"] == 1
     onset = int(trace.bifurcation_start[0])
     assert int(trace.landscape_onset[0]) == onset < int(trace.landscape_step[0])
     assert np.isfinite(trace.landscape_trajectory).all()

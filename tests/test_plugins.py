@@ -55,7 +55,7 @@ class GradNorm(dlf.Analyzer):
     def dlf_trace_contribute(self, run):
         return {self.var("norm"): xr.DataArray(
             torch.tensor(self.norms).T.numpy().reshape(run.n_members, len(self.steps)),
-            dims=("member", "gradnorm_step"), coords={"gradnorm_step": self.steps})}
+            dims=("member", self.var("step")), coords={self.var("step"): self.steps})}
 
 
 def square(steps, amplitude, period, n_classes):

@@ -224,7 +224,7 @@ class LanczosAnalyzer(plugin.Analyzer[LanczosOptions]):
         )
         step = self.var("step")
         coords = {step: (step, np.array(self.steps, dtype=np.int64), {"units": "step"})}
-        dims = ("member", step, "eig_index")
+        dims = ("member", step, self.var("index"))
         out = {
             self.var("eigenvalues"): xr.DataArray(
                 values,
@@ -294,7 +294,7 @@ class LanczosAnalyzer(plugin.Analyzer[LanczosOptions]):
         weights = _stack([d[1] for d in self.densities], shape)
         step = self.var("density_step")
         coords = {step: (step, np.array(self.density_steps, dtype=np.int64), {"units": "step"})}
-        dims = ("member", step, "probe", "node")
+        dims = ("member", step, self.var("probe"), self.var("node"))
         note = "density ≈ mean over probes of Σ_node weight·δ(λ − node) (stochastic Lanczos)"
         return {
             self.var("density_nodes"): xr.DataArray(

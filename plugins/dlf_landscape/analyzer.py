@@ -33,7 +33,8 @@ from dlf.plugin import DEFAULT_TOL
 from .directions import curvature_along, filter_normalized_pair, principal_plane
 from .grid import evaluate_plane, plane_coordinates, rows_per_chunk
 
-COORDS = ("a", "b")
+COORDS = ("a", "b")  # the labels of a trajectory point's two coordinates in the plane
+DIMS = ("slice", "a", "b", "k", "coord", "direction")  # trace dims, prefixed landscape_
 BIFURCATION = "bifurcation"  # the analyzer whose announced onsets trigger slices
 FORMER_NAMES = {"every": "slice_every", "every_start": "slice_start", "every_stop": "slice_stop"}
 
@@ -342,8 +343,10 @@ class LandscapeAnalyzer(plugin.Analyzer[LandscapeOptions]):
             return {}
         options = self.options
         grid = self.coords.cpu().numpy()
-        k = np.arange(1, options.future + 1)
+        future = np.arange(1, options.future + 1)
         common = {"directions": options.directions}
+        # its dims carry its name, as its variables do: landscape_slice, landscape_a, …
+        slc, a, b, k, coord, direction = map(self.var, DIMS)
 
         def stack(key: str) -> np.ndarray:
             return np.stack([getattr(s, key) for s in self.slices])
@@ -351,7 +354,7 @@ class LandscapeAnalyzer(plugin.Analyzer[LandscapeOptions]):
         def var(key: str, dims: tuple[str, ...], coords: dict, long_name: str) -> xr.DataArray:
             return xr.DataArray(
                 stack(key),
-                dims=("slice", *dims),
+                dims=(slc, *dims),
                 coords=coords,
                 attrs={"long_name": long_name, **common},
             )
@@ -359,12 +362,12 @@ class LandscapeAnalyzer(plugin.Analyzer[LandscapeOptions]):
         return {
             self.var("loss"): var(
                 "loss",
-                ("a", "b"),
-                {"a": grid, "b": grid},
+                (a, b),
+                {a: grid, b: grid},
                 "F(θ_t + a·d1 + b·d2; Γ(t)) with Γ frozen at the slice step",
             ),
             self.var("step"): xr.DataArray(
-                np.array([s.step for s in self.slices]), dims="slice", attrs={"units": "step"}
+                np.array([s.step for s in self.slices]), dims=slc, attrs={"units": "step"}
             ),
             self.var("member"): var("member", (), {}, "the member sliced"),
             self.var("onset"): var(
@@ -376,23 +379,23 @@ class LandscapeAnalyzer(plugin.Analyzer[LandscapeOptions]):
             ),
             self.var("eigenvalues"): var(
                 "curvature",
-                ("direction",),
-                {"direction": ["d1", "d2"]},
+                (direction,),
+                {direction: ["d1", "d2"]},
                 "curvature along d1, d2 (Hessian eigenvalues, or Rayleigh quotients dᵀHd/dᵀd)",
             ),
             self.var("trajectory"): var(
                 "trajectory",
-                ("k", "coord"),
-                {"k": k, "coord": list(COORDS)},
+                (k, coord),
+                {k: future, coord: list(COORDS)},
                 "(a, b) of θ_{t+k} − θ_t in the slice's plane (least squares)",
             ),
             self.var("trajectory_loss"): var(
-                "trajectory_loss", ("k",), {"k": k}, "F(θ_{t+k}; Γ(t)) on the frozen landscape"
+                "trajectory_loss", (k,), {k: future}, "F(θ_{t+k}; Γ(t)) on the frozen landscape"
             ),
             self.var("trajectory_current_loss"): var(
-                "trajectory_current_loss", ("k",), {"k": k}, "F(θ_{t+k}; Γ(t+k)) as trained"
+                "trajectory_current_loss", (k,), {k: future}, "F(θ_{t+k}; Γ(t+k)) as trained"
             ),
             self.var("trajectory_residual"): var(
-                "trajectory_residual", ("k",), {"k": k}, "distance of θ_{t+k} from the plane"
+                "trajectory_residual", (k,), {k: future}, "distance of θ_{t+k} from the plane"
             ),
         }

@@ -428,6 +428,14 @@ class Contributions:
                 if not str(name).startswith(prefix):
                     why = f"trace variable {name!r} must start with {prefix!r}"
                     raise PluginError(plugin, step, ValueError(why))
+                foreign = [d for d in names_used(value) if not d.startswith(prefix)]
+                foreign = [d for d in foreign if d not in CORE_DIMS]
+                if foreign:
+                    why = (
+                        f"trace dimension {foreign[0]!r} of {name!r} must start with {prefix!r} "
+                        f"or be one of the core's ({', '.join(CORE_DIMS)})"
+                    )
+                    raise PluginError(plugin, step, ValueError(why))
                 if name in merged:
                     why = f"trace variable {name!r} contributed twice"
                     raise PluginError(plugin, step, ValueError(why))
@@ -463,6 +471,25 @@ class Contributions:
         """A contribution that could not join the trace, as the error of its plugin."""
         owner = self.owner.get(exc.name, "unknown plugin")
         raise PluginError(owner, self.recorder.steps_completed, exc) from None
+
+
+#: The core trace's dimensions, which contributions may share; any other dimension (and any
+#: coordinate) a plugin adds carries its prefix, as its variables do, so two plugins never
+#: collide on a name like ``k``.
+CORE_DIMS = ("member", "step", "eval_step", "class_index")
+
+
+def names_used(value: object) -> list[str]:
+    """The dimensions and coordinates of a contributed value (a DataArray, a Variable or a
+    ``(dims, data[, attrs])`` tuple); nothing for a value that has none."""
+    if isinstance(value, tuple):
+        dims = value[0] if value else ()
+        coords: tuple[object, ...] = ()
+    else:
+        dims = getattr(value, "dims", ())
+        coords = tuple(getattr(value, "coords", ()))
+    dims = (dims,) if isinstance(dims, str) else tuple(dims)
+    return [str(n) for n in dict.fromkeys((*dims, *coords))]
 
 
 def plugin_prefix(plugin_name: str) -> str:

@@ -29,6 +29,7 @@ import torch
 import xarray as xr
 
 from dlf import threads
+from dlf.engine.former_names import current_names
 from dlf.errors import ConfigError, InputError, OutputError, is_disk_full
 from dlf.hooks.state import RunContext
 
@@ -597,5 +598,6 @@ def _wait(pid: int, seconds: float) -> int | None:
 
 
 def open_trace(path: str | Path) -> xr.Dataset:
-    """Open a trace written by dlf-study, loaded into memory (see :func:`open_netcdf`)."""
-    return open_netcdf(path)
+    """Open a trace written by dlf-study, loaded into memory (see :func:`open_netcdf`); an
+    older version's names are renamed to the current ones (:mod:`dlf.engine.former_names`)."""
+    return current_names(open_netcdf(path))

@@ -12,7 +12,7 @@ import yaml
 
 from dlf.engine.run import execute
 from dlf.engine.trace import open_trace
-from dlf.errors import PluginError
+from dlf.errors import ConfigError, PluginError
 from dlf.hooks.manager import PluginLoadWarning, refresh_plugins
 from tests.conftest import tiny_config
 
@@ -293,3 +293,24 @@ def test_a_dataset_entry_in_the_former_order_still_registers():
         former = DatasetEntry(SpiralOptions, spiral)
     assert former == DatasetEntry(spiral, SpiralOptions)
     assert former.build is spiral and former.options is SpiralOptions
+
+
+def test_an_analyzer_generic_in_its_options_validates_with_them(make_config, tmp_path):
+    """``Analyzer[Options]`` sets ``Options`` from the type argument: the config section is
+    validated with it (an unknown key names the field), no re-declaration needed."""
+    from dlf import plugin
+    from dlf.testing import registering, run_tiny
+
+    class Scaled(plugin.AnalyzerOptions):
+        scale: float = 2.0
+
+    class Probe(plugin.Analyzer[Scaled]):
+        pass
+
+    class Plain(plugin.Analyzer):
+        pass
+
+    assert Probe.Options is Scaled and Plain.Options is plugin.AnalyzerOptions
+    config = make_config(analyzers={"probe": {"scale": 3.0, "colour": 1}})
+    with pytest.raises(ConfigError, match=r"analyzers\.probe\.colour"):
+        run_tiny(config, registering(probe=Probe))

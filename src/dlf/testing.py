@@ -24,7 +24,7 @@ from dlf.config import RunConfig
 from dlf.engine.run import execute, prepare
 from dlf.engine.trace import open_trace
 from dlf.hooks.analyzer import Analyzer
-from dlf.hooks.manager import Plugins, load_plugins, plugins_with
+from dlf.hooks.manager import Plugins, load_plugins, plugins_with, refresh_plugins
 from dlf.hooks.registries import Registries
 from dlf.hooks.specs import hookimpl
 from dlf.hooks.state import RunContext
@@ -35,6 +35,7 @@ __all__ = [
     "dense_hessian",
     "dlf_tester",
     "load_plugins",
+    "refresh_plugins",
     "registering",
     "run_context",
     "run_tiny",

@@ -11,7 +11,8 @@ import dlf
 from dlf.curvature.helper import Curvature
 from dlf.curvature.ntk import choose_method, ntk_eigenvalues, ntk_lanczos
 from dlf.numerics.schedules import triangle
-from tests.curvature_fixtures import independent_hessian, tiny_gamma, tiny_objective
+from dlf.testing import dense_hessian
+from tests.curvature_fixtures import tiny_gamma, tiny_objective
 
 
 def dense_ntk_eigenvalues(model, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -119,7 +120,7 @@ def test_run_records_the_contracted_variables_equal_to_dense_recomputation(tmp_p
     amplitude = torch.tensor(ds.amplitude.values, dtype=torch.float64)
     period = torch.tensor(ds.period.values, dtype=torch.float64)
     gamma40 = triangle(torch.tensor([40]), amplitude, period, 3)[0]
-    hessian = independent_hessian(objective, theta40, gamma40)
+    hessian = dense_hessian(objective, theta40, gamma40)
     exact = torch.linalg.eigvalsh(hessian).flip(-1)[:, :3].numpy()
     recorded = ds.lanczos_eigenvalues.sel(lanczos_step=40).values
     np.testing.assert_allclose(recorded, exact, rtol=1e-8)

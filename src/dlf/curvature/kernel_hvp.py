@@ -23,6 +23,7 @@ from dlf.numerics.losses import (
     weighted_cross_entropy,
     weighted_squared_error,
 )
+from dlf.numerics.models import MLP
 from dlf.numerics.objective import Objective
 
 KIND_CODES = {weighted_cross_entropy: 0, weighted_squared_error: 1, scaled_target_squared_error: 2}
@@ -46,6 +47,7 @@ def supports(objective: Objective, dtype: torch.dtype) -> bool:
     model = objective.model
     return (
         fused_hvp.supports(objective)
+        and isinstance(model, MLP)
         and len(model.hidden) == 1
         and model.activation == "relu"
         and model.n_in <= MAX_INPUTS

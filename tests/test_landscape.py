@@ -20,7 +20,7 @@ from dlf_landscape.grid import evaluate_plane
 import dlf
 import dlf.engine.run
 from dlf.config import validate
-from dlf.hooks.manager import Plugins, load_plugins
+from dlf.hooks.manager import Plugins, load_plugins, plugins_with
 from dlf.numerics.data import spiral_points
 from dlf.numerics.losses import Loss, weighted_cross_entropy
 from dlf.numerics.models import MLP
@@ -197,8 +197,8 @@ class StepSpy:
 
 
 def test_due_at_slice_steps_and_the_following_future_steps(make_config, tmp_path):
-    plugins, spy = load_plugins(), StepSpy()
-    plugins.manager.register(spy)
+    spy = StepSpy()
+    plugins = plugins_with([spy])
     landscape = {"steps": [10, 31, 58], "every": 25, "grid": 3, "future": 2}
     config = make_config(train={"steps": 60, "seeds": 1}, analyzers={"landscape": landscape})
     trace = dlf.execute(config, plugins=plugins, trace_path=tmp_path / "d.nc").open()
@@ -237,8 +237,8 @@ class InstabilitySpy:
 
 
 def test_onsets_are_announced_to_any_plugin_through_a_hook(make_config, tmp_path):
-    plugins, spy = load_plugins(), InstabilitySpy()
-    plugins.manager.register(spy)
+    spy = InstabilitySpy()
+    plugins = plugins_with([spy])
     config = make_config(
         train={"steps": 300, "seeds": 1, "lr": 2.0},
         schedule={"amplitude": 1},

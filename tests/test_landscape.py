@@ -20,7 +20,7 @@ from dlf_landscape.grid import evaluate_plane
 import dlf
 import dlf.engine.run
 from dlf.config import validate
-from dlf.hooks.manager import Plugins, load_plugins, plugins_with
+from dlf.hooks.manager import Plugins, plugins_with
 from dlf.numerics.data import spiral_points
 from dlf.numerics.losses import Loss, weighted_cross_entropy
 from dlf.numerics.models import MLP
@@ -42,7 +42,7 @@ def output_weighted_squared_error(
 
 
 def quadratic_plugins() -> Plugins:
-    plugins = load_plugins()
+    plugins = plugins_with([])  # its own: the quadratic loss is added to it
     loss = Loss("quadratic", output_weighted_squared_error, dynamical=True, static_name="mse")
     plugins.registries.losses.add("quadratic", loss)
     return plugins

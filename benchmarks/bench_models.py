@@ -44,7 +44,7 @@ import dlf
 from dlf.config import members_of
 from dlf.engine.gradients import AutogradGradient
 from dlf.engine.run import build_context
-from dlf.hooks.manager import Plugins, load_plugins
+from dlf.hooks.manager import Plugins, plugins_with
 from dlf.hooks.registries import DatasetEntry
 from dlf.numerics.data import Dataset
 from dlf.numerics.networks import myrtle5
@@ -114,18 +114,18 @@ def config(args: argparse.Namespace, setup: Setup, root: str, way: str = "vmap")
     )
 
 
-def with_images() -> Plugins:
-    """The installed plugins, with the benchmark's synthetic images registered as a data set."""
-    plugins = load_plugins()
-    plugins.registries.datasets.add(DATASET, DatasetEntry(ImagesOptions, images))
+def with_images(*objects: object) -> Plugins:
+    """The installed plugins and ``objects``, with the benchmark's synthetic images registered
+    as a data set: a plugin manager of its own (the process's shared one is left as it is)."""
+    plugins = plugins_with(objects)
+    plugins.registries.datasets.add(DATASET, DatasetEntry(images, ImagesOptions))
     return plugins
 
 
 def ensemble(cfg: dlf.RunConfig, root: str) -> tuple[float, np.ndarray]:
     """Seconds of ``dlf.execute``'s training loop and its losses ``(member, step)``."""
-    plugins = with_images()
     watch = training.Stopwatch()
-    plugins.manager.register(watch, name="bench-stopwatch")
+    plugins = with_images(watch)
     result = dlf.execute(cfg, trace_path=Path(root) / "trace.nc", plugins=plugins)
     return watch.seconds, result.open()["loss"].values
 

@@ -9,8 +9,21 @@ from typing import Any
 import matplotlib
 import pytest
 
+pytest_plugins = ["dlf.testing"]  # the plugin authors' fixtures (dlf_tester), tested here
+
 matplotlib.use("Agg")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(autouse=True)
+def _plugins_discovered_afresh():
+    """Plugins are loaded once per process; tests install and remove plugins, so each test
+    starts from a fresh discovery."""
+    from dlf.hooks.manager import refresh_plugins
+
+    refresh_plugins()
+    yield
+    refresh_plugins()
 
 
 def tiny_config(tmp_path, **sections: Any) -> dict[str, Any]:

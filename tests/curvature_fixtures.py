@@ -39,31 +39,3 @@ def planted_operator(spectra: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor
     q, _ = torch.linalg.qr(torch.randn(m, n, n, generator=gen, dtype=torch.float64))
     matrices = q @ torch.diag_embed(spectra.double()) @ q.transpose(1, 2)
     return (matrices + matrices.transpose(1, 2)) / 2, q
-
-
-def independent_hessian(
-    objective: Objective, theta: torch.Tensor, gamma: torch.Tensor | None
-) -> torch.Tensor:
-    """Dense Hessians ``(M, n, n)`` by torch.func.hessian of the loss written out per member.
-
-    Independent of dlf.curvature.helper: one member at a time, straight from model, loss and data.
-    ``gamma=None`` means the static loss.
-    """
-    hessians = []
-    for m in range(theta.shape[0]):
-        if gamma is None:
-            ones = torch.ones(1, objective.n_classes, dtype=theta.dtype)
-
-            def f(row: torch.Tensor, ones: torch.Tensor = ones) -> torch.Tensor:
-                logits = objective.model.forward(row[None], objective.x)
-                return objective.static(logits, objective.y, ones)[0]
-        else:
-            g = gamma[m : m + 1]
-
-            def f(row: torch.Tensor, g: torch.Tensor = g) -> torch.Tensor:
-                return objective.loss(
-                    objective.model.forward(row[None], objective.x), objective.y, g
-                )[0]
-
-        hessians.append(torch.func.hessian(f)(theta[m]))
-    return torch.stack(hessians)

@@ -120,7 +120,7 @@ def series_dataset(loss: np.ndarray, lam_steps: np.ndarray, lam: np.ndarray) -> 
             "loss": (("member", "step"), loss),
             "lr": (("member", "step"), np.ones_like(loss)),
             "diverged_step": ("member", np.full(m, -1)),
-            "lanczos_eigenvalues": (("member", "lanczos_step", "eig_index"), lam),
+            "lanczos_eigenvalues": (("member", "lanczos_step", "lanczos_index"), lam),
         },
         coords={
             "step": np.arange(n),

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dlf.curvature.helper import Curvature
-from tests.curvature_fixtures import independent_hessian, tiny_gamma, tiny_objective
+from dlf.testing import dense_hessian
+from tests.curvature_fixtures import tiny_gamma, tiny_objective
 
 MEMBERS = 3
 
@@ -23,7 +24,7 @@ def top_exact(hessian: torch.Tensor, k: int) -> torch.Tensor:
 
 def test_top3_equal_dense_hessian_eigvalsh_float64():
     curvature = curvature_at_init()
-    exact = top_exact(independent_hessian(curvature.objective, curvature.theta, curvature.gamma), 3)
+    exact = top_exact(dense_hessian(curvature.objective, curvature.theta, curvature.gamma), 3)
     values, vectors = curvature.eigenpairs(3, tol=1e-9)
     torch.testing.assert_close(values, exact, rtol=1e-8, atol=0)
     assert vectors.shape == (MEMBERS, 3, curvature.objective.model.n_params)
@@ -33,7 +34,7 @@ def test_top3_equal_dense_hessian_eigvalsh_float64():
 def test_top3_float32_within_1e_4_of_float64_dense():
     curvature = curvature_at_init(torch.float32)
     objective64 = tiny_objective()
-    hessian = independent_hessian(objective64, curvature.theta.double(), curvature.gamma.double())
+    hessian = dense_hessian(objective64, curvature.theta.double(), curvature.gamma.double())
     values, _ = curvature.eigenpairs(3, tol=1e-5)
     assert values.dtype == torch.float32
     torch.testing.assert_close(values.double(), top_exact(hessian, 3), rtol=1e-4, atol=0)
@@ -41,7 +42,7 @@ def test_top3_float32_within_1e_4_of_float64_dense():
 
 def test_whole_spectrum_with_negative_eigenvalues():
     curvature = curvature_at_init()
-    hessian = independent_hessian(curvature.objective, curvature.theta, curvature.gamma)
+    hessian = dense_hessian(curvature.objective, curvature.theta, curvature.gamma)
     n = hessian.shape[-1]
     exact = top_exact(hessian, n)
     assert bool((exact[:, -1] < -1e-3).all()), "a ReLU net at init has negative curvature"
@@ -52,7 +53,7 @@ def test_whole_spectrum_with_negative_eigenvalues():
 
 def test_eigenvectors_satisfy_the_dense_eigen_equation():
     curvature = curvature_at_init()
-    hessian = independent_hessian(curvature.objective, curvature.theta, curvature.gamma)
+    hessian = dense_hessian(curvature.objective, curvature.theta, curvature.gamma)
     result = curvature.spectrum(3, tol=1e-6)
     hv = torch.einsum("mij,mkj->mki", hessian, result.vectors)
     true = (hv - result.values[..., None] * result.vectors).norm(dim=-1)
@@ -62,10 +63,8 @@ def test_eigenvectors_satisfy_the_dense_eigen_equation():
 
 def test_static_loss_and_exact_mode():
     curvature = curvature_at_init()
-    static = top_exact(independent_hessian(curvature.objective, curvature.theta, None), 3)
-    dynamical = top_exact(
-        independent_hessian(curvature.objective, curvature.theta, curvature.gamma), 3
-    )
+    static = top_exact(dense_hessian(curvature.objective, curvature.theta, None), 3)
+    dynamical = top_exact(dense_hessian(curvature.objective, curvature.theta, curvature.gamma), 3)
     assert not torch.allclose(static, dynamical, rtol=1e-3)
     values, _ = curvature.eigenpairs(3, tol=1e-10, loss="static")
     torch.testing.assert_close(values, static, rtol=1e-8, atol=0)
@@ -110,9 +109,7 @@ def test_diverged_member_gives_nan_only_in_its_row():
     curvature.at(5, theta, curvature.gamma)
     values, vectors = curvature.eigenpairs(2, tol=1e-8)
     assert bool(values[1].isnan().all()) and bool(vectors[1].isnan().all())
-    exact = top_exact(
-        independent_hessian(curvature.objective, theta[[0, 2]], curvature.gamma[[0, 2]]), 2
-    )
+    exact = top_exact(dense_hessian(curvature.objective, theta[[0, 2]], curvature.gamma[[0, 2]]), 2)
     torch.testing.assert_close(values[[0, 2]], exact, rtol=1e-8, atol=0)
     exact_mode = curvature.spectrum(2, mode="exact")
     assert bool(exact_mode.values[1].isnan().all())
@@ -120,7 +117,7 @@ def test_diverged_member_gives_nan_only_in_its_row():
 
 def test_spectral_density_matches_the_dense_spectrum_moments():
     curvature = curvature_at_init()
-    hessian = independent_hessian(curvature.objective, curvature.theta, curvature.gamma)
+    hessian = dense_hessian(curvature.objective, curvature.theta, curvature.gamma)
     n = hessian.shape[-1]
     density = curvature.density(probes=1, order=n)  # a full Krylov space: nodes = eigenvalues
     nodes = density.nodes[:, 0].sort(dim=-1).values
@@ -131,6 +128,6 @@ def test_spectral_density_matches_the_dense_spectrum_moments():
 @pytest.mark.parametrize("loss", ["dmse1", "dmse2"])
 def test_other_dynamical_losses(loss):
     curvature = curvature_at_init(loss=loss)
-    exact = top_exact(independent_hessian(curvature.objective, curvature.theta, curvature.gamma), 3)
+    exact = top_exact(dense_hessian(curvature.objective, curvature.theta, curvature.gamma), 3)
     values, _ = curvature.eigenpairs(3, tol=1e-9)
     torch.testing.assert_close(values, exact, rtol=1e-8, atol=0)

@@ -74,3 +74,13 @@ def test_own_training_loop_example_runs(monkeypatch, capsys):
     gamma = loss_fn.gamma(150)
     assert gamma.shape == (10,) and float(gamma.sum()) == pytest.approx(10)
     assert capsys.readouterr().out.startswith("tensor([")
+
+
+def test_the_shortest_analyzer_and_its_test_run_as_written(dlf_tester):
+    """plugins.md opens with an analyzer and its test through dlf.testing: both, as written."""
+    heading = "## The shortest analyzer, and its test"
+    text = (DOCS / "plugins.md").read_text().split(f"\n{heading}\n", 1)[1]
+    analyzer, test = (block.split("\n```", 1)[0] for block in text.split("```python\n")[1:3])
+    namespace: dict = {}
+    exec(compile(analyzer + "\n" + test, "plugins.md", "exec"), namespace)
+    namespace["test_spread_is_the_loss_range_over_members"](dlf_tester)

@@ -20,7 +20,7 @@ from dlf_landscape.grid import evaluate_plane
 import dlf
 import dlf.engine.run
 from dlf.config import validate
-from dlf.hooks.manager import Plugins, load_plugins
+from dlf.hooks.manager import Plugins, plugins_with
 from dlf.numerics.data import spiral_points
 from dlf.numerics.losses import Loss, weighted_cross_entropy
 from dlf.numerics.models import MLP
@@ -42,7 +42,7 @@ def output_weighted_squared_error(
 
 
 def quadratic_plugins() -> Plugins:
-    plugins = load_plugins()
+    plugins = plugins_with([])  # its own: the quadratic loss is added to it
     loss = Loss("quadratic", output_weighted_squared_error, dynamical=True, static_name="mse")
     plugins.registries.losses.add("quadratic", loss)
     return plugins
@@ -197,8 +197,8 @@ class StepSpy:
 
 
 def test_due_at_slice_steps_and_the_following_future_steps(make_config, tmp_path):
-    plugins, spy = load_plugins(), StepSpy()
-    plugins.manager.register(spy)
+    spy = StepSpy()
+    plugins = plugins_with([spy])
     landscape = {"steps": [10, 31, 58], "every": 25, "grid": 3, "future": 2}
     config = make_config(train={"steps": 60, "seeds": 1}, analyzers={"landscape": landscape})
     trace = dlf.execute(config, plugins=plugins, trace_path=tmp_path / "d.nc").open()
@@ -219,7 +219,7 @@ def test_slices_at_each_reported_bifurcation_onset(make_config, tmp_path):
         analyzers=analyzers,
     )
     trace = dlf.execute(config, trace_path=tmp_path / "o.nc").open()
-    assert trace.sizes["bifurcation_event"] == 1 and trace.sizes["slice"] == 1
+    assert trace.sizes["bifurcation_event"] == 1 and trace.sizes["landscape_slice"] == 1
     onset = int(trace.bifurcation_start[0])
     assert int(trace.landscape_onset[0]) == onset < int(trace.landscape_step[0])
     assert np.isfinite(trace.landscape_trajectory).all()
@@ -237,8 +237,8 @@ class InstabilitySpy:
 
 
 def test_onsets_are_announced_to_any_plugin_through_a_hook(make_config, tmp_path):
-    plugins, spy = load_plugins(), InstabilitySpy()
-    plugins.manager.register(spy)
+    spy = InstabilitySpy()
+    plugins = plugins_with([spy])
     config = make_config(
         train={"steps": 300, "seeds": 1, "lr": 2.0},
         schedule={"amplitude": 1},
@@ -358,3 +358,13 @@ def test_consecutive_hessian_slices_keep_the_eigenvectors_sign():
     assert torch.equal(kept, torch.tensor([[0.99, -0.1, 0.0], [0.1, 0.99, 0.0]]))
     other = LandscapeAnalyzer._keep_sign(analyzer, 1, -first)  # members are tracked apart
     assert torch.equal(other, -first)
+
+
+def test_the_cadences_former_names_configure_the_same_slicer():
+    """``every`` is every analyzer's run cadence; the slicer's own is ``slice_every`` (with
+    ``slice_start``, ``slice_stop``), and configs written with the former names still work."""
+    former = validate(LandscapeOptions, {"every": 10, "every_start": 20, "every_stop": 50})
+    current = validate(LandscapeOptions, {"slice_every": 10, "slice_start": 20, "slice_stop": 50})
+    assert former == current and current.every == 1
+    with pytest.raises(dlf.ConfigError, match="not both"):
+        validate(LandscapeOptions, {"every": 10, "slice_every": 10})

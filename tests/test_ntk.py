@@ -11,7 +11,8 @@ import dlf
 from dlf.curvature.helper import Curvature
 from dlf.curvature.ntk import choose_method, ntk_eigenvalues, ntk_lanczos
 from dlf.numerics.schedules import triangle
-from tests.curvature_fixtures import independent_hessian, tiny_gamma, tiny_objective
+from dlf.testing import dense_hessian
+from tests.curvature_fixtures import tiny_gamma, tiny_objective
 
 
 def dense_ntk_eigenvalues(model, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -103,8 +104,8 @@ def test_run_records_the_contracted_variables_equal_to_dense_recomputation(tmp_p
     torch.testing.assert_close(traced.theta, plain.theta, rtol=0, atol=0)  # analyzers only read
 
     ds = xr.open_dataset(traced.path, engine="netcdf4")
-    assert ds.lanczos_eigenvalues.dims == ("member", "lanczos_step", "eig_index")
-    assert ds.lanczos_residuals.dims == ("member", "lanczos_step", "eig_index")
+    assert ds.lanczos_eigenvalues.dims == ("member", "lanczos_step", "lanczos_index")
+    assert ds.lanczos_residuals.dims == ("member", "lanczos_step", "lanczos_index")
     assert ds.lanczos_matvecs.dims == ("member", "lanczos_step")
     assert ds.ntk_eigenvalues.dims == ("member", "ntk_step", "ntk_index")
     assert ds.ntk_eigenvalues.attrs["method"] == "sample"
@@ -119,7 +120,7 @@ def test_run_records_the_contracted_variables_equal_to_dense_recomputation(tmp_p
     amplitude = torch.tensor(ds.amplitude.values, dtype=torch.float64)
     period = torch.tensor(ds.period.values, dtype=torch.float64)
     gamma40 = triangle(torch.tensor([40]), amplitude, period, 3)[0]
-    hessian = independent_hessian(objective, theta40, gamma40)
+    hessian = dense_hessian(objective, theta40, gamma40)
     exact = torch.linalg.eigvalsh(hessian).flip(-1)[:, :3].numpy()
     recorded = ds.lanczos_eigenvalues.sel(lanczos_step=40).values
     np.testing.assert_allclose(recorded, exact, rtol=1e-8)
@@ -140,12 +141,19 @@ def test_density_subset_and_static_options_through_a_run(tmp_path):
         "ntk": {"every": 20, "subset": 10, "method": "parameter"},
     }
     ds = dlf.open_trace(dlf.execute(run_config(tmp_path, 21, analyzers)).path)
-    assert ds.lanczos_density_nodes.dims == ("member", "lanczos_density_step", "probe", "node")
+    assert ds.lanczos_density_nodes.dims == (
+        "member",
+        "lanczos_density_step",
+        "lanczos_probe",
+        "lanczos_node",
+    )
     assert ds.lanczos_density_nodes.shape == (4, 2, 2, 8)
-    np.testing.assert_allclose(ds.lanczos_density_weights.sum("node"), 1.0, rtol=1e-10)
+    np.testing.assert_allclose(ds.lanczos_density_weights.sum("lanczos_node"), 1.0, rtol=1e-10)
     # The density's extreme nodes lie inside the spectrum, the top eigenvalue bounds them.
-    top = ds.lanczos_eigenvalues.sel(lanczos_step=[0, 20]).isel(eig_index=0)
-    assert (ds.lanczos_density_nodes.max(["probe", "node"]).values <= top.values + 1e-10).all()
+    top = ds.lanczos_eigenvalues.sel(lanczos_step=[0, 20]).isel(lanczos_index=0)
+    assert (
+        ds.lanczos_density_nodes.max(["lanczos_probe", "lanczos_node"]).values <= top.values + 1e-10
+    ).all()
     assert (ds.lanczos_matvecs.values == 0).all()  # exact mode
     assert ds.ntk_eigenvalues.attrs["method"] == "parameter"
     assert ds.ntk_eigenvalues.attrs["samples"] == 10

@@ -470,7 +470,9 @@ def test_landscape_movie_over_one_period(root, movie_trace):
     frames = movie_trace["landscape_loss"].values[chosen.values]
     assert (mesh.norm.vmin, mesh.norm.vmax) == pytest.approx((frames.min(), frames.max()))
     caption = movie.figure.subfigs[0].get_suptitle()  # of the last frame drawn
-    last = movie_trace.isel(slice=int(np.flatnonzero(movie_trace["landscape_step"] == 38)[0]))
+    last = movie_trace.isel(
+        landscape_slice=int(np.flatnonzero(movie_trace["landscape_step"] == 38)[0])
+    )
     ratio = float(last["landscape_eigenvalues"][0]) / 2
     assert caption.startswith("t = 38   Γ = (") and caption.endswith(f"η/2 = {ratio:.2f}")
 

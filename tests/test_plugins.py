@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -11,8 +12,8 @@ import yaml
 
 from dlf.engine.run import execute
 from dlf.engine.trace import open_trace
-from dlf.errors import PluginError
-from dlf.hooks.manager import PluginLoadWarning
+from dlf.errors import ConfigError, PluginError
+from dlf.hooks.manager import PluginLoadWarning, refresh_plugins
 from tests.conftest import tiny_config
 
 PLUGIN = '''
@@ -54,7 +55,7 @@ class GradNorm(dlf.Analyzer):
     def dlf_trace_contribute(self, run):
         return {self.var("norm"): xr.DataArray(
             torch.tensor(self.norms).T.numpy().reshape(run.n_members, len(self.steps)),
-            dims=("member", "gradnorm_step"), coords={"gradnorm_step": self.steps})}
+            dims=("member", self.var("step")), coords={self.var("step"): self.steps})}
 
 
 def square(steps, amplitude, period, n_classes):
@@ -199,13 +200,16 @@ def test_a_broken_plugin_is_a_warning_until_a_config_uses_it(
 
     path = tmp_path / "ok.yaml"
     path.write_text(yaml.safe_dump(tiny_config(tmp_path, train={"steps": 5})))
+    refresh_plugins()  # each command is a process of its own: each warns once
     with pytest.warns(PluginLoadWarning):
         assert main(["run", str(path)]) == 0  # unaffected
     capsys.readouterr()
 
     path.write_text(yaml.safe_dump(tiny_config(tmp_path / "out2", analyzers={"broken": {}})))
-    with pytest.warns(PluginLoadWarning):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
         assert main(["run", str(path)]) == 2
+    assert not [w for w in seen if w.category is PluginLoadWarning]  # loaded once: warned once
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("dlf-study: error: analyzers.broken: analyzer 'broken' is not")
     assert "planted" in err[-1] or "registered twice" in err[-1]
@@ -252,3 +256,61 @@ def test_a_failed_runs_trace_holds_the_divergences_before_the_failure(
     blown = ds.eta.values == 1e6
     assert ((ds.diverged_step.values[blown] >= 0) & (ds.diverged_step.values[blown] < 23)).all()
     assert (ds.diverged_step.values[~blown] == -1).all()
+
+
+def test_one_command_loads_each_entry_point_once(tmp_path, monkeypatch, capsys):
+    """A study reads plugins in its config, its workers, its batches and its report: the
+    entry points are imported once per process all the same (counted at EntryPoint.load)."""
+    import importlib.metadata
+    from collections import Counter
+
+    from dlf.cli import main
+    from tests.conftest import study_raw
+
+    loads: Counter[str] = Counter()
+    original = importlib.metadata.EntryPoint.load
+
+    def counted(self):
+        if self.group == "dlf":
+            loads[self.name] += 1
+        return original(self)
+
+    monkeypatch.setattr(importlib.metadata.EntryPoint, "load", counted)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study_raw(tmp_path / "out", trials=2)))
+    assert main(["run", str(path)]) == 0
+    capsys.readouterr()
+    assert set(loads) >= {"lanczos", "ntk", "landscape", "bifurcation"}
+    assert set(loads.values()) == {1}, loads
+
+
+def test_a_dataset_entry_in_the_former_order_still_registers():
+    """DatasetEntry(build, options) is ModelEntry's order; (options, build) warns and works."""
+    from dlf.numerics.data import SpiralOptions, spiral
+    from dlf.plugin import DatasetEntry
+
+    with pytest.warns(DeprecationWarning, match="former order"):
+        former = DatasetEntry(SpiralOptions, spiral)
+    assert former == DatasetEntry(spiral, SpiralOptions)
+    assert former.build is spiral and former.options is SpiralOptions
+
+
+def test_an_analyzer_generic_in_its_options_validates_with_them(make_config, tmp_path):
+    """``Analyzer[Options]`` sets ``Options`` from the type argument: the config section is
+    validated with it (an unknown key names the field), no re-declaration needed."""
+    from dlf import plugin
+    from dlf.testing import registering, run_tiny
+
+    class Scaled(plugin.AnalyzerOptions):
+        scale: float = 2.0
+
+    class Probe(plugin.Analyzer[Scaled]):
+        pass
+
+    class Plain(plugin.Analyzer):
+        pass
+
+    assert Probe.Options is Scaled and Plain.Options is plugin.AnalyzerOptions
+    config = make_config(analyzers={"probe": {"scale": 3.0, "colour": 1}})
+    with pytest.raises(ConfigError, match=r"analyzers\.probe\.colour"):
+        run_tiny(config, registering(probe=Probe))

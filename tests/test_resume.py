@@ -12,7 +12,7 @@ from dlf.engine.recorder import Recorder
 from dlf.engine.resume import checkpoint_path
 from dlf.engine.run import execute
 from dlf.engine.trace import open_trace
-from dlf.hooks.manager import load_plugins
+from dlf.hooks.manager import plugins_with
 from dlf.hooks.specs import hookimpl
 from tests.conftest import tiny_config
 
@@ -47,8 +47,7 @@ def config(tmp_path, **train) -> RunConfig:
 
 
 def interrupted_then_continued(cfg: RunConfig, trace):
-    plugins = load_plugins(cfg.plugins)
-    plugins.manager.register(Interrupt(STOP_AT))
+    plugins = plugins_with([Interrupt(STOP_AT)], cfg.plugins)  # the shared manager stays clean
     with pytest.raises(KeyboardInterrupt):
         execute(cfg, trace_path=trace, plugins=plugins)
     assert open_trace(trace).attrs["status"] == "interrupted"
@@ -92,8 +91,7 @@ def test_a_diverged_member_stays_diverged_after_continuing(tmp_path):
 def test_other_settings_or_fresh_start_from_step_zero(tmp_path):
     cfg = config(tmp_path)
     trace = tmp_path / "t.nc"
-    plugins = load_plugins(cfg.plugins)
-    plugins.manager.register(Interrupt(STOP_AT))
+    plugins = plugins_with([Interrupt(STOP_AT)], cfg.plugins)  # the shared manager stays clean
     with pytest.raises(KeyboardInterrupt):
         execute(cfg, trace_path=trace, plugins=plugins)
     assert execute(cfg, trace_path=trace, fresh=True).resumed_from == 0
@@ -107,8 +105,7 @@ def test_other_settings_or_fresh_start_from_step_zero(tmp_path):
 def test_runs_with_analyzers_start_again(tmp_path):
     cfg = config(tmp_path).model_copy(update={"analyzers": {"lanczos": {"every": 100}}})
     trace = tmp_path / "t.nc"
-    plugins = load_plugins(cfg.plugins)
-    plugins.manager.register(Interrupt(STOP_AT))
+    plugins = plugins_with([Interrupt(STOP_AT)], cfg.plugins)  # the shared manager stays clean
     with pytest.raises(KeyboardInterrupt):
         execute(cfg, trace_path=trace, plugins=plugins)
     assert not checkpoint_path(trace).exists()  # an analyzer's own state is not saved

@@ -38,13 +38,10 @@ class BifurcationOptions(plugin.AnalyzerOptions, BifurcationSettings):
         return value
 
 
-class BifurcationAnalyzer(plugin.Analyzer):
+class BifurcationAnalyzer(plugin.Analyzer[BifurcationOptions]):
     """Records ``bifurcation_*`` events along ``bifurcation_event`` and per-member summaries."""
 
-    Options = BifurcationOptions
-    options: BifurcationOptions
-
-    def __init__(self, name: str, options: plugin.AnalyzerOptions, run: plugin.RunContext) -> None:
+    def __init__(self, name: str, options: BifurcationOptions, run: plugin.RunContext) -> None:
         super().__init__(name, options, run)
         self.detector = BifurcationDetector(run.n_members, self.options)
         shape = (BLOCK, run.n_members)
@@ -53,9 +50,6 @@ class BifurcationAnalyzer(plugin.Analyzer):
         self._first = 0  # step of the buffer's first row
         self._rows = 0
         self._announced: set[tuple[int, int]] = set()  # (member, onset) told to other plugins
-
-    def due(self, step: int) -> bool:
-        return True
 
     @plugin.hookimpl(trylast=True)  # after the spectrum analyzer, whose solve is then cached
     def dlf_step_end(self, state: plugin.StepState) -> None:

@@ -87,13 +87,10 @@ class LanczosOptions(plugin.AnalyzerOptions):
         return value
 
 
-class LanczosAnalyzer(plugin.Analyzer):
+class LanczosAnalyzer(plugin.Analyzer[LanczosOptions]):
     """Records ``lanczos_eigenvalues``, ``lanczos_residuals``, ``lanczos_matvecs`` and, for λmax,
     ``lanczos_error_bound``, ``lanczos_converged``, ``lanczos_factor``,
     ``lanczos_grad_along_top``."""
-
-    Options = LanczosOptions
-    options: LanczosOptions
 
     def memory(self) -> dict[str, float]:
         """k Ritz vectors (and as many Lanczos vectors) of every member's parameters."""
@@ -101,7 +98,7 @@ class LanczosAnalyzer(plugin.Analyzer):
         size = torch.empty((), dtype=run.dtype).element_size()
         return {"k": 2.0 * self.options.k * run.n_members * run.model.n_params * size}
 
-    def __init__(self, name: str, options: plugin.AnalyzerOptions, run: plugin.RunContext) -> None:
+    def __init__(self, name: str, options: LanczosOptions, run: plugin.RunContext) -> None:
         super().__init__(name, options, run)
         self.steps: list[int] = []
         self.records: list[tuple[torch.Tensor, ...]] = []
@@ -227,7 +224,7 @@ class LanczosAnalyzer(plugin.Analyzer):
         )
         step = self.var("step")
         coords = {step: (step, np.array(self.steps, dtype=np.int64), {"units": "step"})}
-        dims = ("member", step, "eig_index")
+        dims = ("member", step, self.var("index"))
         out = {
             self.var("eigenvalues"): xr.DataArray(
                 values,
@@ -297,7 +294,7 @@ class LanczosAnalyzer(plugin.Analyzer):
         weights = _stack([d[1] for d in self.densities], shape)
         step = self.var("density_step")
         coords = {step: (step, np.array(self.density_steps, dtype=np.int64), {"units": "step"})}
-        dims = ("member", step, "probe", "node")
+        dims = ("member", step, self.var("probe"), self.var("node"))
         note = "density ≈ mean over probes of Σ_node weight·δ(λ − node) (stochastic Lanczos)"
         return {
             self.var("density_nodes"): xr.DataArray(

@@ -8,8 +8,8 @@ plane: the coordinates (a, b) of θ_{t+j} − θ_t, how far it is off the plane,
 (the value on the frozen landscape drawn in the background) and F(θ_{t+j}; Γ(t+j)) (the loss
 training actually saw). It only reads θ: training is the same with or without it.
 
-Slices are taken at listed steps, every n steps (optionally only within ``[every_start,
-every_stop)``: the frames of ``dlf-study plot --figure landscape-movie``), and, with
+Slices are taken at listed steps, every n steps (``slice_every``, optionally only within
+``[slice_start, slice_stop)``: the frames of ``dlf-study plot --figure landscape-movie``), and, with
 ``at_bifurcations``, for a member as soon as the ``bifurcation`` analyzer announces a new onset of
 it (its ``dlf_instability`` event). Hessian directions keep their sign from one slice of a member
 to the next (an eigenvector's sign is arbitrary), so that consecutive slices, the movie's frames,
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -33,19 +33,33 @@ from dlf.plugin import DEFAULT_TOL
 from .directions import curvature_along, filter_normalized_pair, principal_plane
 from .grid import evaluate_plane, plane_coordinates, rows_per_chunk
 
-COORDS = ("a", "b")
+COORDS = ("a", "b")  # the labels of a trajectory point's two coordinates in the plane
+DIMS = ("slice", "a", "b", "k", "coord", "direction")  # trace dims, prefixed landscape_
 BIFURCATION = "bifurcation"  # the analyzer whose announced onsets trigger slices
+FORMER_NAMES = {"every": "slice_every", "every_start": "slice_start", "every_stop": "slice_stop"}
 
 
 class LandscapeOptions(plugin.AnalyzerOptions):
     """When to slice, which members, along which directions, and how fine."""
 
-    every: int | None = Field(  # type: ignore[assignment]  # optional here (null: off)
-        None, ge=0, description="also slice every n steps; 0 or null: off"
+    every: int = Field(
+        1,
+        ge=1,
+        le=1,
+        description="always 1: the slicer picks its steps itself; `every: n` in a config is read "
+        "as slice_every, its former name",
     )
-    every_start: int = Field(0, ge=0, description="every: first step of the cadence")
-    every_stop: int | None = Field(
-        None, ge=1, description="every: the cadence stops before this step; null: at the end"
+    slice_every: int | None = Field(
+        None, ge=0, description="also slice every n steps (formerly `every`); 0 or null: off"
+    )
+    slice_start: int = Field(
+        0, ge=0, description="slice_every: first step of the cadence (formerly `every_start`)"
+    )
+    slice_stop: int | None = Field(
+        None,
+        ge=1,
+        description="slice_every: the cadence stops before this step; null: at the end "
+        "(formerly `every_stop`)",
     )
     steps: list[int] = Field(default_factory=list, description="slice at these steps")
     at_bifurcations: bool = Field(
@@ -72,6 +86,22 @@ class LandscapeOptions(plugin.AnalyzerOptions):
     pca_every: int = Field(5, ge=1, description="pca: θ of the members is kept every n steps")
     pca_window: int = Field(40, ge=2, description="pca: the last n kept θ before a slice are used")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _former_names(cls, data: Any) -> Any:
+        """The cadence's former keys (``every``, ``every_start``, ``every_stop``) still work:
+        ``every`` now means for every analyzer the multiples of which it runs at, and the
+        landscape decides its own steps (:meth:`LandscapeAnalyzer.due`)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new in FORMER_NAMES.items():
+            if old in data:
+                if new in data:
+                    raise ValueError(f"give {new} or its former name {old}, not both")
+                data[new] = data.pop(old)
+        return data
+
     @field_validator("steps", "members")
     @classmethod
     def _non_negative_unique(cls, value: list[int]) -> list[int]:
@@ -81,10 +111,12 @@ class LandscapeOptions(plugin.AnalyzerOptions):
 
     @model_validator(mode="after")
     def _something_to_do(self) -> LandscapeOptions:
-        if not (self.steps or self.every or self.at_bifurcations):
-            raise ValueError("set steps, every or at_bifurcations: the analyzer would never slice")
-        if self.every_stop is not None and self.every_stop <= self.every_start:
-            raise ValueError("every_stop must be greater than every_start")
+        if not (self.steps or self.slice_every or self.at_bifurcations):
+            raise ValueError(
+                "set steps, slice_every or at_bifurcations: the analyzer would never slice"
+            )
+        if self.slice_stop is not None and self.slice_stop <= self.slice_start:
+            raise ValueError("slice_stop must be greater than slice_start")
         if self.directions == "pca" and self.steps and self.steps[0] <= self.pca_every:
             raise ValueError(
                 f"pca needs two trajectory snapshots before a slice: steps must be > pca_every "
@@ -101,7 +133,7 @@ class Slice:
     member: int
     onset: int  # the bifurcation onset that triggered the slice; -1: a scheduled slice
     listed: bool  # its step is one of the listed ``steps``
-    cadence: bool  # its step is on the ``every`` cadence
+    cadence: bool  # its step is on the ``slice_every`` cadence
     curvature: np.ndarray  # (2,) eigenvalues, or Rayleigh quotients of non-eigen directions
     loss: np.ndarray  # (grid, grid), indexed [a, b]
     trajectory: np.ndarray  # (future, 2): (a, b) of θ_{t+j} − θ_t, j = 1..future
@@ -119,14 +151,11 @@ class Plane:
     gamma: torch.Tensor  # (C,) Γ(t)
 
 
-class LandscapeAnalyzer(plugin.Analyzer):
+class LandscapeAnalyzer(plugin.Analyzer[LandscapeOptions]):
     """Slices F at configured steps and follows the trajectory for ``future`` steps after each."""
-
-    Options = LandscapeOptions
 
     def __init__(self, name: str, options: LandscapeOptions, run: plugin.RunContext) -> None:
         super().__init__(name, options, run)
-        self.options: LandscapeOptions = options
         out_of_range = [m for m in options.members if m >= run.n_members]
         if out_of_range:
             raise plugin.ConfigError(
@@ -161,10 +190,10 @@ class LandscapeAnalyzer(plugin.Analyzer):
     # --- schedule ---------------------------------------------------------------------------
 
     def on_cadence(self, step: int) -> bool:
-        """Whether ``step`` is on the ``every`` cadence, within its start and stop."""
+        """Whether ``step`` is on the ``slice_every`` cadence, within its start and stop."""
         o = self.options
-        inside = o.every_start <= step and (o.every_stop is None or step < o.every_stop)
-        return bool(o.every and inside and (step - o.every_start) % o.every == 0)
+        inside = o.slice_start <= step and (o.slice_stop is None or step < o.slice_stop)
+        return bool(o.slice_every and inside and (step - o.slice_start) % o.slice_every == 0)
 
     def memory(self) -> dict[str, float]:
         """A slice keeps its grid × grid losses (float64) for each member sliced."""
@@ -279,7 +308,8 @@ class LandscapeAnalyzer(plugin.Analyzer):
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Directions ``(L, 2, n)`` and the curvature along them ``(L, 2)`` for ``members``.
 
-        None for pca slices before two trajectory snapshots exist (``every`` slices at step 0).
+        None for pca slices before two trajectory snapshots exist (``slice_every`` slices at
+        step 0).
         """
         options = self.options
         if options.directions == "hessian":
@@ -313,8 +343,10 @@ class LandscapeAnalyzer(plugin.Analyzer):
             return {}
         options = self.options
         grid = self.coords.cpu().numpy()
-        k = np.arange(1, options.future + 1)
+        future = np.arange(1, options.future + 1)
         common = {"directions": options.directions}
+        # its dims carry its name, as its variables do: landscape_slice, landscape_a, …
+        slc, a, b, k, coord, direction = map(self.var, DIMS)
 
         def stack(key: str) -> np.ndarray:
             return np.stack([getattr(s, key) for s in self.slices])
@@ -322,7 +354,7 @@ class LandscapeAnalyzer(plugin.Analyzer):
         def var(key: str, dims: tuple[str, ...], coords: dict, long_name: str) -> xr.DataArray:
             return xr.DataArray(
                 stack(key),
-                dims=("slice", *dims),
+                dims=(slc, *dims),
                 coords=coords,
                 attrs={"long_name": long_name, **common},
             )
@@ -330,12 +362,12 @@ class LandscapeAnalyzer(plugin.Analyzer):
         return {
             self.var("loss"): var(
                 "loss",
-                ("a", "b"),
-                {"a": grid, "b": grid},
+                (a, b),
+                {a: grid, b: grid},
                 "F(θ_t + a·d1 + b·d2; Γ(t)) with Γ frozen at the slice step",
             ),
             self.var("step"): xr.DataArray(
-                np.array([s.step for s in self.slices]), dims="slice", attrs={"units": "step"}
+                np.array([s.step for s in self.slices]), dims=slc, attrs={"units": "step"}
             ),
             self.var("member"): var("member", (), {}, "the member sliced"),
             self.var("onset"): var(
@@ -347,23 +379,23 @@ class LandscapeAnalyzer(plugin.Analyzer):
             ),
             self.var("eigenvalues"): var(
                 "curvature",
-                ("direction",),
-                {"direction": ["d1", "d2"]},
+                (direction,),
+                {direction: ["d1", "d2"]},
                 "curvature along d1, d2 (Hessian eigenvalues, or Rayleigh quotients dᵀHd/dᵀd)",
             ),
             self.var("trajectory"): var(
                 "trajectory",
-                ("k", "coord"),
-                {"k": k, "coord": list(COORDS)},
+                (k, coord),
+                {k: future, coord: list(COORDS)},
                 "(a, b) of θ_{t+k} − θ_t in the slice's plane (least squares)",
             ),
             self.var("trajectory_loss"): var(
-                "trajectory_loss", ("k",), {"k": k}, "F(θ_{t+k}; Γ(t)) on the frozen landscape"
+                "trajectory_loss", (k,), {k: future}, "F(θ_{t+k}; Γ(t)) on the frozen landscape"
             ),
             self.var("trajectory_current_loss"): var(
-                "trajectory_current_loss", ("k",), {"k": k}, "F(θ_{t+k}; Γ(t+k)) as trained"
+                "trajectory_current_loss", (k,), {k: future}, "F(θ_{t+k}; Γ(t+k)) as trained"
             ),
             self.var("trajectory_residual"): var(
-                "trajectory_residual", ("k",), {"k": k}, "distance of θ_{t+k} from the plane"
+                "trajectory_residual", (k,), {k: future}, "distance of θ_{t+k} from the plane"
             ),
         }

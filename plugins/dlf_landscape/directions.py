@@ -17,10 +17,12 @@ from __future__ import annotations
 import torch
 
 from dlf import plugin
-from dlf.plugin import MLP
+from dlf.plugin import EnsembleModel
 
 
-def filter_normalized(model: MLP, theta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def filter_normalized(
+    model: EnsembleModel, theta: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
     """A random direction ``(n,)`` whose per-neuron weight norms equal those of ``theta (n,)``.
 
     A neuron's incoming weights are one column of its layer's ``W (fan_in, fan_out)``; the bias
@@ -37,7 +39,7 @@ def filter_normalized(model: MLP, theta: torch.Tensor, generator: torch.Generato
 
 
 def filter_normalized_pair(
-    model: MLP, theta: torch.Tensor, generator: torch.Generator
+    model: EnsembleModel, theta: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
     """Two filter-normalised random directions ``(2, n)``, the second made orthogonal to the first.
 

@@ -36,13 +36,10 @@ class NTKOptions(plugin.AnalyzerOptions):
     )
 
 
-class NTKAnalyzer(plugin.Analyzer):
+class NTKAnalyzer(plugin.Analyzer[NTKOptions]):
     """Records ``ntk_eigenvalues`` (member, ntk_step, ntk_index) with attribute ``method``."""
 
-    Options = NTKOptions
-    options: NTKOptions
-
-    def __init__(self, name: str, options: plugin.AnalyzerOptions, run: plugin.RunContext) -> None:
+    def __init__(self, name: str, options: NTKOptions, run: plugin.RunContext) -> None:
         super().__init__(name, options, run)
         x = run.objective.x
         size = self.options.subset

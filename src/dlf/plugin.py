@@ -30,7 +30,7 @@ from dlf.hooks.state import EvalState, RunContext, StepState
 from dlf.numerics.data import Dataset
 from dlf.numerics.losses import Loss
 from dlf.numerics.models import MLP, ModuleModel
-from dlf.numerics.objective import Objective
+from dlf.numerics.objective import EnsembleModel, Objective
 
 __all__ = [
     "DEFAULT_MAX_ITER",
@@ -46,6 +46,7 @@ __all__ = [
     "Dataset",
     "DatasetEntry",
     "DlfError",
+    "EnsembleModel",
     "EvalState",
     "Event",
     "LambdaMaxTracker",

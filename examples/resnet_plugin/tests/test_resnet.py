@@ -1,5 +1,7 @@
 """The resnet plugin: found through its entry point, trained with the lanczos and bifurcation
-analyzers, and a member equals the plugin's module trained by hand (plain PyTorch, heavy ball)."""
+analyzers, and a member equals the plugin's module trained by hand (plain PyTorch, heavy ball).
+
+It imports only ``dlf`` and ``dlf.testing`` (the harness: the run's data, the plugins loaded)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,7 @@ import numpy as np
 import torch
 
 import dlf
-from dlf.hooks.manager import load_plugins
-from dlf.numerics.data import DigitsOptions, digits
+from dlf.testing import load_plugins, run_context
 
 STEPS, LR, BETA = 6, 0.1, 0.9
 CONFIG = {
@@ -40,7 +41,7 @@ def test_runs_with_lanczos_and_bifurcation_and_equals_a_plain_loop(tmp_path):
     assert np.isfinite(ds["lanczos_eigenvalues"]).all()
     assert "bifurcation_ratio" in ds and "3.8/η" in ds["bifurcation_ratio"].attrs["long_name"]
 
-    data = digits(DigitsOptions(val_fraction=0.95))
+    data = run_context(dlf.RunConfig.model_validate(raw)).data  # the digits the run trained on
     x = torch.as_tensor(data.x_train).view(-1, 1, 8, 8)
     y = torch.as_tensor(data.y_train)
     torch.manual_seed(3)

@@ -56,6 +56,7 @@ class FusedHVP:
         self, objective: Objective, theta: torch.Tensor, gamma: torch.Tensor, static: bool
     ) -> None:
         model = objective.model
+        assert isinstance(model, MLP)  # supports() admits only the MLP
         loss = objective.static if static else objective.loss
         if static:
             gamma = torch.ones_like(gamma)

@@ -22,6 +22,7 @@ from dlf.numerics.losses import (
     weighted_cross_entropy,
     weighted_squared_error,
 )
+from dlf.numerics.models import MLP
 from dlf.numerics.objective import Objective
 
 KIND_CODES: dict[Callable[..., torch.Tensor], int] = {
@@ -42,6 +43,7 @@ def supports(objective: Objective, dtype: torch.dtype) -> bool:
     model = objective.model
     return (
         fused_hvp.supports(objective)
+        and isinstance(model, MLP)
         and len(model.hidden) == 1
         and model.activation == "relu"
         and model.n_in <= kernels.MAX_INPUTS

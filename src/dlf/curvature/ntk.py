@@ -19,7 +19,7 @@ import torch
 
 from dlf.curvature import lanczos
 from dlf.curvature.lanczos import LanczosResult, Matvec
-from dlf.numerics.models import MLP
+from dlf.numerics.objective import EnsembleModel
 
 Method = Literal["auto", "sample", "parameter", "lanczos"]
 MAX_JACOBIAN_ELEMENTS = 2**25  # members are processed in chunks below this many Jacobian entries
@@ -37,7 +37,7 @@ class NTKResult:
     method: str  # "sample" or "parameter"
 
 
-def jacobian(model: MLP, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def jacobian(model: EnsembleModel, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """∂ logits / ∂θ for every member and sample: ``(M, P, C, n)``.
 
     A sample's logits depend only on that sample, so each (member, sample) pair is a C-output
@@ -75,7 +75,7 @@ def gram(jac: torch.Tensor, method: str) -> torch.Tensor:
 
 
 def ntk_eigenvalues(
-    model: MLP,
+    model: EnsembleModel,
     theta: torch.Tensor,
     x: torch.Tensor,
     k: int = 1,
@@ -100,7 +100,7 @@ def ntk_eigenvalues(
     return NTKResult(torch.cat(values), chosen)
 
 
-def kernel_matvec(model: MLP, theta: torch.Tensor, x: torch.Tensor) -> Matvec:
+def kernel_matvec(model: EnsembleModel, theta: torch.Tensor, x: torch.Tensor) -> Matvec:
     """``u (M, P) ↦ (Θ_m u_m)_m`` with Θ = Σ_c J_c J_cᵀ: a pullback of u on each logit c
     (J_cᵀ u), then a forward-mode product of each, both vectorised over c (the pullback's graph
     is built once, here)."""
@@ -124,7 +124,7 @@ def kernel_matvec(model: MLP, theta: torch.Tensor, x: torch.Tensor) -> Matvec:
 
 
 def ntk_lanczos(
-    model: MLP,
+    model: EnsembleModel,
     theta: torch.Tensor,
     x: torch.Tensor,
     k: int,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import xarray as xr
@@ -23,6 +23,7 @@ from dlf.engine.trace import TRACE_NAME, open_trace
 from dlf.engine.trainer import Trainer
 from dlf.errors import ConfigError, PluginError, first_line
 from dlf.hooks.analyzer import Analyzer
+from dlf.hooks.calls import HookCalls
 from dlf.hooks.guard import plugin_failure
 from dlf.hooks.manager import Plugins, load_plugins
 from dlf.hooks.registries import ModelEntry, Registry
@@ -109,7 +110,7 @@ def build_model(config: ModelConfig, models: Registry[ModelEntry], data: Dataset
         size = entry.width if entry.width in options else None
         return ModuleModel(
             name,
-            factory,
+            cast(Callable[[], torch.nn.Module], factory),  # it built a Module above
             data.input_shape,
             data.n_classes,
             width=int(options[size]) if size else 0,
@@ -259,8 +260,6 @@ def execute(
         recorder = Recorder(run, path, config.output.checkpoint_seconds)
         checkpoint = resume.continued(recorder, fingerprint, fresh)
         contributions = Contributions(pm, run, recorder)
-        for name, analyzer in run.analyzers.items():
-            pm.register(analyzer, name=f"analyzer:{name}")
         theta0 = (
             run.model.init([m.seed for m in members], config.model.init, run.dtype, run.device)
             if checkpoint is None
@@ -271,6 +270,8 @@ def execute(
         )
         trainer = Trainer(run, plugins, schedule, recorder, contributions, progress, save)
         try:
+            for name, analyzer in run.analyzers.items():  # the manager is shared: lent per run
+                pm.register(analyzer, name=f"analyzer:{name}")
             try:
                 recorder.write()  # the first checkpoint: a run killed now still leaves a trace
                 theta, ending = trainer.train(theta0, checkpoint)
@@ -284,7 +285,8 @@ def execute(
             resume.discard(path)
         finally:
             for name in run.analyzers:
-                pm.unregister(name=f"analyzer:{name}")
+                if pm.has_plugin(f"analyzer:{name}"):
+                    pm.unregister(name=f"analyzer:{name}")
     return RunResult(path, recorder.status, theta, 0 if checkpoint is None else checkpoint.step)
 
 
@@ -309,16 +311,10 @@ class Contributions:
         merged: dict[str, object] = {}
         self.owner = {}
         step = self.recorder.steps_completed
-        for impl in self.pm.hook.dlf_trace_contribute.get_hookimpls():
-            plugin = impl.plugin_name
-            try:
-                result = impl.function(run=self.run)
-            except BaseException as exc:
-                if not plugin_failure(exc):
-                    raise
-                raise PluginError(plugin, step, exc) from exc
-            if result is None:
+        for plugin, results in HookCalls(self.pm).each("dlf_trace_contribute", step, run=self.run):
+            if not results:  # it returned None
                 continue
+            result = results[0]
             if not isinstance(result, Mapping):
                 why = f"must return a dict of trace variables, not {type(result).__name__}"
                 raise PluginError(plugin, step, TypeError(why))
@@ -326,6 +322,14 @@ class Contributions:
             for name, value in result.items():
                 if not str(name).startswith(prefix):
                     why = f"trace variable {name!r} must start with {prefix!r}"
+                    raise PluginError(plugin, step, ValueError(why))
+                foreign = [d for d in names_used(value) if not d.startswith(prefix)]
+                foreign = [d for d in foreign if d not in CORE_DIMS]
+                if foreign:
+                    why = (
+                        f"trace dimension {foreign[0]!r} of {name!r} must start with {prefix!r} "
+                        f"or be one of the core's ({', '.join(CORE_DIMS)})"
+                    )
                     raise PluginError(plugin, step, ValueError(why))
                 if name in merged:
                     why = f"trace variable {name!r} contributed twice"
@@ -362,6 +366,25 @@ class Contributions:
         """A contribution that could not join the trace, as the error of its plugin."""
         owner = self.owner.get(exc.name, "unknown plugin")
         raise PluginError(owner, self.recorder.steps_completed, exc) from None
+
+
+#: The core trace's dimensions, which contributions may share; any other dimension (and any
+#: coordinate) a plugin adds carries its prefix, as its variables do, so two plugins never
+#: collide on a name like ``k``.
+CORE_DIMS = ("member", "step", "eval_step", "class_index")
+
+
+def names_used(value: object) -> list[str]:
+    """The dimensions and coordinates of a contributed value (a DataArray, a Variable or a
+    ``(dims, data[, attrs])`` tuple); nothing for a value that has none."""
+    if isinstance(value, tuple):
+        dims = value[0] if value else ()
+        coords: tuple[object, ...] = ()
+    else:
+        dims = getattr(value, "dims", ())
+        coords = tuple(getattr(value, "coords", ()))
+    dims = (dims,) if isinstance(dims, str) else tuple(dims)
+    return [str(n) for n in dict.fromkeys((*dims, *coords))]
 
 
 def plugin_prefix(plugin_name: str) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 import xarray as xr
 
+from dlf.engine.former_names import current_names
 from dlf.engine.interrupts import interrupts_deferred
 from dlf.errors import InputError, OutputError, first_line, is_disk_full
 
@@ -195,5 +196,6 @@ def _wait(pid: int, seconds: float) -> int | None:
 
 
 def open_trace(path: str | Path) -> xr.Dataset:
-    """Open a trace written by dlf-study, loaded into memory (see :func:`open_netcdf`)."""
-    return open_netcdf(path)
+    """Open a trace written by dlf-study, loaded into memory (see :func:`open_netcdf`); an
+    older version's names are renamed to the current ones (:mod:`dlf.engine.former_names`)."""
+    return current_names(open_netcdf(path))

@@ -19,10 +19,9 @@ from dlf.curvature.helper import Curvature
 from dlf.engine.gradients import gradient_for, why_chosen
 from dlf.engine.recorder import ContributionError, Recorder
 from dlf.engine.resume import Checkpoint
-from dlf.errors import PluginError
 from dlf.hooks.analyzer import Analyzer
-from dlf.hooks.guard import plugin_failure
-from dlf.hooks.manager import Plugins, blame
+from dlf.hooks.calls import HookCalls
+from dlf.hooks.manager import Plugins
 from dlf.hooks.state import EvalState, RunContext, StepState
 from dlf.numerics.schedules import Schedule, weights
 
@@ -96,7 +95,7 @@ class Trainer:
         self.curvature = Curvature(run.curvature_objective or run.objective)
         self.gradient = gradient_for(run.objective)
         recorder.gradient_path = (self.gradient.name, why_chosen(run.objective))
-        self._callers: dict[tuple[str, ...], object] = {}
+        self.calls = HookCalls(self.pm)
 
     # --- per-block precomputation
 
@@ -131,20 +130,9 @@ class Trainer:
     # --- hooks
 
     def _call(self, hook_name: str, step: int | None, only: list[Analyzer] | None = None, **kw):
-        """Call a hook (restricted to the analyzers in ``only``); name the plugin if one raises."""
-        caller = getattr(self.pm.hook, hook_name)
-        if only is not None:
-            key = (hook_name, *(a.name for a in only))
-            if key not in self._callers:
-                idle = [a for a in self.run.analyzers.values() if a not in only]
-                self._callers[key] = self.pm.subset_hook_caller(hook_name, remove_plugins=idle)
-            caller = self._callers[key]
-        try:
-            return caller(**kw)
-        except BaseException as exc:  # a hook's sys.exit() or KeyboardInterrupt is its failure
-            if not plugin_failure(exc):
-                raise
-            raise PluginError(blame(caller, exc.__traceback__), step, exc) from exc
+        """Call a hook (of the analyzers, only those in ``only``); a failure names the plugin."""
+        idle = [] if only is None else [a for a in self.run.analyzers.values() if a not in only]
+        self.calls.call(hook_name, step, skip=idle, **kw)
 
     # --- the loop
 

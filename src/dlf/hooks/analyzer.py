@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,18 +17,35 @@ class AnalyzerOptions(BaseModel):
     every: int = Field(1, ge=1, description="run at steps that are multiples of this")
 
 
-class Analyzer:
-    """Subclass this, give it an ``Options`` model and ``@dlf.hookimpl`` methods for the events.
+OptionsT = TypeVar("OptionsT", bound=AnalyzerOptions)
 
-    The trainer registers the instance with the plugin manager for one run. At each step it asks
-    :meth:`due`; the ``dlf_step_end`` implementations of analyzers that are not due are skipped.
+
+class Analyzer(Generic[OptionsT]):
+    """Subclass this as ``Analyzer[MyOptions]`` with ``@dlf.hookimpl`` methods for the events.
+
+    The options model is the type argument (``Options`` is set from it; an analyzer without
+    options of its own subclasses plain ``Analyzer``): ``self.options`` is typed as it, and the
+    config section is validated with it. The trainer registers the instance with the plugin
+    manager for one run. At each step it asks :meth:`due`, by default at multiples of
+    ``every``; the ``dlf_step_end`` implementations of analyzers that are not due are skipped.
+    An analyzer with a schedule of its own (landscape) overrides :meth:`due` and leaves
+    ``every`` at 1.
     """
 
     Options: ClassVar[type[AnalyzerOptions]] = AnalyzerOptions
 
-    def __init__(self, name: str, options: AnalyzerOptions, run: RunContext) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Options" in vars(cls):
+            return
+        for base in getattr(cls, "__orig_bases__", ()):
+            args = get_args(base)
+            if args and isinstance(args[0], type) and issubclass(args[0], AnalyzerOptions):
+                cls.Options = args[0]
+
+    def __init__(self, name: str, options: OptionsT, run: RunContext) -> None:
         self.name = name
-        self.options = options
+        self.options: OptionsT = options
         self.run = run
 
     def due(self, step: int) -> bool:
@@ -41,5 +58,6 @@ class Analyzer:
         return {}
 
     def var(self, key: str) -> str:
-        """The trace variable name for ``key``: prefixed with this analyzer's name."""
+        """The trace name (variable or dimension) for ``key``: prefixed with this analyzer's
+        name, as every name a plugin adds to the trace must be."""
         return f"{self.name}_{key}"

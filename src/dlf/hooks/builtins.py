@@ -24,9 +24,9 @@ from dlf.numerics.schedules import sine, triangle
 
 @hookimpl
 def dlf_register(registries: Registries) -> None:
-    registries.datasets.add("spiral", DatasetEntry(SpiralOptions, spiral, spiral_sizes))
-    registries.datasets.add("digits", DatasetEntry(DigitsOptions, digits))
-    registries.datasets.add("cifar10", DatasetEntry(Cifar10Options, cifar10))
+    registries.datasets.add("spiral", DatasetEntry(spiral, SpiralOptions, spiral_sizes))
+    registries.datasets.add("digits", DatasetEntry(digits, DigitsOptions))
+    registries.datasets.add("cifar10", DatasetEntry(cifar10, Cifar10Options))
     registries.models.add("mlp", ModelEntry(mlp, width="width"))  # model.width, depth, activation
     registries.models.add("myrtle5", ModelEntry(myrtle5, Myrtle5Options, width="channels"))
     for loss in BUILTIN_LOSSES:

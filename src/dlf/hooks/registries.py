@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import torch
 from pydantic import BaseModel
 
 from dlf.errors import ConfigError
+from dlf.hooks.analyzer import Analyzer
+from dlf.numerics.data import Dataset
+from dlf.numerics.losses import Loss
+from dlf.numerics.objective import EnsembleModel
+from dlf.numerics.schedules import Schedule
 
 T = TypeVar("T")
 
@@ -65,13 +72,28 @@ class Registry(Generic[T]):
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """A registered data set: its options model, the factory that builds it, and (optional)
-    ``sizes(options)``: what it would hold, known before it is built, so that the memory a
-    run needs is estimated before the data is allocated."""
+    """A registered data set: the factory ``build(options) -> Dataset``, its options model,
+    and (optional) ``sizes(options)``: what it would hold, known before it is built, so that
+    the memory a run needs is estimated before the data is allocated.
 
+    The fields are in :class:`ModelEntry`'s order (``build``, ``options``); the former order
+    ``DatasetEntry(options, build)`` still works, with a ``DeprecationWarning``."""
+
+    build: Callable[[Any], Dataset]
     options: type[BaseModel]
-    build: Any
-    sizes: Any = None
+    sizes: Callable[[Any], DataSizes] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.build, type) and issubclass(self.build, BaseModel):
+            warnings.warn(
+                "DatasetEntry(options, build) is the former order: write "
+                "DatasetEntry(build, options), as ModelEntry(build, options)",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            options, build = self.build, self.options
+            object.__setattr__(self, "build", build)
+            object.__setattr__(self, "options", options)
 
 
 @dataclass(frozen=True)
@@ -98,7 +120,7 @@ class ModelEntry:
     study ladders over (None: the model declares none; a study must name one).
     """
 
-    build: Any
+    build: Callable[..., torch.nn.Module | EnsembleModel]
     options: type[BaseModel] | None = None
     width: str | None = None
 
@@ -107,11 +129,11 @@ class ModelEntry:
 class Registries:
     """The registries handed to every ``dlf_register`` implementation."""
 
-    datasets: Registry[Any] = field(default_factory=lambda: Registry("dataset"))
-    models: Registry[Any] = field(default_factory=lambda: Registry("model"))
-    losses: Registry[Any] = field(default_factory=lambda: Registry("loss"))
-    schedules: Registry[Any] = field(default_factory=lambda: Registry("schedule"))
-    analyzers: Registry[Any] = field(default_factory=lambda: Registry("analyzer"))
+    datasets: Registry[DatasetEntry] = field(default_factory=lambda: Registry("dataset"))
+    models: Registry[ModelEntry] = field(default_factory=lambda: Registry("model"))
+    losses: Registry[Loss] = field(default_factory=lambda: Registry("loss"))
+    schedules: Registry[Schedule] = field(default_factory=lambda: Registry("schedule"))
+    analyzers: Registry[type[Analyzer[Any]]] = field(default_factory=lambda: Registry("analyzer"))
     broken: dict[str, str] = field(default_factory=dict)  # shared by all registries
 
     def __post_init__(self) -> None:

@@ -67,7 +67,9 @@ def dlf_run_end(run: RunContext) -> None:
 def dlf_trace_contribute(run: RunContext) -> Mapping[str, xr.DataArray | Any] | None:
     """Return the variables to add to the run's trace, keyed by name.
 
-    Names must start with the analyzer's name and an underscore (``lanczos_eigenvalues``); the
-    recorder refuses collisions. Called at every checkpoint and at the end of the run, so return
-    what has been measured so far.
+    Names must start with the analyzer's name and an underscore (``lanczos_eigenvalues``), and
+    so must the dimensions and coordinates it adds (``lanczos_step``; the core's ``member``,
+    ``step``, ``eval_step``, ``class_index`` are shared); the recorder refuses collisions.
+    Called at every checkpoint and at the end of the run, so return what has been measured so
+    far.
     """

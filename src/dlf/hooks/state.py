@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+import pluggy
 import torch
 
 from dlf.config import Member, RunConfig
 from dlf.curvature.helper import Curvature
 from dlf.numerics.data import Dataset
-from dlf.numerics.objective import Objective
+from dlf.numerics.objective import EnsembleModel, Objective
 
 if TYPE_CHECKING:
     from dlf.hooks.analyzer import Analyzer
@@ -36,7 +37,8 @@ class RunContext:
     curvature_objective: Objective | None = None
     analyzers: dict[str, Analyzer] = field(default_factory=dict)
     stop_reason: str | None = None
-    hook: Any = None  # the plugin manager's hook relay: announce events other plugins implement
+    # the plugin manager's hook relay: announce events other plugins implement
+    hook: pluggy.HookRelay = field(default_factory=pluggy.HookRelay)
 
     def request_stop(self, reason: str) -> None:
         """Ask the trainer to end the run early (from any hook implementation).
@@ -53,7 +55,7 @@ class RunContext:
         return len(self.members)
 
     @property
-    def model(self) -> Any:
+    def model(self) -> EnsembleModel:
         return self.objective.model
 
     @property

@@ -7,19 +7,67 @@ trainer minimises.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Protocol
 
 import torch
 
 from dlf.numerics.losses import Loss
 
 
+class EnsembleModel(Protocol):
+    """What the core asks of a model: every member is one row of a flat θ ``(member, n)``.
+
+    The built-in ``MLP`` and ``ModuleModel`` (any ``torch.nn.Module`` run over θ with
+    ``torch.func``) satisfy it; a plugin's model factory returns one of those or its own class
+    with these members.
+    """
+
+    @property
+    def n_params(self) -> int:
+        """Parameters of one member (the length of a row of θ)."""
+        ...
+
+    @property
+    def n_out(self) -> int:
+        """Outputs (classes) per sample."""
+        ...
+
+    @property
+    def width(self) -> int:
+        """The first hidden layer's width, recorded in the trace (0 where there is none)."""
+        ...
+
+    @property
+    def hidden(self) -> tuple[int, ...]:
+        """Units per sample of each hidden layer: the activations' share of memory estimates."""
+        ...
+
+    def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(member, sample, n_out)`` of every row of ``theta`` on ``x``."""
+        ...
+
+    def init(
+        self,
+        seeds: Sequence[int],
+        scheme: str = "standard",
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        """Initial θ ``(len(seeds), n_params)``, each row drawn from its own seed."""
+        ...
+
+    def unflatten(self, theta: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(W, b)`` views per layer of ``theta (n,)`` (filter-normalised directions)."""
+        ...
+
+
 @dataclass(frozen=True)
 class Objective:
     """Model, loss and training data bound together; rows of θ are independent members."""
 
-    model: Any  # MLP or ModuleModel: forward(theta, x), init, n_params, n_out
+    model: EnsembleModel
     loss: Loss
     static: Loss
     x: torch.Tensor

@@ -81,8 +81,8 @@ def _sparse_style(steps: xr.DataArray) -> dict[str, Any]:
 def _hessian(ax: Axes, d: xr.Dataset, n_eigenvalues: int) -> None:
     eig = d["lanczos_eigenvalues"]
     style = _sparse_style(d["lanczos_step"])
-    for k in range(min(n_eigenvalues, eig.sizes["eig_index"])):
-        ax.plot(d["lanczos_step"], eig.isel(eig_index=k), lw=0.8, label=f"λ$_{k + 1}$", **style)
+    for k in range(min(n_eigenvalues, eig.sizes["lanczos_index"])):
+        ax.plot(d["lanczos_step"], eig.isel(lanczos_index=k), lw=0.8, label=f"λ$_{k + 1}$", **style)
     draw_threshold(ax, d["step"], trace_stability_factor(d) / d["lr"], trace_stability_factor(d))
     if "bifurcation_mean_lambda_onset" in d:
         threshold = float(d["bifurcation_mean_lambda_onset"])

@@ -87,7 +87,7 @@ def hessian_directions(ds: xr.Dataset) -> bool:
 
 def slice_path(s: xr.Dataset) -> np.ndarray:
     """(a, b) of θ_t (the origin) and of the recorded θ_{t+k} that followed: ``(1 + k, 2)``."""
-    future = s["landscape_trajectory"].transpose("k", "coord").values
+    future = s["landscape_trajectory"].transpose("landscape_k", "landscape_coord").values
     return np.vstack([[0.0, 0.0], future[np.isfinite(future).all(axis=1)]])
 
 
@@ -107,11 +107,25 @@ def gamma_text(ds: xr.Dataset, s: xr.Dataset) -> str:
 
 def draw_slice(ax: Axes, s: xr.Dataset, norm: Normalize, levels: np.ndarray):
     """The slice's F as a colour mesh with contours, θ_t and its path; returns the mesh."""
-    grid = s["landscape_loss"].transpose("b", "a")
+    grid = s["landscape_loss"].transpose("landscape_b", "landscape_a")
     mesh = ax.pcolormesh(
-        s["a"], s["b"], grid, shading="auto", cmap=LOSS_CMAP, norm=norm, rasterized=True
+        s["landscape_a"],
+        s["landscape_b"],
+        grid,
+        shading="auto",
+        cmap=LOSS_CMAP,
+        norm=norm,
+        rasterized=True,
     )
-    ax.contour(s["a"], s["b"], grid, levels=levels, colors="white", linewidths=0.4, alpha=0.5)
+    ax.contour(
+        s["landscape_a"],
+        s["landscape_b"],
+        grid,
+        levels=levels,
+        colors="white",
+        linewidths=0.4,
+        alpha=0.5,
+    )
     path = slice_path(s)
     ax.plot(path[:, 0], path[:, 1], "o-", **PATH)
     ax.plot(0, 0, **CENTRE)
@@ -122,7 +136,7 @@ def draw_slice(ax: Axes, s: xr.Dataset, norm: Normalize, levels: np.ndarray):
 def _magnify(ax: Axes, s: xr.Dataset, norm: Normalize, levels: np.ndarray) -> None:
     """An inset around a path too small to see at the slice's scale."""
     path = slice_path(s)
-    radius = float(s["a"].max())
+    radius = float(s["landscape_a"].max())
     extent = float(np.ptp(path, axis=0).max()) if len(path) > 1 else 0.0
     if not 0 < extent < SMALL_PATH * 2 * radius:
         return
@@ -138,12 +152,12 @@ def _magnify(ax: Axes, s: xr.Dataset, norm: Normalize, levels: np.ndarray) -> No
 
 def panel_slices(ds: xr.Dataset) -> list[int]:
     """The slices drawn as panels, in step order: those not taken only for the movie."""
-    chosen = np.arange(ds.sizes["slice"])
+    chosen = np.arange(ds.sizes["landscape_slice"])
     if "landscape_cadence" in ds:
         listed = ds["landscape_listed"].values | (ds["landscape_onset"].values >= 0)
         chosen = np.flatnonzero(listed | ~ds["landscape_cadence"].values)
     if chosen.size == 0:
-        chosen = np.arange(ds.sizes["slice"])
+        chosen = np.arange(ds.sizes["landscape_slice"])
     order = chosen[np.argsort(ds["landscape_step"].values[chosen], kind="stable")]
     if order.size > MAX_PANELS:
         order = order[np.linspace(0, order.size - 1, MAX_PANELS).round().astype(int)]
@@ -152,7 +166,7 @@ def panel_slices(ds: xr.Dataset) -> list[int]:
 
 def legend_handles(ds: xr.Dataset) -> list[Line2D]:
     """What the cross and the dots are, for the legend above the panels."""
-    k = ds.sizes.get("k", 0)
+    k = ds.sizes.get("landscape_k", 0)
     return [
         Line2D([], [], **CENTRE, label="θ$_t$: the slice's centre"),
         Line2D([], [], marker="o", **PATH, label=f"θ$_{{t+1}}$ … θ$_{{t+{k}}}$ on the plane"),
@@ -168,12 +182,12 @@ def landscape(ds: xr.Dataset) -> Figure:
     ncols = min(n, MAX_COLUMNS)
     nrows = -(-n // ncols)
     fig, axes = new_figure(nrows, ncols, size=(2.9 * ncols + 1.2, 2.8 * nrows + 1.2))
-    norm = loss_norm(ds["landscape_loss"].isel(slice=chosen).values)
+    norm = loss_norm(ds["landscape_loss"].isel(landscape_slice=chosen).values)
     levels = contour_levels(norm)
     first, second, sentence = axis_names(ds)
     several = np.unique(ds["landscape_member"].values[chosen]).size > 1
     for ax, i in zip(axes.flat, chosen, strict=False):
-        s = ds.isel(slice=i)
+        s = ds.isel(landscape_slice=i)
         draw_slice(ax, s, norm, levels)
         _magnify(ax, s, norm, levels)
         who = f", member {int(s['landscape_member'])}" if several else ""

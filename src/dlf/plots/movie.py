@@ -98,7 +98,7 @@ def movie_frames(ds: xr.Dataset, member: int) -> list[int]:
     if mine.size < 2:
         raise DlfError(
             f"figure 'landscape-movie' needs two or more slices of member {member} on a cadence; "
-            "run with analyzers: {lanczos: {}, landscape: {every: 20, members: "
+            "run with analyzers: {lanczos: {}, landscape: {slice_every: 20, members: "
             f"[{member}]}}"
         )
     mine = mine[np.argsort(ds["landscape_step"].values[mine], kind="stable")]
@@ -117,7 +117,7 @@ def _side_panels(ds: xr.Dataset, frames: list[int], member: int, axes) -> list:
     gamma_ax.set_ylabel("Γ$_i$(t)")
     gamma_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     c = trace_stability_factor(ds)
-    ratio = [edge_ratio(ds, ds.isel(slice=i)) for i in frames]
+    ratio = [edge_ratio(ds, ds.isel(landscape_slice=i)) for i in frames]
     edge_ax.plot(steps, ratio, ".-", lw=0.8, ms=3, color="C0", label=f"λ$_1$·η/{c:g}")
     edge_ax.axhline(1.0, **THRESHOLD, label=f"λ$_1$ = {c:g}/η")
     edge_ax.set_ylabel(f"λ$_1$·η/{c:g}")
@@ -129,9 +129,9 @@ def _side_panels(ds: xr.Dataset, frames: list[int], member: int, axes) -> list:
 def _slice_axes(ax: Axes, s: xr.Dataset, norm: Normalize) -> tuple[QuadMesh, Line2D]:
     """A slice's colour mesh, θ_t and an (empty) path line on ``ax``."""
     mesh = ax.pcolormesh(
-        s["a"],
-        s["b"],
-        s["landscape_loss"].transpose("b", "a"),
+        s["landscape_a"],
+        s["landscape_b"],
+        s["landscape_loss"].transpose("landscape_b", "landscape_a"),
         shading="auto",
         cmap=LOSS_CMAP,
         norm=norm,
@@ -158,14 +158,14 @@ def landscape_movie(ds: xr.Dataset, member: int = 0) -> Movie:
     """The animation of ``member``'s cadence slices over one period (see :meth:`Movie.save`)."""
     writer, suffix = movie_writer()
     frames = movie_frames(ds, member)
-    norm = loss_norm(ds["landscape_loss"].isel(slice=frames).values)
+    norm = loss_norm(ds["landscape_loss"].isel(landscape_slice=frames).values)
     levels = contour_levels(norm)
     first, second, sentence = axis_names(ds)
     fig = Figure(figsize=(9.6, 5.4), layout="constrained")
     left, right = fig.subfigures(1, 2, squeeze=False, width_ratios=(1.2, 1.0))[0]
     ax = left.subplots()
     side = right.subplots(2, 1, sharex=True)
-    s = ds.isel(slice=frames[0])
+    s = ds.isel(landscape_slice=frames[0])
     mesh, path = _slice_axes(ax, s, norm)
     inset = ax.inset_axes((0.66, 0.66, 0.32, 0.32))
     inset_mesh, inset_path = _slice_axes(inset, s, norm)
@@ -181,21 +181,28 @@ def landscape_movie(ds: xr.Dataset, member: int = 0) -> Movie:
     cursors = _side_panels(ds, frames, member, side)
     contours: list = []
     c = trace_stability_factor(ds)
-    radius = float(ds["a"].max())
+    radius = float(ds["landscape_a"].max())
     fig.suptitle(
         f"Loss landscape over one period of Γ: {run_name(ds)}, member {member}\n{setup(ds)}\n"
         f"{sentence} (a moving frame); one colour scale for the whole movie"
     )
 
     def draw(frame: int) -> None:
-        s = ds.isel(slice=frames[frame])
-        grid = s["landscape_loss"].transpose("b", "a")
+        s = ds.isel(landscape_slice=frames[frame])
+        grid = s["landscape_loss"].transpose("landscape_b", "landscape_a")
         for m in (mesh, inset_mesh):
             m.set_array(grid.values.ravel())
         for old in contours:
             old.remove()
         contours[:] = [
-            ax.contour(s["a"], s["b"], grid, levels=levels, colors="white", linewidths=0.4)
+            ax.contour(
+                s["landscape_a"],
+                s["landscape_b"],
+                grid,
+                levels=levels,
+                colors="white",
+                linewidths=0.4,
+            )
         ]
         points = slice_path(s)
         for line in (path, inset_path):

@@ -44,7 +44,7 @@ def seed_means(datasets: Sequence[xr.Dataset]) -> Iterator[tuple[dict[str, float
             members = ds.isel(member=index)
             series = {
                 "loss": members["loss"],
-                "lambda_max": members["lanczos_eigenvalues"].isel(eig_index=0),
+                "lambda_max": members["lanczos_eigenvalues"].isel(lanczos_index=0),
             }
             n = len(index)
             mean = xr.Dataset(

@@ -115,6 +115,6 @@ def _merge(trace: xr.Dataset, replayed: xr.Dataset, m: int) -> xr.Dataset:
     """``trace`` with member ``m``'s replayed samples of what crossings read added: a replayed
     value where there is one, the recorded one elsewhere (other members' new steps are NaN)."""
     names = [f"{SPECTRUM}_{key}" for key in SAMPLES]
-    extra = replayed[names].isel(eig_index=[0]).assign_coords(member=[m])
-    merged = extra.combine_first(trace[names].isel(eig_index=[0]))
+    extra = replayed[names].isel(lanczos_index=[0]).assign_coords(member=[m])
+    merged = extra.combine_first(trace[names].isel(lanczos_index=[0]))
     return trace.drop_dims(f"{SPECTRUM}_step").assign(merged.data_vars)

@@ -21,14 +21,11 @@ class GradNormOptions(plugin.AnalyzerOptions):
     relative: bool = Field(False, description="divide each class's norm by the total's norm")
 
 
-class GradNormAnalyzer(plugin.Analyzer):
+class GradNormAnalyzer(plugin.Analyzer[GradNormOptions]):
     """Records ``grad_norm_by_class`` (member, grad_norm_step, class_index) and
     ``grad_norm_total`` (member, grad_norm_step)."""
 
-    Options = GradNormOptions
-    options: GradNormOptions
-
-    def __init__(self, name: str, options: plugin.AnalyzerOptions, run: plugin.RunContext) -> None:
+    def __init__(self, name: str, options: GradNormOptions, run: plugin.RunContext) -> None:
         super().__init__(name, options, run)
         self.steps: list[int] = []
         self.by_class: list[np.ndarray] = []

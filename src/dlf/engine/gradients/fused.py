@@ -23,6 +23,7 @@ class FusedGradient:
 
     def __init__(self, objective: Objective) -> None:
         self.objective = objective
+        assert isinstance(objective.model, MLP)  # supports() admits only the MLP
         self.model: MLP = objective.model
         self.kind = KINDS[objective.loss.fn]
         self.static_kind = KINDS[objective.static.fn]

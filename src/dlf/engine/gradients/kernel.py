@@ -9,6 +9,7 @@ import torch
 from dlf import kernels
 from dlf.engine.gradients.base import KINDS
 from dlf.engine.gradients.fused import FusedGradient
+from dlf.numerics.models import MLP
 from dlf.numerics.objective import Objective
 
 KIND_CODES = {"ce": 0, "se": 1, "st": 2}  # the kernel's enum
@@ -37,11 +38,13 @@ class KernelGradient:
 
     @staticmethod
     def supports(objective: Objective) -> bool:
+        model = objective.model
         return (
             FusedGradient.supports(objective)
-            and len(objective.model.hidden) == 1
-            and objective.model.activation == "relu"
-            and objective.model.n_in <= kernels.MAX_INPUTS
+            and isinstance(model, MLP)
+            and len(model.hidden) == 1
+            and model.activation == "relu"
+            and model.n_in <= kernels.MAX_INPUTS
             and objective.x.device.type == "cpu"
             and objective.x.dtype in kernels.TYPES
         )

@@ -180,14 +180,13 @@ def run_batch(
     """Train the batch as one ensemble, stopping once every trial is decided (unless
     ``decide_early`` is off: confirmation rounds always train to the end); the outcomes."""
     monitor = BatchMonitor(study, candidates, metric, run_config.train.steps)
-    plugins = load_plugins(run_config.plugins)
-    if decide_early:
-        plugins.manager.register(monitor, name=MONITOR_NAME)
+    plugins = load_plugins(run_config.plugins)  # shared by the process: lent the monitor
     members = members_for(candidates, seeds, run_config.train.lr[0])
     continues_from = resume_point(run_config, members, trace)  # a batch released by an interrupt
     if decide_early and continues_from:
         monitor.prime(open_trace(trace), continues_from)
-    execute(run_config, members=members, trace_path=trace, plugins=plugins, progress=progress)
+    with plugins.registered(monitor if decide_early else None, MONITOR_NAME):
+        execute(run_config, members=members, trace_path=trace, plugins=plugins, progress=progress)
     outcomes = measure(trace, len(candidates), len(seeds), metric)
     for i, outcome in enumerate(outcomes):
         outcome.verdict = monitor.verdicts.get(i)

@@ -34,7 +34,30 @@ from .directions import curvature_along, filter_normalized_pair, principal_plane
 from .grid import evaluate_plane, plane_coordinates, rows_per_chunk
 
 COORDS = ("a", "b")  # the labels of a trajectory point's two coordinates in the plane
-DIMS = ("slice", "a", "b", "k", "coord", "direction")  # trace dims, prefixed landscape_
+# A slice's variables in the trace: (name, Slice attribute, dims after landscape_slice, long name);
+# every dim is prefixed landscape_ in the trace.
+VARIABLES = (
+    ("loss", "loss", ("a", "b"), "F(θ_t + a·d1 + b·d2; Γ(t)) with Γ frozen at the slice step"),
+    ("member", "member", (), "the member sliced"),
+    ("onset", "onset", (), "bifurcation onset that triggered the slice (-1: none)"),
+    ("listed", "listed", (), "taken at one of the listed steps"),
+    ("cadence", "cadence", (), "taken on the every-n cadence (the landscape movie's frames)"),
+    (
+        "eigenvalues",
+        "curvature",
+        ("direction",),
+        "curvature along d1, d2 (Hessian eigenvalues, or Rayleigh quotients dᵀHd/dᵀd)",
+    ),
+    (
+        "trajectory",
+        "trajectory",
+        ("k", "coord"),
+        "(a, b) of θ_{t+k} − θ_t in the slice's plane (least squares)",
+    ),
+    ("trajectory_loss", "trajectory_loss", ("k",), "F(θ_{t+k}; Γ(t)) on the frozen landscape"),
+    ("trajectory_current_loss", "trajectory_current_loss", ("k",), "F(θ_{t+k}; Γ(t+k)) as trained"),
+    ("trajectory_residual", "trajectory_residual", ("k",), "distance of θ_{t+k} from the plane"),
+)
 BIFURCATION = "bifurcation"  # the analyzer whose announced onsets trigger slices
 FORMER_NAMES = {"every": "slice_every", "every_start": "slice_start", "every_stop": "slice_stop"}
 
@@ -341,61 +364,23 @@ class LandscapeAnalyzer(plugin.Analyzer[LandscapeOptions]):
         """The slices so far (trajectories NaN where not reached yet); nothing before the first."""
         if not self.slices:
             return {}
-        options = self.options
         grid = self.coords.cpu().numpy()
-        future = np.arange(1, options.future + 1)
-        common = {"directions": options.directions}
-        # its dims carry its name, as its variables do: landscape_slice, landscape_a, …
-        slc, a, b, k, coord, direction = map(self.var, DIMS)
-
-        def stack(key: str) -> np.ndarray:
-            return np.stack([getattr(s, key) for s in self.slices])
-
-        def var(key: str, dims: tuple[str, ...], coords: dict, long_name: str) -> xr.DataArray:
-            return xr.DataArray(
-                stack(key),
-                dims=(slc, *dims),
-                coords=coords,
-                attrs={"long_name": long_name, **common},
-            )
-
-        return {
-            self.var("loss"): var(
-                "loss",
-                (a, b),
-                {a: grid, b: grid},
-                "F(θ_t + a·d1 + b·d2; Γ(t)) with Γ frozen at the slice step",
-            ),
-            self.var("step"): xr.DataArray(
-                np.array([s.step for s in self.slices]), dims=slc, attrs={"units": "step"}
-            ),
-            self.var("member"): var("member", (), {}, "the member sliced"),
-            self.var("onset"): var(
-                "onset", (), {}, "bifurcation onset that triggered the slice (-1: none)"
-            ),
-            self.var("listed"): var("listed", (), {}, "taken at one of the listed steps"),
-            self.var("cadence"): var(
-                "cadence", (), {}, "taken on the every-n cadence (the landscape movie's frames)"
-            ),
-            self.var("eigenvalues"): var(
-                "curvature",
-                (direction,),
-                {direction: ["d1", "d2"]},
-                "curvature along d1, d2 (Hessian eigenvalues, or Rayleigh quotients dᵀHd/dᵀd)",
-            ),
-            self.var("trajectory"): var(
-                "trajectory",
-                (k, coord),
-                {k: future, coord: list(COORDS)},
-                "(a, b) of θ_{t+k} − θ_t in the slice's plane (least squares)",
-            ),
-            self.var("trajectory_loss"): var(
-                "trajectory_loss", (k,), {k: future}, "F(θ_{t+k}; Γ(t)) on the frozen landscape"
-            ),
-            self.var("trajectory_current_loss"): var(
-                "trajectory_current_loss", (k,), {k: future}, "F(θ_{t+k}; Γ(t+k)) as trained"
-            ),
-            self.var("trajectory_residual"): var(
-                "trajectory_residual", (k,), {k: future}, "distance of θ_{t+k} from the plane"
-            ),
+        future = np.arange(1, self.options.future + 1)
+        labels = {
+            "a": grid,
+            "b": grid,
+            "k": future,
+            "coord": list(COORDS),
+            "direction": ["d1", "d2"],
         }
+        slc = self.var("slice")  # its dims carry its name, as its variables do
+        steps = np.array([s.step for s in self.slices])
+        out = {self.var("step"): xr.DataArray(steps, dims=slc, attrs={"units": "step"})}
+        for name, key, dims, long_name in VARIABLES:
+            out[self.var(name)] = xr.DataArray(
+                np.stack([getattr(s, key) for s in self.slices]),
+                dims=(slc, *map(self.var, dims)),
+                coords={self.var(d): labels[d] for d in dims},
+                attrs={"long_name": long_name, "directions": self.options.directions},
+            )
+        return out

@@ -153,33 +153,63 @@ def _zoom_on(inset: Axes, box: Rectangle, path: np.ndarray, radius: float) -> No
     box.set_bounds(centre[0] - half, centre[1] - half, 2 * half, 2 * half)
 
 
+class _SlicePanel:
+    """The slice with its path, and an inset that magnifies the path, redrawn frame by frame."""
+
+    def __init__(self, ax: Axes, s: xr.Dataset, norm: Normalize, levels: np.ndarray) -> None:
+        self.ax, self.levels = ax, levels
+        self.mesh, self.path = _slice_axes(ax, s, norm)
+        self.inset = ax.inset_axes((0.66, 0.66, 0.32, 0.32))
+        self.inset_mesh, self.inset_path = _slice_axes(self.inset, s, norm)
+        self.inset.set_xticks([])
+        self.inset.set_yticks([])
+        self.box = Rectangle((0, 0), 0, 0, fill=False, edgecolor="white", lw=0.8)
+        ax.add_patch(self.box)
+        self.contours: list = []
+
+    def show(self, s: xr.Dataset, radius: float) -> None:
+        """Slice ``s``: its colours, contour lines and path; the inset follows the path."""
+        grid = s["landscape_loss"].transpose("landscape_b", "landscape_a")
+        for mesh in (self.mesh, self.inset_mesh):
+            mesh.set_array(grid.values.ravel())
+        for old in self.contours:
+            old.remove()
+        self.contours = [
+            self.ax.contour(
+                s["landscape_a"],
+                s["landscape_b"],
+                grid,
+                levels=self.levels,
+                colors="white",
+                linewidths=0.4,
+            )
+        ]
+        points = slice_path(s)
+        for line in (self.path, self.inset_path):
+            line.set_data(*points.T)
+        _zoom_on(self.inset, self.box, points, radius)
+
+
 @styled
 def landscape_movie(ds: xr.Dataset, member: int = 0) -> Movie:
     """The animation of ``member``'s cadence slices over one period (see :meth:`Movie.save`)."""
     writer, suffix = movie_writer()
     frames = movie_frames(ds, member)
     norm = loss_norm(ds["landscape_loss"].isel(landscape_slice=frames).values)
-    levels = contour_levels(norm)
     first, second, sentence = axis_names(ds)
     fig = Figure(figsize=(9.6, 5.4), layout="constrained")
     left, right = fig.subfigures(1, 2, squeeze=False, width_ratios=(1.2, 1.0))[0]
     ax = left.subplots()
-    side = right.subplots(2, 1, sharex=True)
-    s = ds.isel(landscape_slice=frames[0])
-    mesh, path = _slice_axes(ax, s, norm)
-    inset = ax.inset_axes((0.66, 0.66, 0.32, 0.32))
-    inset_mesh, inset_path = _slice_axes(inset, s, norm)
-    inset.set_xticks([])
-    inset.set_yticks([])
-    box = ax.add_patch(Rectangle((0, 0), 0, 0, fill=False, edgecolor="white", lw=0.8))
-    bar = left.colorbar(mesh, ax=ax, label="F(θ$_t$ + a·" + first + " + b·" + second + "; Γ(t))")
+    panel = _SlicePanel(ax, ds.isel(landscape_slice=frames[0]), norm, contour_levels(norm))
+    bar = left.colorbar(
+        panel.mesh, ax=ax, label="F(θ$_t$ + a·" + first + " + b·" + second + "; Γ(t))"
+    )
     if isinstance(norm, LogNorm):
         plain_log_axis(bar.ax.yaxis)
     ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.01), ncols=2, borderaxespad=0.0)
     ax.set_xlabel(f"a (along {first}); inset: the path magnified")
     ax.set_ylabel(f"b (along {second})")
-    cursors = _side_panels(ds, frames, member, side)
-    contours: list = []
+    cursors = _side_panels(ds, frames, member, right.subplots(2, 1, sharex=True))
     c = trace_stability_factor(ds)
     radius = float(ds["landscape_a"].max())
     fig.suptitle(
@@ -189,25 +219,7 @@ def landscape_movie(ds: xr.Dataset, member: int = 0) -> Movie:
 
     def draw(frame: int) -> None:
         s = ds.isel(landscape_slice=frames[frame])
-        grid = s["landscape_loss"].transpose("landscape_b", "landscape_a")
-        for m in (mesh, inset_mesh):
-            m.set_array(grid.values.ravel())
-        for old in contours:
-            old.remove()
-        contours[:] = [
-            ax.contour(
-                s["landscape_a"],
-                s["landscape_b"],
-                grid,
-                levels=levels,
-                colors="white",
-                linewidths=0.4,
-            )
-        ]
-        points = slice_path(s)
-        for line in (path, inset_path):
-            line.set_data(*points.T)
-        _zoom_on(inset, box, points, radius)
+        panel.show(s, radius)
         step = int(s["landscape_step"])
         for cursor in cursors:
             cursor.set_xdata([step, step])

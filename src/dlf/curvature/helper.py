@@ -11,12 +11,13 @@ plugin models and losses.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from dlf.curvature import fused_hvp, kernel_hvp, lanczos, ntk
+from dlf.curvature import fused_hvp, kernel_hvp, lanczos, ntk, top_pair
 from dlf.curvature.lanczos import LanczosResult, Matvec, SpectralDensity
 from dlf.curvature.ntk import Method as NTKMethod
 from dlf.curvature.ntk import NTKResult
@@ -179,9 +180,15 @@ class Curvature:
             if previous is None or previous.shape[1] < k:  # too few old vectors: treat as cold
                 warm = torch.zeros_like(warm)
             min_iter = torch.where(warm, k, lanczos.cold_min_iter(k))
-            result = lanczos.top_eigenpairs(
-                lambda v: self.hvp(v, loss), start, k, tol, max_iter, self.generator, min_iter
-            )
+            matvec = functools.partial(self.hvp, loss=loss)
+            if k == 1:  # NumPy's loop on a CPU: per-op cost dominates there (top_pair)
+                result = top_pair.top_eigenpair(
+                    matvec, start, tol, max_iter, self.generator, min_iter
+                )
+            else:
+                result = lanczos.top_eigenpairs(
+                    matvec, start, k, tol, max_iter, self.generator, min_iter
+                )
             used_tol = tol
         self.share(result, used_tol, loss)
         return result

@@ -1,0 +1,102 @@
+"""λmax alone (k = 1) of every member by Lanczos, in NumPy on a CPU: few operations per step.
+
+The algorithm is that of :func:`dlf.curvature.lanczos.top_eigenpairs` for k = 1 — full
+re-orthogonalisation; a member stops once its Ritz residual β_j·|s_j| ≤ tol·max|Ritz value| —
+written for a small fixed cost per step. On a CPU at the papers' size (603 parameters) a torch op
+costs some 5–10 µs whatever its size, a NumPy op on the same memory about 1 µs, and a product
+of the C kernel some 60 µs: in torch the bookkeeping of one λmax sample cost ≈ 20 training steps
+where its ≈ 3.7 products cost ≈ 2 (docs/performance.md, issue 23). Other devices keep torch.
+
+On breakdown (β ≈ 0: the Krylov space is invariant) a member stops: its top Ritz value is then
+an eigenvalue with residual ≈ 0 — the top one, unless the start had no component along the top
+eigenvector, which the random half of the helper's warm starts rules out (as in the torch loop).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dlf.curvature import lanczos
+from dlf.curvature.lanczos import BREAKDOWN, LanczosResult, Matvec
+
+
+def top_eigenpair(
+    matvec: Matvec,
+    start: torch.Tensor,
+    tol: float = 1e-3,
+    max_iter: int = 100,
+    generator: torch.Generator | None = None,
+    min_iter: int | torch.Tensor = 0,
+    first: torch.Tensor | None = None,
+) -> LanczosResult:
+    """``top_eigenpairs(…, k=1, …)`` with the same arguments: in NumPy for a CPU ``start``."""
+    if start.device.type != "cpu":
+        return lanczos.top_eigenpairs(matvec, start, 1, tol, max_iter, generator, min_iter, first)
+    least = np.asarray(torch.as_tensor(min_iter).cpu().numpy())
+    return _numpy_top_pair(matvec, start.detach().numpy(), tol, max_iter, least, first)
+
+
+def _apply(matvec: Matvec, v: np.ndarray) -> np.ndarray:
+    return matvec(torch.from_numpy(v)).detach().numpy()
+
+
+def _orthogonalise(q: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``w (M, n)`` less its projection on the orthonormal basis ``q (j, M, n)``, twice."""
+    q = q.transpose(1, 0, 2)
+    for _ in range(2):
+        w = w - np.matmul(np.matmul(q, w[:, :, None]).transpose(0, 2, 1), q)[:, 0]
+    return w
+
+
+def _numpy_top_pair(
+    matvec: Matvec,
+    start: np.ndarray,
+    tol: float,
+    max_iter: int,
+    min_iter: np.ndarray,
+    first: torch.Tensor | None,
+) -> LanczosResult:
+    """The Lanczos loop of :func:`top_eigenpair` on NumPy arrays, T ``(M, j, j)`` filled in
+    place and solved whole (``eigh``) at each step; the basis grows by doubling."""
+    m, n = start.shape
+    last = min(max(max_iter, 1), n)
+    basis = np.empty((min(last, 8), m, n), start.dtype)
+    basis[0] = start / np.sqrt(np.einsum("mn,mn->m", start, start))[:, None]
+    t = np.zeros((m, last, last), start.dtype)
+    values, residuals = np.full(m, np.nan, start.dtype), np.full(m, np.nan, start.dtype)
+    vectors = np.full((m, n), np.nan, start.dtype)
+    matvecs, done = np.zeros(m, np.int64), np.zeros(m, bool)
+    for j in range(last):
+        w = first.detach().numpy() if j == 0 and first is not None else _apply(matvec, basis[j])
+        if not np.isfinite(w.sum()):  # some member's product is not finite: it fails
+            failed = ~np.isfinite(w.sum(axis=1))
+            matvecs[failed & ~done], done = j + 1, done | failed
+            w = np.where(failed[:, None], 0.0, w)
+        t[:, j, j] = np.einsum("mn,mn->m", basis[j], w)
+        w = _orthogonalise(basis[: j + 1], w)
+        b = np.sqrt(np.einsum("mn,mn->m", w, w))
+        ritz, s = np.linalg.eigh(t[:, : j + 1, : j + 1])
+        norm = np.maximum(-ritz[:, 0], ritz[:, -1])  # ‖A‖ estimated by the largest |Ritz value|
+        residual = b * np.abs(s[:, j, -1])
+        stop = (residual <= tol * norm) & (j + 1 >= min_iter) | (b <= BREAKDOWN * norm)
+        new = (stop | (j + 1 == last)) & ~done
+        if new.any():
+            y = np.einsum("mj,jmn->mn", s[:, :, -1], basis[: j + 1])
+            y /= np.sqrt(np.einsum("mn,mn->m", y, y))[:, None]
+            values[new], residuals[new], vectors[new] = ritz[new, -1], residual[new], y[new]
+            matvecs[new] = j + 1
+            done |= new
+            if done.all():
+                break
+        t[:, j, j + 1] = t[:, j + 1, j] = b
+        if j + 1 == len(basis):
+            more = min(len(basis), last - len(basis))
+            basis = np.concatenate([basis, np.empty_like(basis[:more])])
+        basis[j + 1] = w / np.where(b > 0, b, 1.0)[:, None]
+    return LanczosResult(
+        torch.from_numpy(values)[:, None],
+        torch.from_numpy(vectors)[:, None],
+        torch.from_numpy(residuals)[:, None],
+        torch.from_numpy(matvecs),
+    )

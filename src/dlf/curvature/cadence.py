@@ -48,7 +48,7 @@ class AdaptiveCadence:
         factor = np.asarray(factor, dtype=np.float64)
         sampled = np.ones(factor.shape, bool) if sampled is None else np.asarray(sampled, bool)
         inside = self._inside(factor) | ((self._step == step - 1) & self._inside(self._factor))
-        gap = np.where(inside, 1, self._predicted_gap(step, factor))
+        gap = 1 if inside.all() else np.where(inside, 1, self._predicted_gap(step, factor))
         self.next_step = np.where(sampled, step + gap, self.next_step)
         self._first = int(self.next_step.min())
         self._step = np.where(sampled, step, self._step)

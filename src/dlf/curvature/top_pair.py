@@ -33,7 +33,7 @@ def top_eigenpair(
     """``top_eigenpairs(…, k=1, …)`` with the same arguments: in NumPy for a CPU ``start``."""
     if start.device.type != "cpu":
         return lanczos.top_eigenpairs(matvec, start, 1, tol, max_iter, generator, min_iter, first)
-    least = np.asarray(torch.as_tensor(min_iter).cpu().numpy())
+    least = np.asarray(min_iter.cpu().numpy() if torch.is_tensor(min_iter) else min_iter)
     return _numpy_top_pair(matvec, start.detach().numpy(), tol, max_iter, least, first)
 
 
@@ -58,15 +58,19 @@ def _numpy_top_pair(
     first: torch.Tensor | None,
 ) -> LanczosResult:
     """The Lanczos loop of :func:`top_eigenpair` on NumPy arrays, T ``(M, j, j)`` filled in
-    place and solved whole (``eigh``) at each step; the basis grows by doubling."""
+    place and solved whole (``eigh``) at each step; the basis grows by doubling.
+
+    Breakdown (β_j ≤ BREAKDOWN·‖A‖: an invariant space) implies residual β_j·|s_j| ≤ tol·‖A‖,
+    so it needs its own test only while ``min_iter`` holds a member back."""
     m, n = start.shape
-    last = min(max(max_iter, 1), n)
+    last, waiting = min(max(max_iter, 1), n), int(min_iter.max(initial=0))
     basis = np.empty((min(last, 8), m, n), start.dtype)
     basis[0] = start / np.sqrt(np.einsum("mn,mn->m", start, start))[:, None]
     t = np.zeros((m, last, last), start.dtype)
     values, residuals = np.full(m, np.nan, start.dtype), np.full(m, np.nan, start.dtype)
     vectors = np.full((m, n), np.nan, start.dtype)
     matvecs, done = np.zeros(m, np.int64), np.zeros(m, bool)
+    tiny = np.finfo(start.dtype).tiny
     for j in range(last):
         w = first.detach().numpy() if j == 0 and first is not None else _apply(matvec, basis[j])
         if not np.isfinite(w.sum()):  # some member's product is not finite: it fails
@@ -76,10 +80,15 @@ def _numpy_top_pair(
         t[:, j, j] = np.einsum("mn,mn->m", basis[j], w)
         w = _orthogonalise(basis[: j + 1], w)
         b = np.sqrt(np.einsum("mn,mn->m", w, w))
-        ritz, s = np.linalg.eigh(t[:, : j + 1, : j + 1])
-        norm = np.maximum(-ritz[:, 0], ritz[:, -1])  # ‖A‖ estimated by the largest |Ritz value|
+        if j:
+            ritz, s = np.linalg.eigh(t[:, : j + 1, : j + 1])
+        else:  # T is 1 × 1: its eigenpair is (α, 1)
+            ritz, s = t[:, :1, 0], np.ones((m, 1, 1), start.dtype)
+        norm = np.abs(ritz).max(axis=1)  # ‖A‖ estimated by the largest |Ritz value|
         residual = b * np.abs(s[:, j, -1])
-        stop = (residual <= tol * norm) & (j + 1 >= min_iter) | (b <= BREAKDOWN * norm)
+        stop = residual <= tol * norm
+        if j + 1 < waiting:
+            stop &= (j + 1 >= min_iter) | (b <= BREAKDOWN * norm)
         new = (stop | (j + 1 == last)) & ~done
         if new.any():
             y = np.einsum("mj,jmn->mn", s[:, :, -1], basis[: j + 1])
@@ -93,7 +102,7 @@ def _numpy_top_pair(
         if j + 1 == len(basis):
             more = min(len(basis), last - len(basis))
             basis = np.concatenate([basis, np.empty_like(basis[:more])])
-        basis[j + 1] = w / np.where(b > 0, b, 1.0)[:, None]
+        basis[j + 1] = w / np.maximum(b, tiny)[:, None]
     return LanczosResult(
         torch.from_numpy(values)[:, None],
         torch.from_numpy(vectors)[:, None],

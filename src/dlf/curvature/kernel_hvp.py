@@ -55,6 +55,13 @@ def supports(objective: Objective, dtype: torch.dtype) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _with_ones(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[x, 1]`` in ``dtype``, contiguous: built once per data set, not at every sampled step."""
+    x = x.to(dtype)
+    return torch.cat([x, torch.ones(len(x), 1, dtype=dtype, device=x.device)], dim=1).contiguous()
+
+
 class KernelHVP:
     """``H v`` at fixed (θ, Γ) of F or of the static loss; call it with ``v (M, n)``."""
 
@@ -64,8 +71,7 @@ class KernelHVP:
         loss = objective.static if static else objective.loss
         self.kind = KIND_CODES[loss.fn]
         self.function = kernel_function(theta.dtype)
-        x = objective.x.to(theta.dtype)
-        self.inputs = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1).contiguous()
+        self.inputs = _with_ones(objective.x, theta.dtype)
         self.labels = objective.y.contiguous()
         self.theta = theta.contiguous()
         self.gamma = (torch.ones_like(gamma) if static else gamma).contiguous()

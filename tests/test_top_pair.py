@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from dlf.curvature.helper import Curvature
+from dlf.curvature.kernel_hvp import KernelHVP, top_pair_function
 from dlf.curvature.lanczos import random_vectors, top_eigenpairs, warm_start
-from dlf.curvature.top_pair import top_eigenpair
+from dlf.curvature.top_pair import solve, top_eigenpair
 from dlf.curvature.tracker import LambdaMaxTracker
 from tests.curvature_fixtures import (
     independent_hessian,
@@ -23,11 +24,14 @@ def matvec_of(matrices: torch.Tensor):
     return lambda v: torch.einsum("mij,mj->mi", matrices, v)
 
 
+@pytest.mark.parametrize("path", ["kernel", "numpy"])
 @pytest.mark.parametrize("loss", ["dce", "dmse2"])
-def test_lambda_max_of_a_tiny_net_against_torch_func_hessian_and_inside_its_bound(loss):
+def test_lambda_max_of_a_tiny_net_against_torch_func_hessian_and_inside_its_bound(loss, path):
     """Members at their init and after some descent; λmax ∈ [θ, θ + residual] (θ is a Rayleigh
     quotient, the residual bounds the distance to an eigenvalue), and θ is that eigenvalue to
-    about residual² / gap."""
+    about residual² / gap. Through the C kernel's loop and through the NumPy one."""
+    if path == "kernel" and top_pair_function(torch.float64) is None:
+        pytest.skip("no C compiler: the kernel's loop is not built")
     objective, members, tol = tiny_objective(loss), 3, 1e-3
     theta, gamma = objective.model.init(range(members)), tiny_gamma(members)
     generator = torch.Generator().manual_seed(0)
@@ -35,7 +39,9 @@ def test_lambda_max_of_a_tiny_net_against_torch_func_hessian_and_inside_its_boun
         curvature = Curvature(objective).at(step, theta, gamma)
         dense = torch.linalg.eigvalsh(independent_hessian(objective, theta, gamma))
         start = random_vectors(theta.shape, theta, generator)
-        result = top_eigenpair(curvature.hvp, start, tol, 200, generator, min_iter=20)
+        matvec = curvature.product() if path == "kernel" else curvature.hvp
+        assert isinstance(matvec, KernelHVP) == (path == "kernel")
+        result = top_eigenpair(matvec, start, tol, 200, generator, min_iter=20)
         value, bound = result.values[:, 0], result.residuals[:, 0]
         lam, gap = dense[:, -1], dense[:, -1] - dense[:, -2]
         assert bool((lam >= value - 1e-12).all() and (lam <= value + bound + 1e-12).all())
@@ -88,6 +94,36 @@ def test_first_product_breakdown_non_finite_and_float32():
     single = top_eigenpair(matvec_of(a[:2].float()), start[:2].float(), 1e-4, n)
     assert single.values.dtype == torch.float32
     torch.testing.assert_close(single.values[:, 0], spectra[:2, 0].float(), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_kernels_loop_equals_the_numpy_loop(dtype):
+    """The C loop (products and bookkeeping in one call) and the NumPy loop around the same C
+    products: same values, residuals, products and first product; per-member min_iter, a
+    given first product, and a member whose θ is NaN (NaN result, the others unharmed)."""
+    if top_pair_function(dtype) is None:
+        pytest.skip("no C compiler: the kernel's loop is not built")
+    objective, members = tiny_objective("dce", dtype=dtype), 4
+    theta = objective.model.init(range(members)).to(dtype)
+    theta[3, -1] = float("nan")  # an output bias: every logit NaN
+    kernel = Curvature(objective).at(0, theta, tiny_gamma(members, dtype)).product()
+    assert isinstance(kernel, KernelHVP)
+    start = random_vectors(theta.shape, theta, torch.Generator().manual_seed(2))
+    least = torch.tensor([20, 1, 5, 1])
+    tol = 1e-3 if dtype == torch.float32 else 1e-8
+    ours, first = solve(kernel, start, tol, 60, min_iter=least)
+    numpy_result, numpy_first = solve(lambda v: kernel(v), start, tol, 60, min_iter=least)
+    rtol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(ours.values[:3], numpy_result.values[:3], rtol=rtol, atol=0)
+    torch.testing.assert_close(
+        ours.residuals[:3], numpy_result.residuals[:3], rtol=1e-2, atol=1e-12
+    )
+    assert torch.equal(ours.matvecs, numpy_result.matvecs), (ours.matvecs, numpy_result.matvecs)
+    torch.testing.assert_close(first[:3], numpy_first[:3], rtol=rtol, atol=1e-12)
+    assert bool(ours.values[3].isnan().all()) and int(ours.matvecs[3]) == 1
+    again, _ = solve(kernel, start, tol, 60, min_iter=least, first=first)
+    torch.testing.assert_close(again.values[:3], ours.values[:3], rtol=0, atol=0)
+    assert torch.equal(again.matvecs, ours.matvecs)
 
 
 def bounce(steps: int, n: int = 40) -> list[torch.Tensor]:

@@ -20,8 +20,6 @@ entries of the result are NaN, and the helper sees it as a partial spectrum (not
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 
@@ -100,26 +98,22 @@ class LambdaMaxTracker:
     def _track(self, curvature: Curvature, rows: torch.Tensor | None) -> LanczosResult:
         step = curvature.step
         v = self._starts(step, rows)
-        if rows is None:
-            matvec = functools.partial(curvature.hvp, loss=self.loss)
-        else:
-            matvec = curvature.matvec(rows, self.loss)
-        w = matvec(v)
-        rest = None
-        if len(v) > 1:  # members done after this one product need no more of them
+        matvec = curvature.product(self.loss) if rows is None else curvature.matvec(rows, self.loss)
+        w = None
+        if len(v) > 1:  # members done after one product need no more of them
+            w = matvec(v)
             theta = (v * w).sum(dim=-1)
             residual = (w - theta[:, None] * v).norm(dim=-1)
             rest = (~(residual <= self.tol * theta.abs())).nonzero()[:, 0]  # NaN: not converged
-        if rest is None or len(rest) == len(v):
-            result = top_pair.top_eigenpair(
-                matvec, v, self.tol, self.max_iter, curvature.generator, first=w
-            )
-            once = result.matvecs == 1  # done after one product: take its power step
-            start = result.vectors[:, 0]
-            if bool(once.any()):
-                start = torch.where(once[:, None], w / w.norm(dim=-1, keepdim=True), start)
-        else:
-            result, start = self._go_on(curvature, rows, v, w, theta, residual, rest)
+            if len(rest) < len(v):
+                result, start = self._go_on(curvature, rows, v, w, theta, residual, rest)
+                self._remember(step, rows, result, start)
+                return result if rows is None else _scatter(result, rows, self.start)
+        result, w = top_pair.solve(matvec, v, self.tol, self.max_iter, curvature.generator, first=w)
+        once = result.matvecs == 1  # done after one product: take its power step
+        start = result.vectors[:, 0]
+        if bool(once.any()):
+            start = torch.where(once[:, None], w / w.norm(dim=-1, keepdim=True), start)
         self._remember(step, rows, result, start)
         return result if rows is None else _scatter(result, rows, self.start)
 

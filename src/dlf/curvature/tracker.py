@@ -76,7 +76,7 @@ class LambdaMaxTracker:
     ) -> None:
         """Keep the next start ``(len(rows), n)`` of the members ``rows`` (None: all) solved at
         ``step`` (``result`` theirs alone), the one it replaces, and the sample's step and λ."""
-        values = result.values[:, 0].detach().cpu().double().numpy()
+        values = result.values[:, 0].detach().cpu().numpy()
         if self.start is None:  # the first call: a full solve of every member
             self.start = self.before = start
             self._steps = np.full((len(values), 3), np.iinfo(np.int64).min // 2)
@@ -90,10 +90,9 @@ class LambdaMaxTracker:
             self.before[rows] = self.start[rows]
             self.start[rows] = start
             picked = rows.cpu().numpy()
-        self._steps[picked] = np.column_stack(
-            [self._steps[picked][:, 1:], np.full(len(values), step)]
-        )
-        self._values[picked] = np.column_stack([self._values[picked][:, 1:], values])
+        for history, new in ((self._steps, step), (self._values, values)):
+            history[picked, :2] = history[picked, 1:]  # numpy copies overlapping slices safely
+            history[picked, 2] = new
 
     def _track(self, curvature: Curvature, rows: torch.Tensor | None) -> LanczosResult:
         step = curvature.step

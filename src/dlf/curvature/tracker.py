@@ -9,6 +9,12 @@ alone, until their residual meets tol. The next step starts from w/‖w‖ (one 
 damps the bulk of the spectrum, which is most of a drifting vector's residual) or from the
 Lanczos Ritz vector.
 
+The start v is the last sample's, except in a period-2 bounce (samples at the three steps before,
+whose λ turned at each): the iterate alternates between two walls and so does the Hessian, so the
+start is the same wall's, from two steps before. The Lanczos loop is :mod:`dlf.curvature.top_pair`
+(in the C kernel for the papers' network on a CPU); with one member the first product is simply
+its first step.
+
 A new top direction orthogonal to v (an exact crossing, which a generic one-parameter family of
 Hessians avoids) shows in no residual of v: every ``period`` steps, and after a member's product
 was not finite, the helper's full solve runs instead, whose warm start carries a random half

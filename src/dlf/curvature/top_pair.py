@@ -53,8 +53,8 @@ def solve(
     Where ``matvec`` is the C kernel's product, its own loop runs (products and bookkeeping in
     one call); elsewhere on a CPU the NumPy loop; on other devices torch's."""
     if isinstance(matvec, KernelHVP) and top_pair_function(start.dtype) is not None:
-        least = torch.as_tensor(min_iter, dtype=torch.int64).expand(len(start))
-        return matvec.top_pair(start.detach(), tol, max_iter, least, first)
+        rows = torch.as_tensor(min_iter, dtype=torch.int64).expand(len(start))
+        return matvec.top_pair(start.detach(), tol, max_iter, rows, first)
     if start.device.type != "cpu":
         if first is None:
             first = matvec(start / start.norm(dim=-1, keepdim=True))

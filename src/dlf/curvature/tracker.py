@@ -31,7 +31,7 @@ import torch
 
 from dlf.curvature import top_pair
 from dlf.curvature.helper import Curvature, LossKind
-from dlf.curvature.lanczos import LanczosResult
+from dlf.curvature.lanczos import LanczosResult, Matvec
 
 
 class LambdaMaxTracker:
@@ -104,23 +104,32 @@ class LambdaMaxTracker:
         step = curvature.step
         v = self._starts(step, rows)
         matvec = curvature.product(self.loss) if rows is None else curvature.matvec(rows, self.loss)
-        w = None
-        if len(v) > 1:  # members done after one product need no more of them
+        if len(v) == 1:  # one member: the one-product test is the loop's first step
+            result, start = self._solve(curvature, matvec, v, None)
+        else:  # members done after one product need no more of them
             w = matvec(v)
             theta = (v * w).sum(dim=-1)
             residual = (w - theta[:, None] * v).norm(dim=-1)
             rest = (~(residual <= self.tol * theta.abs())).nonzero()[:, 0]  # NaN: not converged
             if len(rest) < len(v):
                 result, start = self._go_on(curvature, rows, v, w, theta, residual, rest)
-                self._remember(step, rows, result, start)
-                return result if rows is None else _scatter(result, rows, self.start)
+            else:
+                result, start = self._solve(curvature, matvec, v, w)
+        self._remember(step, rows, result, start)
+        assert self.start is not None
+        return result if rows is None else _scatter(result, rows, self.start)
+
+    def _solve(
+        self, curvature: Curvature, matvec: Matvec, v: torch.Tensor, w: torch.Tensor | None
+    ) -> tuple[LanczosResult, torch.Tensor]:
+        """Every member of ``v`` solved by Lanczos from ``v`` (``w = H v`` if known); returns the
+        result and the next starts: the power step w/‖w‖ where one product was enough."""
         result, w = top_pair.solve(matvec, v, self.tol, self.max_iter, curvature.generator, first=w)
-        once = result.matvecs == 1  # done after one product: take its power step
+        once = result.matvecs == 1
         start = result.vectors[:, 0]
         if bool(once.any()):
             start = torch.where(once[:, None], w / w.norm(dim=-1, keepdim=True), start)
-        self._remember(step, rows, result, start)
-        return result if rows is None else _scatter(result, rows, self.start)
+        return result, start
 
     def _go_on(
         self,

@@ -66,8 +66,9 @@ class PlantedCurvature(Curvature):
         m, n, _ = matrices.shape
         return self.at(step, torch.zeros(m, n, dtype=matrices.dtype), torch.ones(m, 3))
 
-    def hvp(self, v, loss="dynamical"):
-        return torch.einsum("mij,mj->mi", self.matrices, v)
+    def product(self, loss="dynamical"):
+        matrices = self.matrices
+        return lambda v: torch.einsum("mij,mj->mi", matrices, v)
 
     def matvec(self, rows, loss="dynamical"):
         matrices = self.matrices[rows]

@@ -101,9 +101,9 @@ class LanczosAnalyzer(plugin.Analyzer[LanczosOptions]):
     def __init__(self, name: str, options: LanczosOptions, run: plugin.RunContext) -> None:
         super().__init__(name, options, run)
         self.steps: list[int] = []
-        self.records: list[tuple[torch.Tensor, ...]] = []
+        self.records: list[tuple[np.ndarray, ...]] = []
         self.density_steps: list[int] = []
-        self.densities: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.densities: list[tuple[np.ndarray, np.ndarray]] = []
         opts = self.options
         track = opts.track
         if track is None:
@@ -123,7 +123,8 @@ class LanczosAnalyzer(plugin.Analyzer[LanczosOptions]):
         )
         train = run.config.train
         self.factor = plugin.stability_factor(train.momentum, train.nesterov)
-        self._top: torch.Tensor | None = None  # last sample's top vectors, to fix their sign
+        self._top: torch.Tensor | None = None  # each member's last sampled top vector
+        self._flipped = np.zeros(run.n_members, bool)  # its sign, to follow the one before
 
     def spectrum_due(self, step: int) -> bool:
         if any(first <= step <= last for first, last in self.options.windows):
@@ -169,18 +170,18 @@ class LanczosAnalyzer(plugin.Analyzer[LanczosOptions]):
             state.run.request_stop("replay: past the last window")
         if opts.density is not None and self.density_due(state.step):
             density = state.curvature.density(opts.density.probes, opts.density.order, opts.loss)
-            mask = inactive[:, None, None]
+            mask = _numpy(inactive)[:, None, None]
             self.density_steps.append(state.step)
             self.densities.append(
                 (
-                    density.nodes.masked_fill(mask, float("nan")),
-                    density.weights.masked_fill(mask, float("nan")),
+                    np.where(mask, np.nan, _numpy(density.nodes)),
+                    np.where(mask, np.nan, _numpy(density.weights)),
                 )
             )
 
     def _record(
         self, state: plugin.StepState, result: plugin.LanczosResult, inactive: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
+    ) -> tuple[np.ndarray, ...]:
         """One sample's per-member arrays; tells the adaptive cadence the stability factors.
 
         λmax's error bound is the residual ε = ‖Hy − θy‖ of its Ritz pair: for symmetric H an
@@ -188,30 +189,35 @@ class LanczosAnalyzer(plugin.Analyzer[LanczosOptions]):
         λmax ∈ [θ, θ + ε] unless a larger eigenvalue was missed altogether. The gradient's
         component along y (signed consistently from sample to sample) grows by |1 − ηλ| per
         step in a period-2 instability: an independent estimate of λ (dlf.analysis.crossing).
+        Two dot products in torch, the rest in NumPy: per-op cost rules at the papers' size.
         """
-        nan = float("nan")
-        top, bound = result.values[:, 0], result.residuals[:, 0]
-        sampled = torch.isfinite(top)  # members the cadence left out are NaN
         vector = result.vectors[:, 0]
-        if self._top is not None:
-            flip = (vector * self._top).sum(dim=-1) < 0
-            vector = torch.where(flip[:, None], -vector, vector)
-            self._top = torch.where(sampled[:, None], vector, self._top)
-        else:
-            self._top = vector
-        factor = (state.lr * top / self.factor).masked_fill(inactive, nan)
-        if self.cadence is not None:
-            solved = sampled | inactive  # a diverged member is observed as NaN: sparse
-            self.cadence.observe(state.step, factor.cpu().double().numpy(), solved.cpu().numpy())
-        converged = (bound <= self.options.tol * top.abs()) & ~inactive
+        previous = vector if self._top is None else self._top
+        turn = _numpy(torch.linalg.vecdot(vector, previous))
+        along = _numpy(torch.linalg.vecdot(vector, state.grad))
+        values, residuals = _numpy(result.values), _numpy(result.residuals)
+        off = _numpy(inactive)
+        top, bound = values[:, 0], residuals[:, 0]
+        sampled = np.isfinite(top)  # members the cadence left out are NaN
+        self._flipped ^= sampled & (turn < 0)
+        self._top = (
+            vector
+            if sampled.all()
+            else torch.where(
+                torch.as_tensor(sampled, device=vector.device)[:, None], vector, previous
+            )
+        )
+        factor = np.where(off, np.nan, _numpy(state.lr) * top / self.factor)
+        if self.cadence is not None:  # a diverged member is observed as NaN: sparse
+            self.cadence.observe(state.step, factor, sampled | off)
         return (
-            result.values.masked_fill(inactive[:, None], nan),
-            result.residuals.masked_fill(inactive[:, None], nan),
-            result.matvecs,
-            bound.masked_fill(inactive, nan),
-            converged,
+            np.where(off[:, None], np.nan, values),
+            np.where(off[:, None], np.nan, residuals),
+            _numpy(result.matvecs).astype(np.int64),
+            np.where(off, np.nan, bound),
+            (bound <= self.options.tol * np.abs(top)) & ~off,
             factor,
-            (vector * state.grad).sum(dim=-1).masked_fill(inactive, nan),
+            np.where(off, np.nan, np.where(self._flipped, -along, along)),
         )
 
     @plugin.hookimpl
@@ -306,8 +312,13 @@ class LanczosAnalyzer(plugin.Analyzer[LanczosOptions]):
         }
 
 
-def _stack(rows: list[torch.Tensor], shape: tuple[int, ...]) -> np.ndarray:
-    """Per-step tensors of ``shape`` stacked on a new axis 1 (the step axis), as numpy."""
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor's values as a NumPy array (on the CPU, same dtype)."""
+    return tensor.detach().cpu().numpy()
+
+
+def _stack(rows: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """Per-step arrays of ``shape`` stacked on a new axis 1 (the step axis)."""
     if not rows:
         return np.zeros((shape[0], 0, *shape[1:]))
-    return torch.stack(rows, dim=1).cpu().numpy()
+    return np.stack(rows, axis=1)

@@ -335,7 +335,7 @@ class BifurcationDetector:
         if watch.jump_done:
             return
         lo = ev.start - window
-        mine = [i for i in range(len(steps)) if np.isfinite(self._samples[i][1][m, 0])]
+        mine = self._sampled(m, steps, max(watch.scanned + 1, lo))
         for before, i in itertools.pairwise(mine):  # samples that left m out: skipped
             t = int(steps[i])
             if t <= watch.scanned or t < lo:
@@ -349,6 +349,16 @@ class BifurcationDetector:
                 return
         if closed and ((len(steps) and steps[-1] >= ev.end) or self._finished):
             watch.jump_done = True
+
+    def _sampled(self, m: int, steps: np.ndarray, first: int) -> list[int]:
+        """Indices of the samples of member ``m`` from step ``first`` on, after the last one
+        before it: what the jump scan has not seen (scanning all each time was quadratic)."""
+        begin = int(np.searchsorted(steps, first))
+        back = begin - 1
+        while back >= 0 and not np.isfinite(self._samples[back][1][m, 0]):
+            back -= 1
+        later = [i for i in range(begin, len(steps)) if np.isfinite(self._samples[i][1][m, 0])]
+        return [back, *later] if back >= 0 else later
 
     # --- output ----------------------------------------------------------------------------------
 

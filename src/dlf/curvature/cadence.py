@@ -31,11 +31,12 @@ class AdaptiveCadence:
             raise ValueError(f"band [{low}, {high}] must contain 1 and start above 0")
         self.sparse_every, self.low, self.high, self.lead = sparse_every, low, high, lead
         self.next_step = np.zeros(n_members, dtype=np.int64)
+        self._first = 0  # the earliest next step: due() runs at every training step
         self._step = np.full(n_members, -1, dtype=np.int64)  # each member's last sample
         self._factor = np.full(n_members, np.nan)
 
     def due(self, step: int) -> bool:
-        return bool((self.next_step <= step).any())
+        return step >= self._first
 
     def members_due(self, step: int) -> np.ndarray:
         """Which members ``(member,)`` need a sample at ``step``."""
@@ -47,8 +48,9 @@ class AdaptiveCadence:
         factor = np.asarray(factor, dtype=np.float64)
         sampled = np.ones(factor.shape, bool) if sampled is None else np.asarray(sampled, bool)
         inside = self._inside(factor) | ((self._step == step - 1) & self._inside(self._factor))
-        gap = np.where(inside, 1, self._predicted_gap(step, factor))
+        gap = 1 if inside.all() else np.where(inside, 1, self._predicted_gap(step, factor))
         self.next_step = np.where(sampled, step + gap, self.next_step)
+        self._first = int(self.next_step.min())
         self._step = np.where(sampled, step, self._step)
         self._factor = np.where(sampled, factor, self._factor)
 

@@ -11,12 +11,13 @@ plugin models and losses.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from dlf.curvature import fused_hvp, kernel_hvp, lanczos, ntk
+from dlf.curvature import fused_hvp, kernel_hvp, lanczos, ntk, top_pair
 from dlf.curvature.lanczos import LanczosResult, Matvec, SpectralDensity
 from dlf.curvature.ntk import Method as NTKMethod
 from dlf.curvature.ntk import NTKResult
@@ -87,17 +88,20 @@ class Curvature:
         return self._grad_graphs[loss]
 
     def hvp(self, v: torch.Tensor, loss: LossKind = "dynamical") -> torch.Tensor:
-        """H_m v_m for every member: ``v`` and the result are ``(member, n_params)``.
+        """H_m v_m for every member: ``v`` and the result are ``(member, n_params)``."""
+        return self.product(loss)(v)
 
-        The R-operator for the built-in MLP and losses — in the C kernel where it applies (one
-        hidden ReLU layer, few inputs, CPU), else as fused torch ops — else autograd.
-        """
+    def product(self, loss: LossKind = "dynamical") -> Matvec:
+        """This step's HVP of every member as a function of ``v``: the R-operator for the
+        built-in MLP and losses — in the C kernel where it applies (one hidden ReLU layer, few
+        inputs, CPU; it also runs λmax's whole Lanczos loop, :mod:`~dlf.curvature.top_pair`),
+        else as fused torch ops — else autograd."""
         if not self.uses_fused_hvp:
-            return self.autograd_hvp(v, loss)
+            return functools.partial(self.autograd_hvp, loss=loss)
         product = self._products.get(loss)
         if product is None:
             product = self._products[loss] = self._product(self.theta, self.gamma, loss)
-        return product(v)
+        return product
 
     def matvec(self, rows: torch.Tensor, loss: LossKind = "dynamical") -> Matvec:
         """The HVP of the members ``rows`` (indices) alone, as a function of ``v (len(rows), n)``.
@@ -179,9 +183,20 @@ class Curvature:
             if previous is None or previous.shape[1] < k:  # too few old vectors: treat as cold
                 warm = torch.zeros_like(warm)
             min_iter = torch.where(warm, k, lanczos.cold_min_iter(k))
-            result = lanczos.top_eigenpairs(
-                lambda v: self.hvp(v, loss), start, k, tol, max_iter, self.generator, min_iter
-            )
+            if k == 1:  # the C kernel's or NumPy's loop: per-op cost rules on a CPU (top_pair)
+                result = top_pair.top_eigenpair(
+                    self.product(loss), start, tol, max_iter, self.generator, min_iter
+                )
+            else:
+                result = lanczos.top_eigenpairs(
+                    functools.partial(self.hvp, loss=loss),
+                    start,
+                    k,
+                    tol,
+                    max_iter,
+                    self.generator,
+                    min_iter,
+                )
             used_tol = tol
         self.share(result, used_tol, loss)
         return result

@@ -111,10 +111,11 @@ def build(name: str, dtype: torch.dtype, output: Path, extra: tuple[str, ...] = 
 
 
 @functools.cache
-def load(name: str, dtype: torch.dtype) -> Entry | None:
-    """The entry point ``NAME_SUFFIX`` of kernel ``name`` for ``dtype``, built on first use;
-    None where it cannot be built (no C compiler, no glibc libmvec, a dtype other than f32/f64),
-    with the reason in ``PROBLEMS[(name, dtype)]``."""
+def load(name: str, dtype: torch.dtype, function: str | None = None) -> Entry | None:
+    """The entry point ``NAME_SUFFIX`` (or ``FUNCTION_SUFFIX``, another function of the same
+    source) of kernel ``name`` for ``dtype``, built on first use; None where it cannot be built
+    (no C compiler, no glibc libmvec, a dtype other than f32/f64), with the reason in
+    ``PROBLEMS[(name, dtype)]``."""
     if dtype not in TYPES:
         return None
     line = command(dtype)
@@ -137,7 +138,7 @@ def load(name: str, dtype: torch.dtype) -> Entry | None:
             path.parent.mkdir(parents=True, exist_ok=True)
             if told := build(name, dtype, path).strip():
                 log.warning("compiler warnings for kernel %s (%s):\n%s", name, suffix, told)
-        return getattr(ctypes.CDLL(str(path)), f"{name}_{suffix}")
+        return getattr(ctypes.CDLL(str(path)), f"{function or name}_{suffix}")
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = str(getattr(exc, "stderr", "") or exc).strip().splitlines()
         PROBLEMS[name, dtype] = (detail[0] if detail else "the build failed")[:200]

@@ -11,12 +11,8 @@ from dlf.curvature.kernel_hvp import KernelHVP, top_pair_function
 from dlf.curvature.lanczos import random_vectors, top_eigenpairs, warm_start
 from dlf.curvature.top_pair import solve, top_eigenpair
 from dlf.curvature.tracker import LambdaMaxTracker
-from tests.curvature_fixtures import (
-    independent_hessian,
-    planted_operator,
-    tiny_gamma,
-    tiny_objective,
-)
+from dlf.testing import dense_hessian
+from tests.curvature_fixtures import planted_operator, tiny_gamma, tiny_objective
 from tests.test_tracker import PlantedCurvature
 
 
@@ -37,7 +33,7 @@ def test_lambda_max_of_a_tiny_net_against_torch_func_hessian_and_inside_its_boun
     generator = torch.Generator().manual_seed(0)
     for step in range(3):
         curvature = Curvature(objective).at(step, theta, gamma)
-        dense = torch.linalg.eigvalsh(independent_hessian(objective, theta, gamma))
+        dense = torch.linalg.eigvalsh(dense_hessian(objective, theta, gamma))
         start = random_vectors(theta.shape, theta, generator)
         matvec = curvature.product() if path == "kernel" else curvature.hvp
         assert isinstance(matvec, KernelHVP) == (path == "kernel")

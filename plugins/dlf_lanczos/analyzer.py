@@ -223,73 +223,60 @@ class LanczosAnalyzer(plugin.Analyzer[LanczosOptions]):
     @plugin.hookimpl
     def dlf_trace_contribute(self, run: plugin.RunContext) -> dict[str, xr.DataArray]:
         opts = self.options
-        m = run.n_members
-        k = min(opts.k, run.model.n_params)
-        values, residuals, matvecs, bound, converged, factor, along = (
-            _stack([r[i] for r in self.records], (m, k) if i < 2 else (m,)) for i in range(7)
-        )
+        m, k = run.n_members, min(opts.k, run.model.n_params)
         step = self.var("step")
         coords = {step: (step, np.array(self.steps, dtype=np.int64), {"units": "step"})}
-        dims = ("member", step, self.var("index"))
-        out = {
-            self.var("eigenvalues"): xr.DataArray(
-                values,
-                dims=dims,
-                coords=coords,
-                attrs={
+        out = {}
+        for i, (name, dtype, attrs) in enumerate(self._series()):
+            values = _stack([r[i] for r in self.records], (m, k) if i < 2 else (m,))
+            dims = ("member", step, self.var("index"))[: values.ndim]
+            out[self.var(name)] = xr.DataArray(
+                values.astype(dtype), dims=dims, coords=coords, attrs=attrs
+            )
+        if opts.density is not None:
+            out.update(self._density_arrays(m))
+        return out
+
+    def _series(self) -> list[tuple[str, type, dict[str, object]]]:
+        """Name, type and attributes of each per-sample series, in the order of a record."""
+        opts = self.options
+        return [
+            (
+                "eigenvalues",
+                float,
+                {
                     "long_name": f"top Hessian eigenvalues of the {opts.loss} loss",
                     "mode": opts.mode,
                     "tol": opts.tol,
                 },
             ),
-            self.var("residuals"): xr.DataArray(
-                residuals,
-                dims=dims,
-                coords=coords,
-                attrs={"long_name": "Ritz residual ‖H y − λ y‖ of each eigenpair"},
-            ),
-            self.var("matvecs"): xr.DataArray(
-                matvecs.astype(np.int64),
-                dims=("member", step),
-                coords=coords,
-                attrs={"long_name": "Hessian-vector products used (0: exact mode)"},
-            ),
-            self.var("error_bound"): xr.DataArray(
-                bound,
-                dims=dims[:2],
-                coords=coords,
-                attrs={
+            ("residuals", float, {"long_name": "Ritz residual ‖H y − λ y‖ of each eigenpair"}),
+            ("matvecs", np.int64, {"long_name": "Hessian-vector products used (0: exact mode)"}),
+            (
+                "error_bound",
+                float,
+                {
                     "long_name": "λmax ∈ [λ, λ + bound]: the residual of its Ritz pair",
                     "method": "residual",
                 },
             ),
-            self.var("converged"): xr.DataArray(
-                converged.astype(bool),
-                dims=dims[:2],
-                coords=coords,
-                attrs={"long_name": "λmax's residual ≤ tol·|λmax|"},
-            ),
-            self.var("factor"): xr.DataArray(
-                factor,
-                dims=dims[:2],
-                coords=coords,
-                attrs={
+            ("converged", bool, {"long_name": "λmax's residual ≤ tol·|λmax|"}),
+            (
+                "factor",
+                float,
+                {
                     "long_name": "stability factor η_t·λmax/c (1: the edge of stability)",
                     "c": self.factor,
                     "cadence": opts.cadence,
                     "band": list(opts.band),
                 },
             ),
-            self.var("grad_along_top"): xr.DataArray(
-                along,
-                dims=dims[:2],
-                coords=coords,
-                attrs={"long_name": "gradient's component along λmax's eigenvector (sign kept)"},
+            (
+                "grad_along_top",
+                float,
+                {"long_name": "gradient's component along λmax's eigenvector (sign kept)"},
             ),
-        }
-        if opts.density is not None:
-            out.update(self._density_arrays(m))
-        return out
+        ]
 
     def _density_arrays(self, m: int) -> dict[str, xr.DataArray]:
         density = self.options.density

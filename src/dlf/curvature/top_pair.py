@@ -76,6 +76,23 @@ def _orthogonalise(q: np.ndarray, w: np.ndarray) -> np.ndarray:
     return w
 
 
+def _fail_non_finite(
+    w: np.ndarray, j: int, matvecs: np.ndarray, done: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Members whose product ``w`` is not finite stop at product ``j + 1`` (their NaN result);
+    their rows of ``w`` become 0 so the others' arithmetic stays finite."""
+    failed = ~np.isfinite(w.sum(axis=1))
+    matvecs[failed & ~done] = j + 1
+    return np.where(failed[:, None], 0.0, w), done | failed
+
+
+def _ritz_pairs(t: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs of each member's leading ``(j + 1) × (j + 1)`` block of T (1 × 1: (α, 1))."""
+    if j:
+        return np.linalg.eigh(t[:, : j + 1, : j + 1])
+    return t[:, :1, 0], np.ones((len(t), 1, 1), t.dtype)
+
+
 def _numpy_top_pair(
     matvec: Matvec,
     start: np.ndarray,
@@ -103,16 +120,11 @@ def _numpy_top_pair(
         if j == 0:
             product = w
         if not np.isfinite(w.sum()):  # some member's product is not finite: it fails
-            failed = ~np.isfinite(w.sum(axis=1))
-            matvecs[failed & ~done], done = j + 1, done | failed
-            w = np.where(failed[:, None], 0.0, w)
+            w, done = _fail_non_finite(w, j, matvecs, done)
         t[:, j, j] = np.einsum("mn,mn->m", basis[j], w)
         w = _orthogonalise(basis[: j + 1], w)
         b = np.sqrt(np.einsum("mn,mn->m", w, w))
-        if j:
-            ritz, s = np.linalg.eigh(t[:, : j + 1, : j + 1])
-        else:  # T is 1 × 1: its eigenpair is (α, 1)
-            ritz, s = t[:, :1, 0], np.ones((m, 1, 1), start.dtype)
+        ritz, s = _ritz_pairs(t, j)
         norm = np.abs(ritz).max(axis=1)  # ‖A‖ estimated by the largest |Ritz value|
         residual = b * np.abs(s[:, j, -1])
         stop = residual <= tol * norm

@@ -27,22 +27,10 @@ def _plugins_discovered_afresh():
 
 
 def tiny_config(tmp_path, **sections: Any) -> dict[str, Any]:
-    """A raw config for a seconds-long run writing under ``tmp_path``."""
-    raw: dict[str, Any] = {
-        "name": "tiny",
-        "data": {"name": "spiral", "points_per_class": 20},
-        "model": {"width": 8, "dtype": "float64"},
-        "loss": {"name": "dce"},
-        "schedule": {"amplitude": [1, 5], "period": 20},
-        "train": {"steps": 60, "seeds": 2, "eval_every": 10},
-        "output": {"root": str(tmp_path), "progress": "never"},
-    }
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(raw.get(key), dict):
-            raw[key] = {**raw[key], **value}
-        else:
-            raw[key] = value
-    return raw
+    """A raw config for a seconds-long run writing under ``tmp_path`` (``dlf.testing``'s)."""
+    from dlf.testing import tiny_raw
+
+    return tiny_raw(tmp_path, **sections)
 
 
 def study_raw(root: Path, name: str = "tiny", **search: Any) -> dict[str, Any]:

@@ -40,6 +40,7 @@ __all__ = [
     "run_context",
     "run_tiny",
     "tiny_config",
+    "tiny_raw",
 ]
 
 TINY: dict[str, Any] = {
@@ -53,15 +54,20 @@ TINY: dict[str, Any] = {
 }
 
 
-def tiny_config(root: str | Path, **sections: Any) -> RunConfig:
-    """A run of seconds writing under ``root``: 3 spiral arms of 20 points, a width-8 MLP in
-    float64, DCE with amplitudes 1 and 5, 60 steps, 2 seeds. A section given as a dict updates
-    the default one key by key (``train={"steps": 12}``); anything else replaces it."""
+def tiny_raw(root: str | Path, **sections: Any) -> dict[str, Any]:
+    """The raw (YAML-shaped) config of :func:`tiny_config`, for tests of config handling."""
     raw: dict[str, Any] = {**TINY, "output": {**TINY["output"], "root": str(root)}}
     for key, value in sections.items():
         current = raw.get(key)
         raw[key] = {**current, **value} if isinstance(value, dict) and current else value
-    return RunConfig.model_validate(raw)
+    return raw
+
+
+def tiny_config(root: str | Path, **sections: Any) -> RunConfig:
+    """A run of seconds writing under ``root``: 3 spiral arms of 20 points, a width-8 MLP in
+    float64, DCE with amplitudes 1 and 5, 60 steps, 2 seeds. A section given as a dict updates
+    the default one key by key (``train={"steps": 12}``); anything else replaces it."""
+    return RunConfig.model_validate(tiny_raw(root, **sections))
 
 
 class _Registers:

@@ -97,19 +97,18 @@ class KernelHVP:
         self.width = objective.model.width
         self.pointers = [t.data_ptr() for t in (self.inputs, self.labels, self.theta, self.gamma)]
 
+    def _problem(self, rows: int) -> tuple[int, ...]:
+        """The kernel's leading arguments, the same for both entry points: sizes, the loss's
+        code and the data pointers."""
+        (samples, inputs), classes = self.inputs.shape, self.gamma.shape[1]
+        return (rows, samples, inputs, classes, self.width, self.kind, *self.pointers)
+
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         """``(H_m v_m)_m`` for ``v (M, n)``."""
         v = v.contiguous()
         out = torch.empty_like(v)
-        (samples, inputs), (rows, classes) = self.inputs.shape, self.gamma.shape
         status = self.function(
-            rows,
-            samples,
-            inputs,
-            classes,
-            self.width,
-            self.kind,
-            *self.pointers,
+            *self._problem(self.gamma.shape[0]),
             v.data_ptr(),
             out.data_ptr(),
             torch.get_num_threads(),
@@ -133,18 +132,12 @@ class KernelHVP:
         assert function is not None
         start = start.contiguous()
         hv0 = torch.empty_like(start) if first is None else first.contiguous()
-        rows, (samples, inputs), classes = len(start), self.inputs.shape, self.gamma.shape[1]
+        rows = len(start)
         value, residual = start.new_empty(rows), start.new_empty(rows)
         matvecs, vector = torch.empty(rows, dtype=torch.int64), torch.empty_like(start)
         least = min_iter.to(torch.int64).contiguous()
         status = function(
-            rows,
-            samples,
-            inputs,
-            classes,
-            self.width,
-            self.kind,
-            *self.pointers,
+            *self._problem(rows),
             start.data_ptr(),
             hv0.data_ptr(),
             int(first is not None),

@@ -28,7 +28,6 @@ from dlf.config import (
     validate,
 )
 from dlf.errors import ConfigError
-from dlf.hooks.manager import load_plugins
 from dlf.studies.search.knob import WidthKnob, width_knob
 
 # Confirmation seed k is seed_offset + CONFIRM_BASE + k; search seeds lie below CONFIRM_BASE.
@@ -257,12 +256,6 @@ class StudyConfig:
     @property
     def name(self) -> str:
         return self.run.name
-
-    def loss_names(self) -> dict[str, str]:
-        """The loss each Optuna study trains: the dynamical loss and its static counterpart."""
-        losses = load_plugins(self.run.plugins).registries.losses
-        loss = losses.get(self.run.loss.name, "loss.name")
-        return {"static": loss.static_name, "dynamical": loss.name}
 
     def with_root(self, root: Path) -> StudyConfig:
         output = self.run.output.model_copy(update={"root": Path(root)})

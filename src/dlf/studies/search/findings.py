@@ -19,6 +19,7 @@ from dlf.studies.search.confirm import (
     is_confirmation,
 )
 from dlf.studies.search.ladder import FINISHED, Bracket, bracket, rungs, trial_width
+from dlf.studies.search.tracks import track_losses
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ def find(config: StudyConfig, kind: str, loss: str, trials: list[FrozenTrial]) -
 
 
 def findings(config: StudyConfig, studies: dict[str, optuna.Study]) -> dict[str, Finding]:
-    names = config.loss_names()
+    names = track_losses(config)
     return {
         kind: find(config, kind, names[kind], study.get_trials(deepcopy=False))
         for kind, study in studies.items()

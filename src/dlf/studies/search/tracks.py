@@ -10,6 +10,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from dlf.config import RunConfig
+from dlf.hooks.manager import load_plugins
 from dlf.studies.search.config import StudyConfig
 from dlf.studies.search.confirm import SequentialRule, is_confirmation
 from dlf.studies.search.ladder import (
@@ -72,9 +73,17 @@ class Track:
         return any(t.state in PENDING for t in self.trials())
 
 
+def track_losses(config: StudyConfig) -> dict[str, str]:
+    """The loss each Optuna study trains: the dynamical loss and its static counterpart, from the
+    loss registry of the config's plugins."""
+    losses = load_plugins(config.run.plugins).registries.losses
+    loss = losses.get(config.run.loss.name, "loss.name")
+    return {"static": loss.static_name, "dynamical": loss.name}
+
+
 def make_tracks(config: StudyConfig, studies: dict[str, optuna.Study]) -> list[Track]:
     """The static track (if any) first: it is cheap and gives the baseline early."""
-    names = config.loss_names()
+    names = track_losses(config)
     search = config.search
     tracks = []
     for kind, study in studies.items():

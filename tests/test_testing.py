@@ -51,3 +51,16 @@ def test_dense_hessian_agrees_with_the_lanczos_analyzer(dlf_tester):
     top = torch.linalg.eigvalsh(dense_hessian(run.objective, theta, gamma)).flip(-1)[:, :2]
     recorded = ds["lanczos_eigenvalues"].isel(lanczos_step=0).values
     np.testing.assert_allclose(recorded, top.numpy(), rtol=1e-8)
+
+
+def test_tiny_raw_is_a_fresh_copy_each_time(tmp_path):
+    """Tests change the raw config in place (``del raw["model"]["width"]``): that must not leak
+    into the next test's config."""
+    from dlf.testing import tiny_raw
+
+    first = tiny_raw(tmp_path)
+    del first["model"]["width"]
+    first["train"]["steps"] = 1
+    second = tiny_raw(tmp_path / "other")
+    assert second["model"]["width"] == 8 and second["train"]["steps"] == 60
+    assert second["output"]["root"] == str(tmp_path / "other")

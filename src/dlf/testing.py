@@ -12,6 +12,7 @@ installed, and the process's shared plugins are left as they were.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,10 @@ TINY: dict[str, Any] = {
 
 
 def tiny_raw(root: str | Path, **sections: Any) -> dict[str, Any]:
-    """The raw (YAML-shaped) config of :func:`tiny_config`, for tests of config handling."""
-    raw: dict[str, Any] = {**TINY, "output": {**TINY["output"], "root": str(root)}}
+    """The raw (YAML-shaped) config of :func:`tiny_config`, for tests of config handling: a
+    fresh copy, so a test may change it in place."""
+    raw: dict[str, Any] = copy.deepcopy(TINY)
+    raw["output"]["root"] = str(root)
     for key, value in sections.items():
         current = raw.get(key)
         raw[key] = {**current, **value} if isinstance(value, dict) and current else value

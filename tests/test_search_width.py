@@ -142,14 +142,17 @@ def test_myrtle5_declares_channels_as_its_width(tmp_path, images):
 
 def test_a_myrtle5_trace_records_its_channels_as_its_width(tmp_path, images):
     """The trace's scalar ``width`` is the declared size option's value, named in long_name."""
-    from dlf.engine.run import prepare
+    from dlf.engine.run import execute
 
     raw = planted_raw(tmp_path, images)
     raw["model"] = {"name": "myrtle5", "dtype": "float32"}
     del raw["search"]["width"]["option"]
     config = study_config_from_raw(raw)
-    _, _, run = prepare(config.at_width(config.run, 6))
-    assert (run.model.width, run.model.width_label) == (6, "myrtle5 channels")
+    run = config.at_width(config.run, 6)
+    result = execute(run.model_copy(update={"train": run.train.model_copy(update={"steps": 2})}))
+    trace = xr.open_dataset(result.path, engine="netcdf4")
+    assert int(trace["width"]) == 6
+    assert trace["width"].attrs["long_name"] == "myrtle5 channels"
 
 
 @pytest.mark.parametrize(
